@@ -1,0 +1,409 @@
+"""EM attention (EMA): the few EM iterations that EMANet runs on a feature map.
+
+From the Gaussian mixture to EM attention
+-----------------------------------------
+Take the mixture's E-step (5), ``z_nk = N(x_n | mu_k, Sigma_k) / sum_j N(x_n | mu_j, Sigma_j)``,
+and fix three things: one spherical covariance ``Sigma_k = sigma^2 I`` for all k, uniform
+mixing weights, and unit-norm bases ``mu_k`` (any common length would do). Then
+
+    log N(x_n | mu_k, sigma^2 I) = -(|x_n|^2 - 2 x_n^T mu_k + |mu_k|^2) / (2 sigma^2) + const
+                                 = x_n^T mu_k / sigma^2 + (terms equal for every k),
+
+and the terms equal for every k (|x_n|^2 always, |mu_k|^2 because all bases share one length)
+cancel in the softmax over k, so
+
+    z_nk = softmax_k(lambda x_n^T mu_k),   lambda = 1 / sigma^2.
+
+:func:`spherical_gmm_parameters` writes down the mixture this E-step belongs to. EMANet keeps
+the kernel fixed (lambda = 1 in the official code) and iterates T times:
+
+- A_E  ``z = softmax_k(lambda x mu^T)``                         (N, K)
+- A_M  ``mu_k = sum_n z_nk x_n / (eps + sum_n z_nk)``, then ``mu_k <- mu_k / (eps + |mu_k|)``
+- after the last iteration, A_R ``x_tilde = z mu``               (N, C)
+
+``eps = 1e-6`` in both places, as in the official EMANet code, so that the PyTorch stage
+matches these numbers. The L2 normalisation keeps every ``|mu_k|`` at (almost) 1, so the
+logits ``lambda x_n^T mu_k`` stay on the scale of ``lambda |x_n|``; without it the bases take
+the scale of the features, the logits grow with it and the softmax saturates.
+
+Every function takes NumPy, CuPy or any array-API arrays (the ``xp`` idiom of
+:mod:`em_tutorial.backend`). :func:`em_attention` has a NumPy fast path (buffers reused,
+in-place softmax, the A_M division moved after the product) beside the plain path built
+from the step functions; the tests check that both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from .backend import get_array_module, is_numpy_namespace
+
+__all__ = [
+    "EPS",
+    "EMIteration",
+    "softmax",
+    "attention_e_step",
+    "attention_m_step",
+    "l2_normalize",
+    "attention_reconstruct",
+    "em_attention",
+    "spherical_gmm_parameters",
+]
+
+#: Added to the A_M denominator (``eps + sum_n z_nk``) and to the L2 norm (``eps + |mu_k|``),
+#: the value used by the official EMANet code.
+EPS = 1e-6
+
+
+class EMIteration(NamedTuple):
+    """What one EM-attention iteration t produced (an entry of ``em_attention``'s history).
+
+    Attributes
+    ----------
+    z : array, shape (N, K) or (B, N, K)
+        Responsibilities of the A_E step of iteration t, computed from the bases of iteration
+        t - 1 (the initial bases for t = 1). Rows sum to 1.
+    mu : array, shape (K, C) or (B, K, C)
+        Bases after the A_M step and the L2 normalisation of iteration t.
+    """
+
+    z: object
+    mu: object
+
+
+def softmax(logits, axis=-1):
+    """Numerically safe softmax: ``exp(a - max a) / sum exp(a - max a)`` along ``axis``.
+
+    Subtracting the maximum changes nothing mathematically (it cancels between numerator and
+    denominator) but makes every exponent <= 0, so ``exp`` cannot overflow, and the largest
+    entry becomes exp(0) = 1, so the sum cannot underflow to 0.
+    """
+    xp = get_array_module(logits)
+    shifted = logits - xp.max(logits, axis=axis, keepdims=True)
+    e = xp.exp(shifted)
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def _softmax_last_axis_inplace(a):
+    """:func:`softmax` along the last axis, written into ``a`` itself (NumPy arrays only).
+
+    Same operations as :func:`softmax`, without its three temporaries of ``a``'s size.
+    ``fmax.reduce`` gives the same maximum as ``max`` for NaN-free input (the callers check
+    for NaN) and is several times faster along a short last axis.
+    """
+    a -= np.fmax.reduce(a, axis=-1, keepdims=True)
+    np.exp(a, out=a)
+    a /= np.sum(a, axis=-1, keepdims=True)
+    return a
+
+
+def attention_e_step(x, mu, lam=1.0):
+    """A_E: responsibilities ``z_nk = softmax_k(lambda x_n^T mu_k)``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C) or (B, N, C)
+        Features x, one row per pixel n.
+    mu : array, shape (K, C) or (B, K, C)
+        Bases mu, one row per basis k (shared by the batch when 2-D).
+    lam : float
+        lambda = 1/sigma^2, the inverse temperature of the kernel exp(lambda x^T mu).
+
+    Returns
+    -------
+    z : array, shape (N, K) or (B, N, K)
+        Responsibilities; every row sums to 1.
+    """
+    xp = get_array_module(x, mu)
+    # lambda x_n^T mu_k for every pixel n and basis k:  (..., N, C) @ (..., C, K) -> (..., N, K)
+    logits = lam * xp.matmul(x, mu.mT)
+    # z_nk = exp(logit_nk) / sum_j exp(logit_nj)
+    return softmax(logits, axis=-1)
+
+
+def attention_m_step(x, z, eps=EPS):
+    """A_M: bases as responsibility-weighted means, ``mu_k = sum_n z_nk x_n / (eps + sum_n z_nk)``.
+
+    This is the mixture's mean update (7); ``z`` is normalised along the pixels n here (its
+    columns), whereas the softmax of A_E normalised it along the bases k (its rows).
+
+    Parameters
+    ----------
+    x : array, shape (N, C) or (B, N, C)
+        Features x.
+    z : array, shape (N, K) or (B, N, K)
+        Responsibilities from :func:`attention_e_step`.
+    eps : float
+        Added to the soft counts ``N_k = sum_n z_nk`` (official EMANet value 1e-6), so that a
+        basis no pixel chose gives ``mu_k = 0`` instead of 0/0.
+
+    Returns
+    -------
+    mu : array, shape (K, C) or (B, K, C)
+        New bases, not yet L2-normalised.
+    """
+    xp = get_array_module(x, z)
+    # N_k = sum_n z_nk, the soft number of pixels of basis k       (..., 1, K)
+    counts = xp.sum(z, axis=-2, keepdims=True)
+    # z_nk / (eps + N_k): each column of z becomes averaging weights  (..., N, K)
+    weights = z / (eps + counts)
+    # mu_k = sum_n weights_nk x_n:  (..., K, N) @ (..., N, C) -> (..., K, C)
+    return xp.matmul(weights.mT, x)
+
+
+def l2_normalize(mu, eps=EPS):
+    """Scale every basis to unit length along C: ``mu_k / (eps + |mu_k|)``.
+
+    With the official ``eps = 1e-6`` the result has length ``r / (eps + r)`` where
+    ``r = |mu_k|``: 1 up to about ``1e-6 / r``, and exactly 0 for a basis that is all zeros.
+
+    Parameters
+    ----------
+    mu : array, shape (K, C) or (B, K, C)
+        Bases mu.
+    eps : float
+        Added to the norm (official EMANet value 1e-6).
+
+    Returns
+    -------
+    array, shape of ``mu``
+    """
+    xp = get_array_module(mu)
+    # |mu_k| computed as s_k |mu_k / s_k| with s_k = max_c |mu_kc|, so that squaring large
+    # features cannot overflow (in float32 |mu_k|^2 overflows once |mu_k| > 1.8e19)
+    scale = xp.max(xp.abs(mu), axis=-1, keepdims=True)  # (..., K, 1)
+    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+    norm = scale * xp.linalg.vector_norm(mu / scale, axis=-1, keepdims=True)  # (..., K, 1)
+    # mu_k <- mu_k / (eps + |mu_k|)
+    return mu / (eps + norm)
+
+
+def attention_reconstruct(z, mu):
+    """A_R: every pixel re-expressed by the bases, ``x_tilde_n = sum_k z_nk mu_k`` (eq. 8).
+
+    Parameters
+    ----------
+    z : array, shape (N, K) or (B, N, K)
+        Responsibilities z.
+    mu : array, shape (K, C) or (B, K, C)
+        Bases mu.
+
+    Returns
+    -------
+    x_tilde : array, shape (N, C) or (B, N, C)
+    """
+    xp = get_array_module(z, mu)
+    # (..., N, K) @ (..., K, C) -> (..., N, C)
+    return xp.matmul(z, mu)
+
+
+def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, fast=True):
+    """EM attention: T iterations of A_E and A_M, then the reconstruction A_R.
+
+    Per iteration t = 1..T::
+
+        z     = softmax_k(lambda x mu^T)                         # A_E
+        mu_k  = sum_n z_nk x_n / (eps + sum_n z_nk)              # A_M
+        mu_k  = mu_k / (eps + |mu_k|)                            # L2 normalisation along C
+
+    and after the last iteration ``x_tilde = z mu`` (A_R), with the ``z`` of the last A_E and
+    the ``mu`` of the last A_M, as in the official EMANet code.
+
+    Parameters
+    ----------
+    x : array, shape (N, C) or (B, N, C)
+        Features x: N pixels with C channels (a batch of B feature maps when 3-D).
+        float32 or float64.
+    mu : array, shape (K, C) or (B, K, C)
+        Initial bases mu^(0): K bases, shared by the whole batch when 2-D. Need not be
+        normalised (EMANet passes L2-normalised ones).
+    n_iter : int
+        T, the number of iterations (>= 1; EMANet uses 3).
+    lam : float
+        lambda = 1/sigma^2 >= 0, the inverse temperature of the kernel exp(lambda x^T mu).
+        lambda -> 0 makes z uniform; large lambda makes z one-hot (k-means-like hard
+        assignments). EMANet uses 1.
+    return_history : bool
+        Also return the list of every iteration's ``(z, mu)``.
+    fast : bool
+        For NumPy arrays, use the fast path (reused buffers, in-place softmax); it gives the
+        same numbers as the plain path up to rounding. Ignored for other array libraries.
+
+    Returns
+    -------
+    z : array, shape (N, K) or (B, N, K)
+        Responsibilities of the last A_E; rows sum to 1.
+    mu : array, shape (K, C) or (B, K, C)
+        Bases after the last A_M and L2 normalisation. Batched whenever ``x`` is, even when
+        the initial bases were shared.
+    x_tilde : array, shape (N, C) or (B, N, C)
+        Reconstruction ``z mu``.
+    history : list of EMIteration, length T
+        Only with ``return_history=True``. ``history[t - 1] = EMIteration(z, mu)`` holds
+        the responsibilities of the A_E of iteration t (computed from the bases of iteration
+        t - 1, the initial ones for t = 1) and the bases after the A_M and normalisation of
+        iteration t. So ``history[-1]`` is ``(z, mu)`` above; the initial bases are not in it.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, channel or batch mismatch between ``x`` and ``mu``,
+        N, K or C equal to 0, NaN or inf in ``x`` or ``mu``, ``n_iter < 1``, ``lam`` negative
+        or not finite.
+    TypeError
+        ``x`` or ``mu`` is not float32/float64, or ``n_iter`` is not an integer. float16 is
+        refused rather than computed badly: 1 + 1e-6 == 1 in float16, and the sums
+        over N pixels in A_M keep about 3 digits; cast to float32.
+
+    Notes
+    -----
+    Cost per iteration O(NKC), against the O(N^2 C) of the non-local block
+    (:func:`em_tutorial.non_local.non_local`). The result is finite as long as
+    ``lambda |x_n| |mu_k|`` fits in the dtype.
+    """
+    xp = get_array_module(x, mu)
+    x, mu = _checked_inputs(xp, x, mu, n_iter, lam)
+    iterate = _em_iterations_numpy if fast and is_numpy_namespace(xp) else _em_iterations
+    z, mu, history = iterate(x, mu, n_iter, float(lam), return_history)
+    # A_R: x_tilde = z mu
+    x_tilde = attention_reconstruct(z, mu)
+    if return_history:
+        return z, mu, x_tilde, history
+    return z, mu, x_tilde
+
+
+def _em_iterations(x, mu, n_iter, lam, keep_history):
+    """The plain path: the step functions one after the other, on any array library."""
+    history = []
+    for _ in range(n_iter):
+        z = attention_e_step(x, mu, lam)
+        mu = l2_normalize(attention_m_step(x, z))
+        if keep_history:
+            history.append(EMIteration(z, mu))
+    return z, mu, history
+
+
+def _em_iterations_numpy(x, mu, n_iter, lam, keep_history):
+    """The NumPy fast path: same equations as :func:`_em_iterations`, fewer passes over z."""
+    z_shape = x.shape[:-1] + (mu.shape[-2],)  # (..., N, K)
+    z = np.empty(z_shape, dtype=x.dtype)
+    history = []
+    for _ in range(n_iter):
+        if keep_history and history:
+            z = np.empty(z_shape, dtype=x.dtype)  # the previous z is kept, do not overwrite it
+        # A_E: lambda x mu^T into the reused buffer:  (..., N, C) @ (..., C, K) -> (..., N, K)
+        np.matmul(x, mu.mT, out=z)
+        if lam != 1.0:
+            z *= lam
+        _softmax_last_axis_inplace(z)
+        # A_M: sum_n z_nk x_n / (eps + N_k), dividing the (C, K) product rather than the
+        # (N, K) weights; computed as mu^T = x^T z, the faster orientation for OpenBLAS
+        counts = np.sum(z, axis=-2, keepdims=True)  # (..., 1, K)
+        mu_t = np.matmul(x.mT, z)  # (..., C, N) @ (..., N, K) -> (..., C, K)
+        mu_t /= EPS + counts
+        mu = l2_normalize(mu_t.mT)  # (..., K, C)
+        if keep_history:
+            history.append(EMIteration(z, mu))
+    return z, mu, history
+
+
+def spherical_gmm_parameters(mu, lam=1.0):
+    """The Gaussian mixture whose E-step is EM attention's A_E.
+
+    With one spherical covariance ``sigma^2 I``, ``sigma^2 = 1/lambda``, uniform mixing
+    weights and bases of one common length (unit norm in EM attention), the mixture E-step (5)
+    equals ``softmax_k(lambda x_n^T mu_k)`` for any pixels x (the module docstring derives
+    it). Bases of different lengths add ``-lambda |mu_k|^2 / 2`` to the logits, non-uniform
+    weights ``ln pi_k``; then the two differ.
+
+    Parameters
+    ----------
+    mu : array, shape (K, C)
+        Bases mu, used as the component means.
+    lam : float
+        lambda > 0.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``em_tutorial.gmm.e_step(x, **params)``: ``means`` = mu,
+        ``precisions_cholesky`` = sqrt(lambda) = 1/sigma for every component (shape (K,)),
+        ``covariance_type="spherical"``, ``weights=None`` (uniform).
+    """
+    xp = get_array_module(mu)
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam = 1/sigma^2 must be positive and finite for a Gaussian; got {lam}")
+    precision_cholesky = xp.full((mu.shape[-2],), math.sqrt(lam), dtype=mu.dtype)
+    return {
+        "means": mu,
+        "precisions_cholesky": precision_cholesky,
+        "covariance_type": "spherical",
+        "weights": None,
+    }
+
+
+def _check_dtype(xp, name, array):
+    """float32 and float64 only.
+
+    float16 is refused rather than computed badly: the official eps = 1e-6 is below its
+    resolution (1 + 1e-6 == 1 in float16), and the N-long sums of A_M (N ~ 10^4 pixels) keep
+    about 3 significant digits. Cast to float32 (the GPU stage's precision) instead.
+    """
+    float16 = getattr(xp, "float16", None)  # not part of the array API standard
+    if float16 is not None and array.dtype == float16:
+        raise TypeError(
+            f"{name} is float16, which EM attention does not support: eps = 1e-6 is below its "
+            "resolution and the sums over N pixels lose most digits. Cast to float32 first, "
+            f"e.g. {name}.astype(numpy.float32)."
+        )
+    if array.dtype not in (xp.float32, xp.float64):
+        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}")
+
+
+def _checked_inputs(xp, x, mu, n_iter, lam):
+    """Validate the arguments of :func:`em_attention`; return x and mu in one common dtype."""
+    for name, array, letters in (("x", x, "N, C"), ("mu", mu, "K, C")):
+        if array.ndim not in (2, 3):
+            raise ValueError(
+                f"{name} must have shape ({letters}) or (B, {letters}); got {array.ndim} "
+                f"dimensions, shape {tuple(array.shape)}"
+            )
+    if mu.ndim == 3 and x.ndim == 2:
+        raise ValueError(
+            f"mu is batched, shape {tuple(mu.shape)} = (B, K, C), but x is not, shape "
+            f"{tuple(x.shape)}; give x a batch axis (B, N, C) or mu the shape (K, C)"
+        )
+    if mu.ndim == 3 and mu.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"batch mismatch: x has B={x.shape[0]} feature maps but mu has B={mu.shape[0]} sets "
+            "of bases; use the same B or shared bases of shape (K, C)"
+        )
+    if x.shape[-1] != mu.shape[-1]:
+        raise ValueError(
+            f"channel mismatch: x has C={x.shape[-1]} channels (shape {tuple(x.shape)}) but mu "
+            f"has C={mu.shape[-1]} (shape {tuple(mu.shape)})"
+        )
+    for size, what in ((x.shape[-2], "N = 0 pixels"), (mu.shape[-2], "K = 0 bases"),
+                       (x.shape[-1], "C = 0 channels")):
+        if size == 0:
+            raise ValueError(f"nothing to compute: {what} (x shape {tuple(x.shape)}, "
+                             f"mu shape {tuple(mu.shape)})")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
+        raise TypeError(f"n_iter (T) must be an integer; got {n_iter!r}")
+    if n_iter < 1:
+        raise ValueError(f"n_iter (T) must be at least 1; got {n_iter}")
+    if not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0; got {lam!r}")
+    _check_dtype(xp, "x", x)
+    _check_dtype(xp, "mu", mu)
+    for name, array in (("x", x), ("mu", mu)):
+        if not bool(xp.all(xp.isfinite(array))):
+            bad = int(xp.sum(xp.astype(~xp.isfinite(array), xp.int64)))
+            raise ValueError(f"{name} contains NaN or inf ({bad} of its {math.prod(array.shape)} "
+                             "values); clean or mask them first")
+    dtype = xp.result_type(x.dtype, mu.dtype)
+    return xp.astype(x, dtype, copy=False), xp.astype(mu, dtype, copy=False)

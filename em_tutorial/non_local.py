@@ -1,0 +1,115 @@
+"""The non-local operation (eq. 9): the O(N^2 C) attention that EM attention replaces.
+
+Embedded-Gaussian form (Wang et al., Non-local Neural Networks, 2018)::
+
+    y_i = 1/C(x_i) sum_j exp(theta(x_i)^T phi(x_j)) g(x_j),
+    C(x_i) = sum_j exp(theta(x_i)^T phi(x_j))
+
+i.e. ``y = softmax_j(theta(x) phi(x)^T) g(x)``: every pixel attends to all N pixels, so the
+attention matrix alone is N x N (354 MB in float32 for a 97 x 97 feature map).
+
+The embeddings theta, phi, g are linear maps (1x1 convolutions in the network), given here as
+matrices and identity by default. With identity embeddings the attention matrix is exactly
+EM attention's first A_E when the bases are all N pixels (``mu = x``, K = N); see
+:func:`non_local_attention`.
+"""
+
+from __future__ import annotations
+
+from .backend import get_array_module, is_numpy_namespace
+from .ema import _softmax_last_axis_inplace, softmax
+
+__all__ = ["non_local_attention", "non_local"]
+
+
+def _embed(xp, x, weight, name):
+    """``x @ weight`` for a (C, C') embedding matrix, or x itself when ``weight`` is None."""
+    if weight is None:
+        return x
+    if weight.ndim != 2 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"{name} must be a (C, C') matrix with C = {x.shape[-1]} rows (the channels of x); "
+            f"got shape {tuple(weight.shape)}"
+        )
+    # (..., N, C) @ (C, C') -> (..., N, C')
+    return xp.matmul(x, weight)
+
+
+def _check_features(xp, x):
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must have shape (N, C) or (B, N, C); got shape {tuple(x.shape)}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x has no pixels or no channels: shape {tuple(x.shape)}")
+    if x.dtype not in (xp.float32, xp.float64):
+        raise TypeError(f"x must be a float32 or float64 array; got dtype {x.dtype}")
+    if not bool(xp.all(xp.isfinite(x))):
+        raise ValueError("x contains NaN or inf; clean or mask them first")
+
+
+def non_local_attention(x, w_theta=None, w_phi=None):
+    """The non-local attention matrix ``a_ij = f(x_i, x_j) / C(x_i) = softmax_j(theta_i^T phi_j)``.
+
+    With identity embeddings this is ``softmax_j(x_i^T x_j)``, which is EM attention's A_E
+    ``z = softmax_k(lambda x mu^T)`` for lambda = 1 and the bases set to all N pixels
+    (``mu = x``, K = N). ``w_theta = lambda * I`` gives any other lambda.
+
+    Parameters
+    ----------
+    x : array, shape (N, C) or (B, N, C)
+        Features x.
+    w_theta, w_phi : array, shape (C, C'), optional
+        Embedding matrices of theta and phi (identity when None; C' = C then).
+
+    Returns
+    -------
+    a : array, shape (N, N) or (B, N, N)
+        Rows sum to 1.
+    """
+    xp = get_array_module(x, w_theta, w_phi)
+    _check_features(xp, x)
+    theta = _embed(xp, x, w_theta, "w_theta")  # (..., N, C')
+    phi = _embed(xp, x, w_phi, "w_phi")  # (..., N, C')
+    if theta.shape[-1] != phi.shape[-1]:
+        raise ValueError(
+            f"theta and phi must embed into the same C'; got {theta.shape[-1]} and {phi.shape[-1]}"
+        )
+    # theta(x_i)^T phi(x_j) for all pixel pairs:  (..., N, C') @ (..., C', N) -> (..., N, N)
+    logits = xp.matmul(theta, phi.mT)
+    # a_ij = exp(logit_ij) / sum_j' exp(logit_ij'); on NumPy in place, because the N x N
+    # matrix is the memory bill of this operation
+    if is_numpy_namespace(xp):
+        return _softmax_last_axis_inplace(logits)
+    return softmax(logits, axis=-1)
+
+
+def non_local(x, w_theta=None, w_phi=None, w_g=None):
+    """The embedded-Gaussian non-local operation, ``y_i = 1/C(x_i) sum_j f(x_i, x_j) g(x_j)``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C) or (B, N, C)
+        Features x, one row per pixel.
+    w_theta, w_phi : array, shape (C, C'), optional
+        Embedding matrices of theta and phi (identity when None).
+    w_g : array, shape (C, C_g), optional
+        Embedding matrix of g (identity when None; C_g = C then).
+
+    Returns
+    -------
+    y : array, shape (N, C_g) or (B, N, C_g)
+
+    Notes
+    -----
+    Time O(N^2 C') and memory O(N^2) per feature map. EM attention reduces to it as follows
+    (all with identity embeddings, lambda = 1, one iteration, initial bases ``mu = x``):
+    its first A_E is :func:`non_local_attention`, and the reconstruction with those *initial*
+    bases, ``z @ mu = z @ x``, is ``non_local(x)``. EM attention's own output ``x_tilde``
+    differs: A_M first replaces each basis by a mean of the pixels weighted by a column of z
+    (normalised over n, not k) and the L2 normalisation then sets its length to 1, whereas
+    the non-local block averages the unnormalised g(x_j).
+    """
+    xp = get_array_module(x, w_theta, w_phi, w_g)
+    attention = non_local_attention(x, w_theta, w_phi)  # (..., N, N)
+    g = _embed(xp, x, w_g, "w_g")  # (..., N, C_g)
+    # y_i = sum_j a_ij g(x_j):  (..., N, N) @ (..., N, C_g) -> (..., N, C_g)
+    return xp.matmul(attention, g)
