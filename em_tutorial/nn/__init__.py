@@ -1,0 +1,29 @@
+"""Stage 3: the EM Attention Unit and EMANet in PyTorch.
+
+* :func:`em_tutorial.nn.functional.em_attention` -- EM attention on tensors, equal to
+  :func:`em_tutorial.ema.em_attention` (NumPy) number for number.
+* :class:`EMAU` -- the EM Attention Unit, with its bases as a moving-average buffer.
+* :class:`NonLocal2d` -- the non-local block, the O(N^2) baseline.
+* :class:`ResNet` -- dilated ResNet backbones (torchvision-compatible names with the plain stem).
+* :class:`EMANet`, :func:`emanet_resnet101` (official), :func:`emanet_tiny` (CPU-sized), and
+  :func:`param_groups` for the official optimiser recipe.
+"""
+
+from . import emanet, functional
+from .emanet import (
+    TINY_BACKBONE,
+    EMANet,
+    emanet_resnet50,
+    emanet_resnet101,
+    emanet_resnet152,
+    emanet_tiny,
+    param_groups,
+)
+from .emau import EMAU
+from .non_local import NonLocal2d
+from .resnet import ResNet, resnet50, resnet101, resnet152
+
+__all__ = [
+    "functional", "EMAU", "NonLocal2d", "ResNet", "resnet50", "resnet101", "resnet152",
+    *emanet.__all__,
+]

@@ -1,0 +1,137 @@
+"""EM attention on PyTorch tensors: the same function as :func:`em_tutorial.ema.em_attention`.
+
+Same arguments, same shapes, same constants (``eps = 1e-6`` in the A_M denominator and in the
+L2 normalisation), so the NumPy stage and this one can be compared number for number. Autograd
+flows through every step; :class:`em_tutorial.nn.EMAU` runs the same iterations
+(:func:`em_iterations`) under ``torch.no_grad()``, as the paper does.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
+
+#: Guards the A_M denominator ``sum_n z_nk`` and the L2 norm of the bases.
+EPS = 1e-6
+
+
+def _check_inputs(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float, check_finite: bool):
+    if not isinstance(x, torch.Tensor) or not isinstance(mu, torch.Tensor):
+        raise TypeError(
+            f"x and mu must be torch tensors, got {type(x).__name__} and {type(mu).__name__} "
+            "(em_tutorial.ema.em_attention is the NumPy version)"
+        )
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must have shape (N, C) or (B, N, C), got {tuple(x.shape)}")
+    if mu.ndim not in (2, 3):
+        raise ValueError(f"mu must have shape (K, C) or (B, K, C), got {tuple(mu.shape)}")
+    if mu.ndim == 3 and (x.ndim != 3 or mu.shape[0] != x.shape[0]):
+        raise ValueError(
+            f"batched mu {tuple(mu.shape)} = (B, K, C) needs x of shape (B, N, C) with the same "
+            f"B, got {tuple(x.shape)}; or pass shared bases of shape (K, C)"
+        )
+    if x.shape[-1] != mu.shape[-1]:
+        raise ValueError(
+            f"channel mismatch: x has C={x.shape[-1]} (shape {tuple(x.shape)}) but mu has "
+            f"C={mu.shape[-1]} (shape {tuple(mu.shape)})"
+        )
+    if 0 in (x.shape[-2], x.shape[-1], mu.shape[-2]):
+        raise ValueError(
+            f"nothing to compute: N, K or C is 0 (x {tuple(x.shape)}, mu {tuple(mu.shape)})"
+        )
+    if x.dtype != mu.dtype or x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"x and mu must share one dtype, float32 or float64; got {x.dtype} and {mu.dtype}. "
+            "Half precision is refused: eps = 1e-6 is below its resolution and the sums over "
+            "N pixels lose most digits (EMAU runs the iterations in float32 under autocast)."
+        )
+    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
+        raise ValueError(f"n_iter (T) must be an integer >= 1, got {n_iter!r}")
+    if not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0, got {lam!r}")
+    if check_finite:
+        for name, t in (("x", x), ("mu", mu)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or inf; clean or mask it first")
+
+
+def em_attention(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    n_iter: int = 3,
+    lam: float = 1.0,
+    *,
+    check_finite: bool = True,
+):
+    """Run ``T = n_iter`` EM iterations of EM attention, then reconstruct ``x``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C) or (B, N, C)
+        The N feature vectors x_n (one per pixel).
+    mu : Tensor, shape (K, C) or (B, K, C)
+        The initial bases mu^(0); a (K, C) tensor is shared by every batch element.
+    n_iter : int
+        T, the number of E/M iterations (>= 1).
+    lam : float
+        lambda = 1/sigma^2, the inverse temperature of the kernel exp(lambda x^T mu).
+    check_finite : bool
+        Refuse NaN or inf in ``x`` and ``mu``. The check reads every value (on a GPU it
+        waits for the device); :class:`~em_tutorial.nn.EMAU` skips it.
+
+    Returns
+    -------
+    z : Tensor, shape (N, K) or (B, N, K)
+        Responsibilities of the last E-step (each row sums to 1).
+    mu : Tensor, shape (K, C) or (B, K, C)
+        Bases after the last M-step, each row of unit L2 norm (up to ``EPS``).
+    x_tilde : Tensor, shape like ``x``
+        The reconstruction A_R: x_tilde = z mu.
+
+    Raises
+    ------
+    ValueError
+        Wrong dimensions, channel or batch mismatch, an empty axis, ``n_iter < 1``, a negative
+        or non-finite ``lam``, NaN or inf in the inputs.
+    TypeError
+        Not tensors, or not one dtype among float32 and float64.
+    """
+    _check_inputs(x, mu, n_iter, lam, check_finite)
+    z, mu = em_iterations(x, mu, n_iter, lam)
+    # A_R: x_tilde_n = sum_k z_nk mu_k
+    x_tilde = z @ mu  # (B, N, K) @ (B, K, C) -> (B, N, C)
+    return z, mu, x_tilde
+
+
+def em_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int = 3, lam: float = 1.0):
+    """The T iterations of :func:`em_attention` without the reconstruction and the checks.
+
+    Returns ``z`` (B, N, K) of the last E-step and the bases ``mu`` (B, K, C) of the last
+    M-step. :class:`~em_tutorial.nn.EMAU` calls this and reconstructs in its own layout.
+    """
+    for _ in range(n_iter):
+        # A_E: z_nk = softmax_k(lambda x_n^T mu_k); lambda scales the small (K, C) bases
+        # rather than the (N, K) logits
+        z = torch.softmax(x @ (lam * mu).mT, dim=-1)  # (B, N, C) @ (C, K) -> (B, N, K)
+        # A_M: mu_k = sum_n z_nk x_n / (eps + sum_n z_nk); the division is applied to the
+        # (K, C) product instead of the (N, K) weights: same numbers, N/C times less work
+        counts = z.sum(dim=-2).unsqueeze(-1)  # (B, K, 1)
+        mu = (z.mT @ x) / (EPS + counts)  # (B, K, N) @ (B, N, C) -> (B, K, C)
+        # mu_k <- mu_k / (eps + ||mu_k||)
+        mu = mu / (EPS + torch.linalg.vector_norm(mu, dim=-1, keepdim=True))  # (B, K, C)
+    return z, mu
+
+
+def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
+    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+    if x.ndim != 4:
+        raise ValueError(f"{owner} expects a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{owner} was built for C={channels} channels, got input of shape {tuple(x.shape)} "
+            f"with {x.shape[1]}"
+        )
