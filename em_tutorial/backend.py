@@ -19,6 +19,7 @@ __all__ = [
     "is_numpy_namespace",
     "is_cupy_namespace",
     "gpu_available",
+    "gpu_unavailable_reason",
     "to_device",
     "to_numpy",
 ]
@@ -78,6 +79,17 @@ def gpu_available() -> bool:
         return bool(cupy.is_available())
     except Exception:  # a broken CUDA install reports itself through many exception types
         return False
+
+
+def gpu_unavailable_reason():
+    """None if CuPy can use a GPU here, else a sentence saying why not (for skip messages)."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "CuPy is not installed (pip install 'em_tutorial[gpu]')"
+    if not gpu_available():
+        return "CuPy is installed but sees no CUDA GPU on this machine"
+    return None
 
 
 def to_device(array, dtype=None):

@@ -3,20 +3,9 @@
 import numpy as np
 import pytest
 
-from em_tutorial.backend import gpu_available
+from em_tutorial.backend import gpu_unavailable_reason
 
-
-def _gpu_skip_reason():
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return "CuPy is not installed (pip install 'em_tutorial[gpu]')"
-    if not gpu_available():
-        return "CuPy is installed but sees no CUDA GPU on this machine"
-    return None
-
-
-GPU_SKIP_REASON = _gpu_skip_reason()
+GPU_SKIP_REASON = gpu_unavailable_reason()
 
 
 def pytest_collection_modifyitems(config, items):
