@@ -1,0 +1,210 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6. Cost: EM attention against the non-local block
+#
+# The reason EMANet exists: the non-local block lets every one of the $N = HW$ pixels attend
+# to every other, which costs $O(N^2 C)$ time and an $N \times N$ attention matrix of memory;
+# EM attention lets every pixel attend to $K$ bases, $O(NKC)$ per iteration, with $K$ fixed
+# (64 in the paper). This notebook measures both over feature-map sizes (time, FLOPs and
+# memory) and sets the measurements against the two complexities.
+#
+# The sizes are kept small so that the notebook runs in seconds on a laptop CPU; the
+# benchmarks in `benchmarks/` measure the paper's sizes ($C = 512$, $65 \times 65$ and
+# $97 \times 97$).
+
+# %%
+import time
+import tracemalloc
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from em_tutorial import ema, non_local
+from em_tutorial.nn import EMAU, NonLocal2d
+
+torch.manual_seed(0)
+torch.set_num_threads(1)  # compare work, not parallel speed-up; one thread also times steadier
+rng = np.random.default_rng(0)
+
+C, K, T = 128, 64, 3  # channels, bases, EM iterations
+sides = (12, 16, 24, 32, 48, 64)  # feature maps from 12 x 12 to 64 x 64
+Ns = np.array([s * s for s in sides])
+
+# %% [markdown]
+# ## How the work grows
+#
+# Count the multiply-adds of the attention itself (the $1\times1$ convolutions around it cost
+# $O(NC^2)$ in both blocks and grow only linearly in $N$):
+#
+# - EM attention, per iteration: A$_E$ is the product $X\mu^\top$, $(N \times C)(C \times K)$,
+#   $2NKC$ FLOPs; A$_M$ is $Z^\top X$, another $2NKC$. With A$_R$ ($Z\mu$, $2NKC$) after $T$
+#   iterations: $(4T + 2)\,NKC$.
+# - The non-local block with embeddings of $C' = C/2$ channels: $\theta\phi^\top$ is
+#   $(N \times C')(C' \times N)$, $2N^2C'$ FLOPs, and the attention times $g$ another
+#   $2N^2C'$: $4N^2C'$.
+#
+# The two are equal at $N^* = (4T+2)KC / (4C')$: below it the non-local block is the cheaper
+# one, above it EM attention wins by a factor that grows like $N$.
+
+# %%
+def em_attention_flops(n):
+    return (4 * T + 2) * n * K * C
+
+
+def non_local_flops(n, inter_channels=C // 2):
+    return 4 * n * n * inter_channels
+
+
+crossover = (4 * T + 2) * K * C / (4 * (C // 2))
+side_star = np.sqrt(crossover)
+print(f"equal cost at N* = {crossover:.0f} pixels, about {side_star:.0f} x {side_star:.0f}")
+for side in (65, 97):
+    n = side * side
+    ratio = non_local_flops(n) / em_attention_flops(n)
+    print(f"{side} x {side}: non-local / EM attention = {ratio:.0f}x the FLOPs")
+
+# %% [markdown]
+# ## Measured: time and FLOPs of the two blocks
+#
+# The PyTorch modules of notebook 4, `EMAU` and `NonLocal2d`, on one feature map in
+# evaluation mode without gradients. PyTorch's `FlopCounterMode` counts the FLOPs of every
+# matrix product and convolution the forward pass actually runs (element-wise work such as
+# the softmax is not counted). Times are the best of several runs on this machine.
+
+# %%
+def best_seconds(function, min_repeats=5, min_total=0.2):
+    """The fastest of several runs: other work on the machine only ever adds time."""
+    function()  # warm-up
+    times = []
+    while len(times) < min_repeats or sum(times) < min_total:
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def counted_flops(module, x):
+    with FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops()
+
+
+blocks = {"EMAU": EMAU(C, num_bases=K, num_stages=T).eval(), "NonLocal2d": NonLocal2d(C).eval()}
+seconds = {name: [] for name in blocks}
+flops = {name: [] for name in blocks}
+with torch.no_grad():
+    for side in sides:
+        x = torch.randn(1, C, side, side)  # (B, C, H, W)
+        for name, block in blocks.items():
+            seconds[name].append(best_seconds(lambda: block(x)))
+            flops[name].append(counted_flops(block, x))
+
+print(f"{'map':>7s} {'N':>6s} | {'EMAU ms':>8s} {'NonLocal ms':>11s} | "
+      f"{'EMAU MFLOP':>10s} {'NonLocal MFLOP':>14s}")
+for i, side in enumerate(sides):
+    print(f"{side:>3d}x{side:<3d} {Ns[i]:>6d} | "
+          f"{1e3 * seconds['EMAU'][i]:>8.2f} {1e3 * seconds['NonLocal2d'][i]:>11.2f} | "
+          f"{flops['EMAU'][i] / 1e6:>10.1f} {flops['NonLocal2d'][i] / 1e6:>14.1f}")
+
+# %% [markdown]
+# ## Measured: memory
+#
+# Memory is easiest to see on the NumPy stage, whose allocations Python's `tracemalloc`
+# records: the peak of extra memory while `em_tutorial.ema.em_attention` and
+# `em_tutorial.non_local.non_local` run on the same float32 features. EM attention holds
+# the $N \times K$ responsibilities; the non-local operation the $N \times N$ attention
+# matrix.
+
+# %%
+def peak_bytes(function):
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    function()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+memory = {"EM attention": [], "non-local": []}
+bases = ema.l2_normalize(rng.standard_normal((K, C)).astype(np.float32))  # (K, C)
+for n in Ns:
+    features = rng.standard_normal((n, C)).astype(np.float32)  # (N, C)
+    memory["EM attention"].append(peak_bytes(lambda: ema.em_attention(features, bases, n_iter=T)))
+    memory["non-local"].append(peak_bytes(lambda: non_local.non_local(features)))
+
+for i, n in enumerate(Ns):
+    print(f"N = {n:5d}: EM attention {memory['EM attention'][i] / 2**20:6.2f} MiB, "
+          f"non-local {memory['non-local'][i] / 2**20:7.2f} MiB   "
+          f"(N x N float32: {4 * n * n / 2**20:6.2f} MiB)")
+
+# %% [markdown]
+# ## Against the complexities
+#
+# On log-log axes a cost proportional to $N$ is a line of slope 1 and one proportional to
+# $N^2$ a line of slope 2. The dashed lines are $c \cdot N$ and $c \cdot N^2$ through the
+# largest measurement of each block: the slopes are the lesson. In the FLOPs panel the
+# dotted lines are the attention formulas above, without the convolutions.
+
+# %%
+def reference(values, power):
+    """c * N**power through the last (largest) measurement."""
+    return values[-1] * (Ns / Ns[-1]) ** power
+
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+panels = (
+    ("time (s)", seconds, ("EMAU", "NonLocal2d")),
+    ("FLOPs (counted)", flops, ("EMAU", "NonLocal2d")),
+    ("peak extra memory (bytes)", memory, ("EM attention", "non-local")),
+)
+for ax, (label, measured, (linear_name, quadratic_name)) in zip(axes, panels):
+    for name, power, colour in ((linear_name, 1, "tab:blue"), (quadratic_name, 2, "tab:orange")):
+        values = np.asarray(measured[name], dtype=float)
+        ax.loglog(Ns, values, "o-", color=colour, label=name)
+        ax.loglog(Ns, reference(values, power), "--", color=colour, alpha=0.6,
+                  label=f"$\\propto N^{power}$")
+    ax.set(xlabel="feature map (N = H W pixels)", ylabel=label)
+axes[1].loglog(Ns, em_attention_flops(Ns), ":", color="tab:blue", label="$(4T+2)NKC$")
+axes[1].loglog(Ns, non_local_flops(Ns), ":", color="tab:orange", label="$4N^2C'$")
+for ax in axes:
+    ax.set_xticks(Ns, [f"{side}x{side}" for side in sides])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.legend()
+fig.suptitle(f"C = {C}, K = {K}, T = {T}, batch 1", y=1.02)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What the figure shows:
+#
+# - **FLOPs** follow the formulas closely: the EMAU's grow like $N$, the non-local block's
+#   like $N^2$ once $N$ passes a few hundred pixels (below that its $O(NC^2)$ convolutions
+#   dominate). The curves cross near the $N^*$ computed above.
+# - **Time** follows FLOPs at the larger sizes; at the smallest ones fixed per-call overheads
+#   flatten both curves, which is why small benchmarks say little about complexity. Once the
+#   $N \times N$ matrix no longer fits in the CPU's caches, the non-local block's time can
+#   grow even faster than its FLOPs.
+# - **Memory** of the non-local operation is the $N \times N$ matrix: at $64 \times 64$ it is
+#   already 64 MiB in float32 for a single image, and at the paper's $97 \times 97$ it would
+#   be 338 MiB per image, before the backward pass stores it again. EM attention's
+#   $N \times K$ responsibilities grow only linearly.
+#
+# Extrapolating along the two slopes to EMANet's setting ($97 \times 97$, $C = 512$, batch
+# 16 during training) is what makes the non-local block impractical there and EM attention
+# cheap; `benchmarks/bench_nn.py` and `benchmarks/bench_ema.py` measure those sizes directly.
