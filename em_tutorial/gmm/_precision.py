@@ -1,0 +1,196 @@
+"""Covariances Sigma_k, precisions Sigma_k^{-1} and their Cholesky factors P_k.
+
+The densities are evaluated through the *precision Cholesky factor* P_k, the upper-triangular
+matrix with Sigma_k^{-1} = P_k P_k^T, because then
+
+    (x - mu_k)^T Sigma_k^{-1} (x - mu_k) = ||(x - mu_k) P_k||^2    and
+    ln |Sigma_k|^{-1/2} = sum_j ln (P_k)_jj,
+
+so no matrix is ever inverted explicitly. Shapes follow scikit-learn, per covariance type:
+
+=============  ================  =============================================
+type           covariances       precisions_cholesky
+=============  ================  =============================================
+``full``       (K, d, d)         (K, d, d), upper triangular
+``tied``       (d, d)            (d, d), one matrix shared by all components
+``diag``       (K, d)            (K, d), P_k = diag(1 / sigma_kj)
+``spherical``  (K,)              (K,), P_k = I / sigma_k
+=============  ================  =============================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from em_tutorial.backend import get_array_module, to_numpy
+from em_tutorial.gmm._linalg import (
+    NotPositiveDefiniteError,
+    cholesky_lower,
+    invert_lower_triangular,
+)
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def check_covariance_type(covariance_type):
+    """Raise a ValueError unless ``covariance_type`` is one of :data:`COVARIANCE_TYPES`."""
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
+        )
+
+
+def parameter_shape(covariance_type, n_components, n_features):
+    """The shape of covariances, precisions and precision Cholesky factors for the type."""
+    return {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
+
+
+def collapsed_components(covariances, covariance_type, floor=0.0):
+    """Indices k whose Sigma_k has an eigenvalue (a variance) <= ``floor``, or is not finite.
+
+    ``floor=0`` asks for "not positive definite". A caller that knows the data's scale can
+    pass the level of rounding noise instead: a variance of 1e-28 for data of size 100 is a
+    component that sits on one point, even if it is still positive.
+
+    Copies to the host and checks one component at a time: for error paths and once-per-fit
+    checks only. For ``tied`` the single shared matrix is reported as component 0.
+    """
+    covariances = to_numpy(covariances).astype(np.float64)
+    if covariance_type == "tied":
+        covariances = covariances[np.newaxis]
+    bad = []
+    for k, sigma in enumerate(covariances):
+        if not np.all(np.isfinite(sigma)):
+            bad.append(k)
+        elif covariance_type in ("full", "tied"):
+            if np.linalg.eigvalsh(sigma).min() <= floor:
+                bad.append(k)
+        elif np.min(sigma) <= floor:
+            bad.append(k)
+    return bad
+
+
+def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
+    """The ValueError for collapsed covariances (see :func:`collapsed_components`), naming them."""
+    bad = collapsed_components(covariances, covariance_type, floor)
+    if covariance_type == "tied":
+        where = "the tied covariance (shared by all components)"
+    elif len(bad) == 1:
+        where = f"component {bad[0]}"
+    else:
+        where = "components " + ", ".join(str(k) for k in bad)
+    now = "" if reg_covar is None else f" (reg_covar is now {reg_covar:g})"
+    return ValueError(
+        f"{where} collapsed: the covariance is singular to working precision, typically "
+        "because the component sits on a single point or on points that span fewer "
+        f"dimensions than n_features. Increase reg_covar{now}, e.g. to 1e-3 times the data "
+        "variance, or use fewer components, or rescale the data. With float32 data, float64 "
+        "also helps."
+    )
+
+
+def precisions_cholesky_from_covariances(covariances, covariance_type="full", *, validate=True):
+    """Precision Cholesky factors P_k with Sigma_k^{-1} = P_k P_k^T.
+
+    With Sigma_k = L_k L_k^T (Cholesky, L_k lower), P_k = L_k^{-T}.
+
+    Parameters
+    ----------
+    covariances : array
+        Sigma, shaped as in the module table for ``covariance_type``.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    validate : bool, default=True
+        Raise a ValueError naming the collapsed components if some Sigma_k is not positive
+        definite. ``False`` skips the check that needs a host round-trip (on CuPy); a failed
+        factor then holds NaN, which shows up in the next log-likelihood. Failures the library
+        reports itself (NumPy's Cholesky) are always raised.
+
+    Returns
+    -------
+    precisions_cholesky : array, same shape as ``covariances``
+    """
+    check_covariance_type(covariance_type)
+    xp = get_array_module(covariances)
+    if covariance_type in ("full", "tied"):
+        try:
+            lower = cholesky_lower(covariances, xp)
+        except NotPositiveDefiniteError:
+            raise collapse_error(covariances, covariance_type) from None
+        # P = L^{-T}
+        precisions_chol = xp.matrix_transpose(invert_lower_triangular(lower, xp))
+    else:
+        # P = 1 / sigma. A non-positive variance becomes NaN here (not a division warning).
+        safe = xp.where(covariances > 0, covariances, xp.asarray(xp.nan, dtype=covariances.dtype))
+        precisions_chol = 1.0 / xp.sqrt(safe)
+    if validate and not bool(xp.all(xp.isfinite(precisions_chol))):
+        raise collapse_error(covariances, covariance_type)
+    return precisions_chol
+
+
+def precisions_from_cholesky(precisions_cholesky, covariance_type="full"):
+    """Precisions Sigma_k^{-1} = P_k P_k^T, same shape as ``precisions_cholesky``."""
+    check_covariance_type(covariance_type)
+    xp = get_array_module(precisions_cholesky)
+    if covariance_type in ("full", "tied"):
+        # (..., d, d) @ (..., d, d)
+        return xp.matmul(precisions_cholesky, xp.matrix_transpose(precisions_cholesky))
+    return precisions_cholesky**2
+
+
+def _flip_both(matrices, xp):
+    # Reverse rows and columns: turns a lower-triangular matrix into an upper one.
+    return xp.flip(xp.flip(matrices, axis=-1), axis=-2)
+
+
+def precisions_cholesky_from_precisions(precisions, covariance_type="full"):
+    """Upper-triangular P_k with P_k P_k^T = Sigma_k^{-1}, from the precisions themselves.
+
+    A Cholesky factor of the row-and-column-reversed precision, reversed back, is upper
+    triangular; this matches scikit-learn's ``precisions_init`` handling.
+
+    Raises
+    ------
+    ValueError
+        If a precision is not positive definite.
+    """
+    check_covariance_type(covariance_type)
+    xp = get_array_module(precisions)
+    if covariance_type in ("full", "tied"):
+        try:
+            return _flip_both(cholesky_lower(_flip_both(precisions, xp), xp), xp)
+        except NotPositiveDefiniteError:
+            raise ValueError(
+                f"the {covariance_type} precisions must be symmetric positive definite"
+            ) from None
+    return xp.sqrt(precisions)
+
+
+def covariances_from_precisions_cholesky(precisions_cholesky, covariance_type="full"):
+    """Sigma_k = (P_k P_k^T)^{-1} = P_k^{-T} P_k^{-1}, same shape as ``precisions_cholesky``."""
+    check_covariance_type(covariance_type)
+    xp = get_array_module(precisions_cholesky)
+    if covariance_type in ("full", "tied"):
+        # P is upper triangular, so P^T is lower.
+        inv_pt = invert_lower_triangular(xp.matrix_transpose(precisions_cholesky), xp)  # P^{-T}
+        return xp.matmul(inv_pt, xp.matrix_transpose(inv_pt))
+    return 1.0 / precisions_cholesky**2
+
+
+def log_det_cholesky(precisions_cholesky, covariance_type, n_features):
+    """ln |P_k| = sum_j ln (P_k)_jj = -1/2 ln |Sigma_k|, for each component.
+
+    Returns
+    -------
+    log_det : array of shape (K,), or a 0-d array for ``tied`` (shared by all components)
+    """
+    xp = get_array_module(precisions_cholesky)
+    if covariance_type in ("full", "tied"):
+        return xp.sum(xp.log(xp.linalg.diagonal(precisions_cholesky)), axis=-1)
+    if covariance_type == "diag":
+        return xp.sum(xp.log(precisions_cholesky), axis=1)
+    return n_features * xp.log(precisions_cholesky)
