@@ -57,6 +57,16 @@ def _cpu_threads(X):
     return max(1, min(cores or 1, n_blocks))
 
 
+#: Samples per block on a GPU: a launch per small block would leave it idle between kernels,
+#: while 2**16 samples keep the (K, block, d) temporaries in the tens of megabytes.
+GPU_BLOCK_SIZE = 2**16
+
+
+def _block_size(X):
+    """Samples per block: cache-sized on the CPU (:data:`BLOCK_SIZE`), large on a GPU."""
+    return BLOCK_SIZE if is_numpy_namespace(get_array_module(X)) else GPU_BLOCK_SIZE
+
+
 def _single_threaded_blas(X):
     """On the CPU, BLAS limited to one thread: the per-block products are too small to split,
     and the cores are already busy with one block each (or waiting threads would spin)."""
@@ -231,7 +241,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if weights_init is None or means_init is None or precisions_init is None:
             resp = xp.asarray(self._initial_responsibilities(X, random_state))
             weights, means, covariances = m_step_blocked(
-                X, resp, self.covariance_type, self.reg_covar
+                X, resp, self.covariance_type, self.reg_covar, block_size=_block_size(X)
             )
         if weights_init is not None:
             weights = xp.asarray(weights_init)
@@ -254,7 +264,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """ln pi_k N(x_n | mu_k, Sigma_k) under the current parameters, shape (N, K)."""
         with _single_threaded_blas(X):
             log_density = log_gaussian_density_blocked(
-                X, self.means_, self.precisions_cholesky_, self.covariance_type
+                X, self.means_, self.precisions_cholesky_, self.covariance_type,
+                block_size=_block_size(X),
             )
         return weighted_log_density(log_density, self.weights_)
 
@@ -293,7 +304,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # comes back is that of the parameters going in, as in scikit-learn.
             weights, means, covariances, mean_log_likelihood = em_step_blocked(
                 X, weights, means, precisions_chol, self.covariance_type, self.reg_covar,
-                n_threads=n_threads,
+                block_size=_block_size(X), n_threads=n_threads,
             )
             # The convergence scalar, eq. 4 divided by N: a host round-trip on a GPU.
             lower_bound = float(mean_log_likelihood)
