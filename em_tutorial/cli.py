@@ -1,0 +1,258 @@
+"""The ``em-tutorial`` command: ``tour``, ``train`` and ``eval``.
+
+Examples
+--------
+::
+
+    em-tutorial tour                                  # the whole story on a CPU, ~10 minutes
+    em-tutorial tour --quick                          # every step in seconds (smoke test)
+    em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
+    em-tutorial train --out runs/digits --resume      # continue an interrupted run
+    em-tutorial train --dataset voc --data-root ~/data/VOCdevkit/VOC2012 --out runs/voc
+    torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ...
+    em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+examples:
+  em-tutorial tour
+  em-tutorial train --out runs/digits
+  em-tutorial train --dataset voc --data-root ~/data/VOCdevkit/VOC2012 --out runs/voc
+  torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ... --out runs/voc
+  em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
+"""
+
+
+def _scales(text):
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be numbers separated by commas, got {text!r}")
+    if any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="em-tutorial",
+        description="Expectation-Maximization from its equations to EMANet: run the tour, or "
+        "train and evaluate EMANet on the embedded digit scenes or on PASCAL VOC 2012.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tour = commands.add_parser(
+        "tour",
+        help="the whole story on a CPU in about 10 minutes",
+        description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
+        "attention; train the tiny EMANet and the same network without its EMAU on the "
+        "embedded digit scenes; evaluate both; write figures and report.md to OUT. Takes about "
+        "10 minutes on 2 CPU cores.",
+    )
+    tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
+    tour.add_argument("--quick", action="store_true",
+                      help="tiny data, a few iterations: checks every step runs, in seconds")  # fmt: skip
+    tour.add_argument("--iterations", type=int, help="training iterations of each network")
+    tour.add_argument("--seed", type=int, default=0)
+    tour.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    tour.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = commands.add_parser(
+        "train",
+        help="train EMANet (digit scenes or PASCAL VOC 2012)",
+        description="Train EMANet. Defaults follow the data set: for --dataset voc the official "
+        "recipe (ResNet-101, 30k iterations, batch 16, crop 513, SGD lr 9e-3 momentum 0.9, "
+        "poly 0.9, weight decay 1e-4); for --dataset digits a tiny EMANet that trains on a "
+        "CPU in minutes. OUT receives checkpoint.pt (every --checkpoint-every iterations and at "
+        "the end), log.jsonl (loss, lr, speed, final metrics) and summary.json. Launch with "
+        "`torchrun --nproc_per_node N -m em_tutorial.cli train ...` for several processes.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_arguments(train)
+    train.add_argument("--out", default="runs/emanet", help="output folder (default: %(default)s)")
+    train.add_argument("--model", choices=["tiny", "resnet50", "resnet101", "resnet152"],
+                       help="EMANet backbone (default: tiny for digits, resnet101 for voc)")  # fmt: skip
+    train.add_argument("--head", choices=["emau", "nonlocal", "none"], default="emau",
+                       help="attention block; 'none' is the ablation (default: %(default)s)")  # fmt: skip
+    train.add_argument("--pretrained-backbone", metavar="FILE",
+                       help="backbone state_dict to start from (e.g. ImageNet weights)")  # fmt: skip
+    train.add_argument("--iterations", type=int, help="total iterations of the schedule")
+    train.add_argument("--batch-size", type=int, help="images per iteration, over all processes")
+    train.add_argument("--crop-size", type=int, help="VOC training crop (default 513)")
+    train.add_argument("--lr", type=float, help="base learning rate (biases get twice it)")
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, metavar="N")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--stop-at", type=int, metavar="N",
+                       help="stop after iteration N (checkpointed); --resume finishes later")  # fmt: skip
+    train.add_argument("--num-workers", type=int, help="data-loading processes")
+    train.add_argument("--threads", type=int, help="CPU threads per process")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    train.add_argument("--eval-scales", type=_scales, default=(1.0,), metavar="S1,S2,...",
+                       help="scales of the final evaluation (default: 1)")  # fmt: skip
+    train.add_argument("--eval-flip", action="store_true", help="add flips to the final evaluation")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint (mIoU, per-class IoU)",
+        description="Evaluate a checkpoint written by `em-tutorial train`. The model and data "
+        "settings are read from the checkpoint; --data-root and --split override them.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    _add_data_arguments(evaluate, defaults_from_checkpoint=True)
+    evaluate.add_argument("--split", help="split to evaluate (default: the run's validation split)")
+    evaluate.add_argument("--scales", type=_scales, default=(1.0,), metavar="S1,S2,...",
+                          help="inference scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")  # fmt: skip
+    evaluate.add_argument("--multi-scale", action="store_true",
+                          help="the VOC scales 0.5,0.75,1,1.25,1.5,1.75")  # fmt: skip
+    evaluate.add_argument("--flip", action="store_true", help="average with mirrored images")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--output", metavar="JSON", help="also write the metrics to this file")
+    evaluate.add_argument("--figure", metavar="PNG",
+                          help="save the attention maps of the first image here")  # fmt: skip
+    evaluate.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _add_data_arguments(parser, defaults_from_checkpoint=False):
+    default = None if defaults_from_checkpoint else "digits"
+    parser.add_argument("--dataset", choices=["digits", "voc"], default=default,
+                        help="embedded digit scenes (no download) or PASCAL VOC 2012"
+                        + ("" if defaults_from_checkpoint else " (default: %(default)s)"))  # fmt: skip
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="PASCAL VOC folder holding JPEGImages/, SegmentationClass/, "
+                        "ImageSets/Segmentation/ (VOCdevkit/VOC2012 or a parent)")  # fmt: skip
+    if not defaults_from_checkpoint:
+        parser.add_argument("--train-split", metavar="NAME",
+                            help="VOC training list (default: trainaug if present, else train)")  # fmt: skip
+        parser.add_argument("--val-split", default="val", metavar="NAME",
+                            help="VOC validation list (default: %(default)s)")  # fmt: skip
+        parser.add_argument("--num-scenes", type=int, default=3000,
+                            help="digit scenes for training (default: %(default)s)")  # fmt: skip
+        parser.add_argument("--val-scenes", type=int, default=300,
+                            help="digit scenes for validation (default: %(default)s)")  # fmt: skip
+        parser.add_argument("--image-size", type=int, default=96,
+                            help="side of a digit scene in pixels (default: %(default)s)")  # fmt: skip
+
+
+def _run_train(args):
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        train_split=args.train_split,
+        val_split=args.val_split,
+        num_scenes=args.num_scenes,
+        val_scenes=args.val_scenes,
+        image_size=args.image_size,
+        model=args.model,
+        head=args.head,
+        pretrained_backbone=args.pretrained_backbone,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        out_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_at=args.stop_at,
+        num_workers=args.num_workers,
+        threads=args.threads,
+        device=args.device,
+        eval_scales=args.eval_scales,
+        eval_flip=args.eval_flip,
+        progress=not args.no_progress,
+    )
+    summary = train(config)
+    summary.pop("model")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
+        return
+    if summary["metrics"] is not None:
+        print(f"validation mIoU {summary['metrics']['miou']:.4f}")
+    print(f"checkpoint: {summary['checkpoint']}\nlog: {summary['log']}")
+
+
+def _run_eval(args):
+    import torch
+
+    from .evaluate import VOC_EVAL_SCALES, evaluate
+    from .train import TrainConfig, build_datasets, build_model, load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    saved = dict(state["config"])
+    saved.update(resume=False, progress=False, stop_at=None, eval_scales=tuple(saved["eval_scales"]))
+    for name in ("dataset", "data_root"):
+        if getattr(args, name):
+            saved[name] = getattr(args, name)
+    if args.split:
+        saved["val_split"] = args.split
+    config = TrainConfig(**saved)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    _, dataset = build_datasets(config)
+    model = build_model(config, dataset.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    scales = VOC_EVAL_SCALES if args.multi_scale else args.scales
+    matrix = evaluate(model, dataset, scales, args.flip, batch_size=1, device=device,
+                      progress=not args.no_progress)  # fmt: skip
+    metrics = matrix.summary(dataset.class_names)
+    print(f"{config.dataset} {config.val_split}: {len(dataset)} images, scales {scales}, "
+          f"flip {args.flip}")  # fmt: skip
+    for name, iou in metrics["iou"].items():
+        print(f"  {name:>12s}  IoU {'-' if iou is None else f'{iou:.4f}'}")
+    print(f"mIoU {metrics['miou']:.4f}   pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump({"checkpoint": args.checkpoint, "scales": list(scales), "flip": args.flip,
+                       **metrics}, handle, indent=2)  # fmt: skip
+    if args.figure:
+        from .visualize import attention_figure
+
+        attention_figure(model, *dataset[0], args.figure, dataset.class_names)
+        print(f"attention maps: {args.figure}")
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``em-tutorial`` console script."""
+    args = build_parser().parse_args(argv)
+    from .train import TrainingDiverged
+
+    try:
+        if args.command == "tour":
+            from .tour import run_tour
+
+            run_tour(args.out, quick=args.quick, iterations=args.iterations, seed=args.seed,
+                     threads=args.threads, progress=not args.no_progress)  # fmt: skip
+        elif args.command == "train":
+            _run_train(args)
+        else:
+            _run_eval(args)
+    except (FileNotFoundError, ValueError, OSError, TrainingDiverged) as error:
+        print(f"em-tutorial {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Segmentation data: the embedded digit scenes, PASCAL VOC 2012, and their transforms.
+
+* :class:`DigitScenes` -- built at run time from scikit-learn's handwritten digits; no download.
+* :class:`VOCSegmentation` -- PASCAL VOC 2012 (optionally SBD "trainaug") from a local folder.
+* :class:`TrainAugmentation` -- the official random scale / pad / crop / flip.
+* :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
+
+Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, with ImageNet
+normalisation and 255 as the ignore label, and has ``num_classes``, ``class_names`` and
+``raw(i)`` (the uint8 image and label, for display).
+"""
+
+from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneConfig, render_scene, upscale_glyph
+from .sampler import ResumableSampler, sample_seed
+from .transforms import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainAugmentation,
+    denormalize,
+    to_model_input,
+)
+from .voc import VOC_CLASS_NAMES, VOCSegmentation, find_voc_root
+
+__all__ = [
+    "DIGIT_CLASS_NAMES",
+    "DigitScenes",
+    "SceneConfig",
+    "render_scene",
+    "upscale_glyph",
+    "ResumableSampler",
+    "sample_seed",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TrainAugmentation",
+    "denormalize",
+    "to_model_input",
+    "VOC_CLASS_NAMES",
+    "VOCSegmentation",
+    "find_voc_root",
+]

@@ -1,0 +1,103 @@
+"""Image/label transforms for segmentation, in NumPy and PIL (no torchvision).
+
+The official EMANet training augmentation, in order:
+
+1. random scale by a factor in [0.5, 2.0] (bilinear for the image, nearest for the label),
+2. pad to at least the crop size -- the image with the mean colour (0 after normalisation),
+   the label with the ignore index 255 so padding never counts in the loss,
+3. random crop to ``crop_size x crop_size``,
+4. random horizontal flip,
+5. ImageNet normalisation and HWC -> CHW.
+
+Every random choice comes from the ``rng`` (a ``numpy.random.Generator``) passed in, so a
+sample's augmentation is fixed by its seed -- that is what makes resumed training identical to
+uninterrupted training, and what keeps DataLoader worker processes from sharing random streams.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IGNORE_INDEX",
+    "TrainAugmentation",
+    "to_model_input",
+    "denormalize",
+]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IGNORE_INDEX = 255
+
+
+def to_model_input(image, label, rng=None):
+    """uint8 ``(H, W, 3)`` image and ``(H, W)`` label -> normalised ``(3, H, W)`` float32, int64.
+
+    ``x = (image / 255 - mean) / std`` per channel, with ImageNet's mean and std.
+    """
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # (H, W, 3)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
+    return x, np.asarray(label, dtype=np.int64)
+
+
+def denormalize(x):
+    """Invert :func:`to_model_input` for display: ``(3, H, W)`` -> uint8 ``(H, W, 3)``."""
+    x = np.asarray(x, dtype=np.float32).transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+class TrainAugmentation:
+    """The official random scale / pad / crop / flip, then :func:`to_model_input`.
+
+    Parameters
+    ----------
+    crop_size : int
+        Side of the square crop (513 in the official VOC recipe).
+    scale_range : (float, float)
+        Range of the random rescaling factor (0.5 to 2.0 officially).
+    flip : bool
+        Flip horizontally with probability 1/2.
+    """
+
+    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True):
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
+        self.crop_size = int(crop_size)
+        self.scale_range = tuple(scale_range)
+        self.flip = flip
+
+    def __call__(self, image, label, rng=None):
+        rng = rng if rng is not None else np.random.default_rng()
+        image = np.asarray(image, dtype=np.uint8)
+        label = np.asarray(label, dtype=np.uint8)
+        h, w = label.shape
+
+        scale = rng.uniform(*self.scale_range)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL takes (W, H)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+
+        h, w = label.shape
+        pad_h, pad_w = max(self.crop_size - h, 0), max(self.crop_size - w, 0)
+        if pad_h or pad_w:
+            mean_colour = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
+            padded = np.empty((h + pad_h, w + pad_w, 3), dtype=np.uint8)
+            padded[:] = mean_colour
+            padded[:h, :w] = image
+            image = padded
+            label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+
+        h, w = label.shape
+        top = rng.integers(0, h - self.crop_size + 1)
+        left = rng.integers(0, w - self.crop_size + 1)
+        image = image[top : top + self.crop_size, left : left + self.crop_size]
+        label = label[top : top + self.crop_size, left : left + self.crop_size]
+
+        if self.flip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return to_model_input(image, label)

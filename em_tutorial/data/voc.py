@@ -1,0 +1,141 @@
+"""PASCAL VOC 2012 segmentation, read from a local folder in its standard layout.
+
+::
+
+    root/
+      JPEGImages/<id>.jpg
+      SegmentationClass/<id>.png          palette PNG, pixel value = class index, 255 = ignore
+      SegmentationClassAug/<id>.png       optional: SBD "trainaug" labels (index PNGs)
+      ImageSets/Segmentation/train.txt    one image id per line (also val.txt, trainval.txt,
+                                          and trainaug.txt when the SBD set is added)
+
+``root`` may be ``VOC2012`` itself or a folder holding ``VOCdevkit/VOC2012``. Nothing is
+downloaded. Every file of a split is checked at construction, so a missing file stops the run
+before training starts, with the file's path in the message; an unreadable (corrupt) file does
+the same when it is first read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .transforms import to_model_input
+
+__all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "find_voc_root"]
+
+VOC_CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+_AUGMENTED_SPLITS = ("trainaug", "train_aug")
+
+
+def find_voc_root(root) -> Path:
+    """The folder that holds ``JPEGImages``: ``root``, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"VOC data root does not exist: {root}")
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no PASCAL VOC layout under {root}: expected {root / 'JPEGImages'} (or the same under "
+        f"VOC2012/ or VOCdevkit/VOC2012/) beside SegmentationClass/ and ImageSets/Segmentation/"
+    )
+
+
+def _open_image(path: Path, what: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode now, so a truncated file fails here and not deep in a worker
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing {what} file: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise OSError(f"cannot read {what} file {path} (corrupt or not an image): {error}") from error
+    return image
+
+
+class VOCSegmentation:
+    """PASCAL VOC 2012 semantic segmentation (21 classes, ignore label 255).
+
+    Parameters
+    ----------
+    root : path
+        The VOC folder (see :func:`find_voc_root`).
+    split : str
+        A list in ``ImageSets/Segmentation`` -- ``"train"``, ``"val"``, ``"trainval"``, or
+        ``"trainaug"`` (SBD augmented set, labels from ``SegmentationClassAug`` where present).
+    transform : callable, optional
+        ``transform(image (H,W,3) uint8, label (H,W) uint8, rng) -> (image, label)``. Default
+        :func:`~em_tutorial.data.transforms.to_model_input`; for training use
+        :class:`~em_tutorial.data.transforms.TrainAugmentation`.
+
+    Notes
+    -----
+    ``dataset[i]`` or ``dataset[(i, seed)]``: with a seed, the transform's random choices come
+    from ``numpy.random.default_rng(seed)`` (the training sampler passes one per sample).
+    """
+
+    num_classes = len(VOC_CLASS_NAMES)
+    class_names = VOC_CLASS_NAMES
+    ignore_index = 255
+
+    def __init__(self, root, split="train", transform=None):
+        self.root = find_voc_root(root)
+        self.split = split
+        self.transform = transform or to_model_input
+        list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not list_file.is_file():
+            available = sorted(p.stem for p in list_file.parent.glob("*.txt"))
+            raise FileNotFoundError(
+                f"missing split list {list_file} (lists found: {available or 'none'})"
+            )
+        self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        if not self.ids:
+            raise ValueError(f"split list {list_file} names no images")
+        label_dirs = [self.root / "SegmentationClass"]
+        if split in _AUGMENTED_SPLITS:
+            label_dirs.insert(0, self.root / "SegmentationClassAug")
+        self.image_paths, self.label_paths = [], []
+        for image_id in self.ids:
+            image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
+            label_path = next(
+                (d / f"{image_id}.png" for d in label_dirs if (d / f"{image_id}.png").is_file()),
+                label_dirs[-1] / f"{image_id}.png",
+            )
+            for path, what in ((image_path, "image"), (label_path, "label")):
+                if not path.is_file():
+                    raise FileNotFoundError(f"missing {what} file: {path} (listed in {list_file})")
+            self.image_paths.append(image_path)
+            self.label_paths.append(label_path)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def raw(self, index):
+        """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
+        image_path, label_path = self.image_paths[index], self.label_paths[index]
+        image = np.asarray(_open_image(image_path, "image").convert("RGB"))
+        label_image = _open_image(label_path, "label")
+        if label_image.mode not in ("P", "L"):
+            raise ValueError(
+                f"label file {label_path} has mode {label_image.mode!r}; expected a palette ('P') "
+                "or greyscale ('L') PNG whose pixel values are class indices"
+            )
+        label = np.asarray(label_image)
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} "
+                f"is {label.shape[1]}x{label.shape[0]}"
+            )
+        return image, label
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        rng = np.random.default_rng(seed) if seed is not None else None
+        return self.transform(*self.raw(index), rng=rng)

@@ -1,0 +1,83 @@
+"""The em-tutorial command: help, the quick tour, train then eval, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from em_tutorial.cli import main
+
+DIGITS_SMALL = ["--dataset", "digits", "--image-size", "32", "--num-scenes", "8", "--val-scenes", "4"]
+
+
+def test_console_entry_point_prints_help():
+    result = subprocess.run([sys.executable, "-m", "em_tutorial.cli", "--help"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0
+    for command in ("tour", "train", "eval"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("tour", ["--quick", "--out", "10 minutes"]),
+        ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "torchrun", "lr 9e-3"]),
+        ("eval", ["--checkpoint", "--multi-scale", "--flip", "--figure"]),
+    ],
+)
+def test_each_command_has_help(command, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in words:
+        assert word in text, word
+
+
+@pytest.mark.slow  # two training processes start (each imports torch), then figures are drawn
+def test_quick_tour_writes_report_and_figures(tmp_path, capsys):
+    out = tmp_path / "tour"
+    assert main(["tour", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "PyTorch float64" in printed and str(out.resolve()) in printed
+    for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "tour.json").read_text())
+    assert result["equivalence"]["PyTorch float64"]["x_tilde"] < 1e-12
+    assert set(result["runs"]) == {"EMANet", "without EMAU"}
+    report = (out / "report.md").read_text()
+    assert "EMANet" in report and "without EMAU" in report and "attention.png" in report
+
+
+def test_train_then_eval_a_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *DIGITS_SMALL, "--iterations", "2", "--batch-size", "4", "--no-progress",
+            "--threads", "1", "--out", str(run)]  # fmt: skip
+    assert main(args) == 0
+    assert "validation mIoU" in capsys.readouterr().out
+    metrics_file = tmp_path / "metrics.json"
+    figure = tmp_path / "attention.png"
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scales", "0.75,1",
+                 "--flip", "--no-progress", "--output", str(metrics_file),
+                 "--figure", str(figure)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "background" in printed
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["scales"] == [0.75, 1.0] and metrics["flip"] is True
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert figure.stat().st_size > 0
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    missing = tmp_path / "no_voc_here"
+    assert main(["train", "--dataset", "voc", "--data-root", str(missing), "--out",
+                 str(tmp_path / "x")]) == 1  # fmt: skip
+    assert f"does not exist: {missing}" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", *DIGITS_SMALL, "--out", str(tmp_path / "y"), "--resume"]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", "c.pt", "--scales", "1,zero"])
