@@ -119,9 +119,9 @@ def attention_figure(model, image, label, path=None, class_names=None, max_bases
         ax.imshow(shown, interpolation="nearest")
         ax.set_title(title, fontsize=9)
     if class_names is not None:
-        present = [int(c) for c in np.unique(np.concatenate([label.ravel(), prediction.ravel()]))
-                   if c < len(class_names)]  # fmt: skip
-        axes[0, 1].set_title("truth: " + ", ".join(class_names[c] for c in present), fontsize=7)
+        for ax, title, classes in ((axes[0, 1], "truth", label), (axes[0, 2], "prediction", prediction)):
+            present = [int(c) for c in np.unique(classes) if c < len(class_names)]  # 255 is not a class
+            ax.set_title(f"{title}: " + ", ".join(class_names[c] for c in present), fontsize=7)
     height, width = label.shape
     top = max(float(maps.max()), 1e-12)  # one colour scale for all maps: z_nk in [0, top]
     for k in range(num_bases):
