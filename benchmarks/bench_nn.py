@@ -131,6 +131,9 @@ def median_seconds(side: int, repeats: int) -> dict[str, float]:
             call()
         for _ in range(repeats):
             for name, call in calls.items():
+                # Let the previous version's BLAS/OpenMP worker threads stop spinning: on a
+                # 2-core machine their busy-wait would otherwise be charged to the next call.
+                time.sleep(0.1)
                 start = time.perf_counter()
                 call()
                 seconds[name].append(time.perf_counter() - start)
