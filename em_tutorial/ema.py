@@ -364,6 +364,14 @@ def _check_dtype(xp, name, array):
         raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}")
 
 
+def _check_finite(xp, name, array):
+    """Refuse NaN and inf, saying how many values are affected."""
+    if not bool(xp.all(xp.isfinite(array))):
+        bad = int(xp.sum(xp.astype(~xp.isfinite(array), xp.int64)))
+        raise ValueError(f"{name} contains NaN or inf ({bad} of its {math.prod(array.shape)} "
+                         "values); clean or mask them first")
+
+
 def _checked_inputs(xp, x, mu, n_iter, lam):
     """Validate the arguments of :func:`em_attention`; return x and mu in one common dtype."""
     for name, array, letters in (("x", x, "N, C"), ("mu", mu, "K, C")):
@@ -400,10 +408,7 @@ def _checked_inputs(xp, x, mu, n_iter, lam):
         raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0; got {lam!r}")
     _check_dtype(xp, "x", x)
     _check_dtype(xp, "mu", mu)
-    for name, array in (("x", x), ("mu", mu)):
-        if not bool(xp.all(xp.isfinite(array))):
-            bad = int(xp.sum(xp.astype(~xp.isfinite(array), xp.int64)))
-            raise ValueError(f"{name} contains NaN or inf ({bad} of its {math.prod(array.shape)} "
-                             "values); clean or mask them first")
+    _check_finite(xp, "x", x)
+    _check_finite(xp, "mu", mu)
     dtype = xp.result_type(x.dtype, mu.dtype)
     return xp.astype(x, dtype, copy=False), xp.astype(mu, dtype, copy=False)

@@ -17,7 +17,7 @@ EM attention's first A_E when the bases are all N pixels (``mu = x``, K = N); se
 from __future__ import annotations
 
 from .backend import get_array_module, is_numpy_namespace
-from .ema import _softmax_last_axis_inplace, softmax
+from .ema import _check_finite, _softmax_last_axis_inplace, softmax
 
 __all__ = ["non_local_attention", "non_local"]
 
@@ -42,8 +42,7 @@ def _check_features(xp, x):
         raise ValueError(f"x has no pixels or no channels: shape {tuple(x.shape)}")
     if x.dtype not in (xp.float32, xp.float64):
         raise TypeError(f"x must be a float32 or float64 array; got dtype {x.dtype}")
-    if not bool(xp.all(xp.isfinite(x))):
-        raise ValueError("x contains NaN or inf; clean or mask them first")
+    _check_finite(xp, "x", x)
 
 
 def non_local_attention(x, w_theta=None, w_phi=None):

@@ -67,7 +67,9 @@ print(inspect.getsource(ema.attention_e_step))
 # The claim is checkable: `ema.spherical_gmm_parameters` writes down the mixture (means
 # $\mu$, precision $1/\sigma = \sqrt{\lambda}$ for every component, uniform weights), and the
 # general E-step of `em_tutorial.gmm` on that mixture gives the same responsibilities as
-# A$_E$, as long as pixels and bases have unit length.
+# A$_E$. Unit-length pixels are more than it needs: $\lVert x_n \rVert^2$ is the same for every
+# $k$ and cancels whatever it is; the bases must share one length, or
+# $-\lambda \lVert \mu_k \rVert^2 / 2$ stays in the logits.
 
 # %%
 N, C, K, lam = 500, 16, 8, 4.0

@@ -64,24 +64,29 @@ print("mu:", tuple(unit.mu.shape), " row norms:", unit.mu.norm(dim=1)[:4].tolist
 
 # %% [markdown]
 # The forward pass. Read it against the three lines of the equation above: `conv_in` is the
-# first $1\times1$ convolution, `em_attention` runs $T$ = `num_stages` iterations on the
-# flattened map (pixels become the rows $x_n$), and the last line is the residual.
+# first $1\times1$ convolution, `em_iterations` runs $T$ = `num_stages` iterations on the
+# flattened map (pixels become the rows $x_n$), A$_R$ follows in the channels-first layout of
+# the map, and the last line is the residual.
 
 # %%
 print(inspect.getsource(EMAU.forward))
 
 # %% [markdown]
-# The EM itself is `em_tutorial.nn.functional.em_attention`, the tensor twin of
-# `em_tutorial.ema.em_attention`: same arguments, same shapes, same $\epsilon = 10^{-6}$.
-# Each line carries the equation it computes:
+# The EM itself is `em_tutorial.nn.functional.em_iterations`, the loop inside
+# `em_tutorial.nn.functional.em_attention`, the tensor twin of `em_tutorial.ema.em_attention`:
+# same arguments, same shapes, same $\epsilon = 10^{-6}$. Each line of the loop carries the
+# equation it computes:
 #
 # - A$_E$: $z_{nk} = \dfrac{\exp(\lambda\, x_n^\top \mu_k)}{\sum_j \exp(\lambda\, x_n^\top \mu_j)}$
 # - A$_M$: $\mu_k = \dfrac{\sum_n z_{nk}\, x_n}{\epsilon + \sum_n z_{nk}}$, then
 #   $\mu_k \leftarrow \mu_k / (\epsilon + \lVert \mu_k \rVert)$
-# - A$_R$: $\tilde x_n = \sum_k z_{nk}\, \mu_k$
+#
+# `em_attention` checks its inputs, runs this loop, then computes A$_R$,
+# $\tilde x_n = \sum_k z_{nk}\, \mu_k$, as `z @ mu`; `EMAU.forward` above computes the same
+# product channels-first.
 
 # %%
-print(inspect.getsource(nnf.em_attention))
+print(inspect.getsource(nnf.em_iterations))
 
 # %% [markdown]
 # ## The same numbers as the NumPy stage

@@ -49,7 +49,7 @@ Ns = np.array([s * s for s in sides])
 # %% [markdown]
 # ## How the work grows
 #
-# Count the multiply-adds of the attention itself (the $1\times1$ convolutions around it cost
+# Count the FLOPs of the attention itself (the $1\times1$ convolutions around it cost
 # $O(NC^2)$ in both blocks and grow only linearly in $N$):
 #
 # - EM attention, per iteration: A$_E$ is the product $X\mu^\top$, $(N \times C)(C \times K)$,
@@ -82,10 +82,10 @@ for side in (65, 97):
 # %% [markdown]
 # ## Measured: time and FLOPs of the two blocks
 #
-# The PyTorch modules of notebook 4, `EMAU` and `NonLocal2d`, on one feature map in
-# evaluation mode without gradients. PyTorch's `FlopCounterMode` counts the FLOPs of every
-# matrix product and convolution the forward pass actually runs (element-wise work such as
-# the softmax is not counted). Times are the best of several runs on this machine.
+# The PyTorch modules `EMAU` (notebook 4) and `NonLocal2d` (`em_tutorial.nn`), on one feature
+# map in evaluation mode without gradients. PyTorch's `FlopCounterMode` counts the FLOPs of
+# every matrix product and convolution the forward pass actually runs (element-wise work such
+# as the softmax is not counted). Times are the best of several runs on this machine.
 
 # %%
 def best_seconds(function, min_repeats=5, min_total=0.2):

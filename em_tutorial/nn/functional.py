@@ -1,9 +1,9 @@
 """EM attention on PyTorch tensors: the same function as :func:`em_tutorial.ema.em_attention`.
 
-Same arguments, same shapes, same constants (``eps = 1e-6`` in the A_M denominator and in the
-L2 normalisation), so the NumPy stage and this one can be compared number for number. Autograd
-flows through every step; :class:`em_tutorial.nn.EMAU` runs the same iterations
-(:func:`em_iterations`) under ``torch.no_grad()``, as the paper does.
+Same arguments, same shapes, the same :data:`em_tutorial.ema.EPS` (``eps = 1e-6`` in the A_M
+denominator and in the L2 normalisation), so the NumPy stage and this one can be compared
+number for number. Autograd flows through every step; :class:`em_tutorial.nn.EMAU` runs the
+same iterations (:func:`em_iterations`) under ``torch.no_grad()``, as the paper does.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import numbers
 
 import torch
 
-__all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
+from ..ema import EPS
 
-#: Guards the A_M denominator ``sum_n z_nk`` and the L2 norm of the bases.
-EPS = 1e-6
+__all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
 
 
 def _check_inputs(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float, check_finite: bool):
