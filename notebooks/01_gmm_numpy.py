@@ -22,6 +22,9 @@
 # function that computes it, runs EM on points in the plane and watches it converge, compares
 # the seed's covariance update with the textbook one, checks the package against
 # scikit-learn, and finally segments a photograph by clustering its pixel colours.
+#
+# "The seed" is the short study note on the EMANet paper that this tutorial grew from; the
+# equation numbers (1)-(9) used throughout the package are its numbers.
 
 # %%
 import inspect
