@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny data, a few iterations: checks every step runs, in seconds")  # fmt: skip
     tour.add_argument("--iterations", type=int, help="training iterations of each network")
     tour.add_argument("--seed", type=int, default=0)
-    tour.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    tour.add_argument("--threads", type=int,
+                      help="CPU threads of each of the two trainings, which run side by side "
+                      "(default: half the CPUs this process may use)")  # fmt: skip
     tour.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     train = commands.add_parser(
@@ -192,24 +194,20 @@ def _run_train(args):
 
 
 def _run_eval(args):
-    import torch
-
     from .evaluate import VOC_EVAL_SCALES, evaluate
-    from .train import TrainConfig, build_datasets, build_model, load_checkpoint
+    from .train import TrainConfig, build_model, build_val_set, load_checkpoint, resolve_device
 
     state = load_checkpoint(args.checkpoint)
     saved = dict(state["config"])
-    saved.update(resume=False, progress=False, stop_at=None, eval_scales=tuple(saved["eval_scales"]))
+    saved.update(resume=False, progress=False, stop_at=None)
     for name in ("dataset", "data_root"):
         if getattr(args, name):
             saved[name] = getattr(args, name)
     if args.split:
         saved["val_split"] = args.split
     config = TrainConfig(**saved)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    _, dataset = build_datasets(config)
+    device = resolve_device(args.device)
+    dataset = build_val_set(config)
     model = build_model(config, dataset.num_classes)
     model.load_state_dict(state["model"])
     model.to(device)
@@ -248,7 +246,7 @@ def main(argv=None) -> int:
             _run_train(args)
         else:
             _run_eval(args)
-    except (FileNotFoundError, ValueError, OSError, TrainingDiverged) as error:
+    except (OSError, ValueError, TrainingDiverged) as error:
         print(f"em-tutorial {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

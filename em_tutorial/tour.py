@@ -202,8 +202,7 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
     """
     import torch
 
-    from .data import DigitScenes, SceneConfig
-    from .train import TrainConfig, build_model, load_checkpoint
+    from .train import TrainConfig, build_model, build_val_set, load_checkpoint
     from .visualize import attention_figure, predictions_figure, training_curves_figure
 
     started = time.perf_counter()
@@ -245,11 +244,11 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
               f"at {summary['images_per_s']:.0f} images/s")  # fmt: skip
 
     print("\n== 4. Figures and report ==")
+    val_set = build_val_set(config)
     models = {}
     for name, summary in runs.items():
-        models[name] = build_model(configs[name], DigitScenes.num_classes)
+        models[name] = build_model(configs[name], val_set.num_classes)
         models[name].load_state_dict(load_checkpoint(summary["checkpoint"])["model"])
-    val_set = DigitScenes("val", config.val_scenes, seed, SceneConfig(config.image_size))
     figures = [
         ("Attention maps of the EMAU bases for one validation scene", "attention.png"),
         ("Validation scenes: truth and both networks' predictions", "predictions.png"),

@@ -58,8 +58,10 @@ __all__ = [
     "TrainingDiverged",
     "build_datasets",
     "build_model",
+    "build_val_set",
     "load_checkpoint",
     "poly_factor",
+    "resolve_device",
     "save_checkpoint",
     "train",
 ]
@@ -199,9 +201,10 @@ class TrainConfig:
             raise ValueError(f"model must be one of {sorted(_MODELS)}, got {self.model!r}")
         if self.dataset == "voc" and not self.data_root:
             raise ValueError("dataset 'voc' needs data_root, the PASCAL VOC 2012 folder")
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "stop_at"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.eval_scales = tuple(float(s) for s in self.eval_scales)
 
     def to_dict(self) -> dict:
@@ -229,21 +232,25 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     return _MODELS[config.model](num_classes, head=config.head, **kwargs)
 
 
+def build_val_set(config: TrainConfig):
+    """The validation set of ``config`` (``val_scenes`` digit scenes, or VOC ``val_split``)."""
+    if config.dataset == "digits":
+        return DigitScenes("val", config.val_scenes, config.seed, SceneConfig(config.image_size))
+    return VOCSegmentation(config.data_root, config.val_split)
+
+
 def build_datasets(config: TrainConfig):
     """Training and validation sets for ``config`` (training one augmented for VOC)."""
     if config.dataset == "digits":
-        scenes = SceneConfig(image_size=config.image_size)
-        train_set = DigitScenes("train", config.num_scenes, config.seed, scenes)
-        val_set = DigitScenes("val", config.val_scenes, config.seed, scenes)
-        return train_set, val_set
+        scenes = SceneConfig(config.image_size)
+        return DigitScenes("train", config.num_scenes, config.seed, scenes), build_val_set(config)
     split = config.train_split
     if split is None:
         lists = find_voc_root(config.data_root) / "ImageSets" / "Segmentation"
         split = "trainaug" if (lists / "trainaug.txt").is_file() else "train"
     augmentation = TrainAugmentation(crop_size=config.crop_size)
     train_set = VOCSegmentation(config.data_root, split, transform=augmentation)
-    val_set = VOCSegmentation(config.data_root, config.val_split)
-    return train_set, val_set
+    return train_set, build_val_set(config)
 
 
 def _unwrap(model):
@@ -330,14 +337,26 @@ class _Process:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (the GPU when torch sees one, else the CPU), ``"cpu"`` or ``"cuda[:i]"``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA GPU")
+    return device
+
+
 def _setup_process(device: str) -> _Process:
     """Join the torchrun process group if there is one, and pick this process's device."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
+    chosen = resolve_device(device)
+    use_cuda = chosen.type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return _Process(device=torch.device("cuda" if use_cuda else "cpu"))
+        return _Process(device=chosen)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -477,7 +496,8 @@ def _train(config: TrainConfig, process: _Process) -> dict:
 
     start = 0
     if config.resume:
-        state = load_checkpoint(checkpoint_path, map_location=process.device)
+        # On the CPU: random states must be CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(checkpoint_path)
         _check_resumable(state["config"], config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -536,7 +556,7 @@ def _train(config: TrainConfig, process: _Process) -> dict:
     loss_value = math.nan
     started = time.perf_counter()
     window_start, window_images = started, 0
-    end = min(config.stop_at or config.iterations, config.iterations)
+    end = config.iterations if config.stop_at is None else min(config.stop_at, config.iterations)
     for iteration in range(start, end):
         images, labels = next(batches)
         images = images.to(process.device, non_blocking=True)
@@ -547,7 +567,7 @@ def _train(config: TrainConfig, process: _Process) -> dict:
             group["lr"] = group["initial_lr"] * factor
 
         logits = model(images)  # (B, classes, H, W)
-        loss = F.cross_entropy(logits, labels, ignore_index=255)
+        loss = F.cross_entropy(logits, labels, ignore_index=train_set.ignore_index)
         mean_loss = loss.detach().clone()
         if process.world_size > 1:
             dist.all_reduce(mean_loss)  # every rank sees the same value and stops together
@@ -579,9 +599,13 @@ def _train(config: TrainConfig, process: _Process) -> dict:
         if done % config.checkpoint_every == 0 and done < end:
             checkpoint(done)
     bar.close()
+    interrupted = end < config.iterations
+    if end > start and interrupted:
+        # Before averaging: an uninterrupted run carries rank 0's own statistics on.
+        checkpoint(end)
     if process.world_size > 1:
         _average_norm_statistics(model, process.world_size)
-    if end > start:
+    if end > start and not interrupted:
         checkpoint(end)
     train_seconds = time.perf_counter() - started
     summary = {
@@ -596,7 +620,7 @@ def _train(config: TrainConfig, process: _Process) -> dict:
         "world_size": process.world_size,
         "replica_max_difference": _replica_max_difference(model, process),
     }
-    if end < config.iterations:
+    if interrupted:
         summary["model"] = _unwrap(model)
         return summary
 

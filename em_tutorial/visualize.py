@@ -56,10 +56,23 @@ def _new_figure(rows, cols, size=2.0):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(cols * size, rows * size), layout="constrained")
-    axes = np.atleast_2d(figure.subplots(rows, cols, squeeze=False))
+    axes = figure.subplots(rows, cols, squeeze=False)  # (rows, cols) array of Axes
     for ax in axes.flat:
         ax.set_axis_off()
     return figure, axes
+
+
+@torch.no_grad()
+def _predict(model, image) -> np.ndarray:
+    """Class map (H, W) of one normalised image (3, H, W), in eval mode (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.as_tensor(np.asarray(image))[None]  # (1, 3, H, W)
+        x = x.to(next(model.parameters()).device)
+        return model(x).argmax(dim=1)[0].cpu().numpy()  # (H, W)
+    finally:
+        model.train(was_training)
 
 
 def _save(figure, path):
@@ -95,14 +108,10 @@ def attention_figure(model, image, label, path=None, class_names=None, max_bases
         raise ValueError("the model has no EMAU (head='emau'), so there are no attention maps")
     shapes = []
     hook = emau.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape))
-    was_training = model.training
-    model.eval()
     try:
-        x = torch.as_tensor(np.asarray(image))[None].to(next(model.parameters()).device)
-        prediction = model(x).argmax(dim=1)[0].cpu().numpy()  # (H, W)
+        prediction = _predict(model, image)  # (H, W)
     finally:
         hook.remove()
-        model.train(was_training)
     _, _, h, w = shapes[-1]
     z = emau.last_z[0].float().cpu().numpy()  # (h*w, K)
     num_bases = z.shape[1] if max_bases is None else min(max_bases, z.shape[1])
@@ -147,18 +156,12 @@ def predictions_figure(models: dict, dataset, indices, path=None):
     names = list(models)
     figure, axes = _new_figure(len(indices), 2 + len(names))
     for row, index in enumerate(indices):
-        image, label = dataset[index]
+        image, _ = dataset[index]
         picture, truth = dataset.raw(index)
         axes[row, 0].imshow(picture)
         axes[row, 1].imshow(colorize(truth), interpolation="nearest")
         for col, name in enumerate(names, start=2):
-            model = models[name]
-            was_training = model.training
-            model.eval()
-            x = torch.as_tensor(image)[None].to(next(model.parameters()).device)
-            prediction = model(x).argmax(dim=1)[0].cpu().numpy()
-            model.train(was_training)
-            axes[row, col].imshow(colorize(prediction), interpolation="nearest")
+            axes[row, col].imshow(colorize(_predict(models[name], image)), interpolation="nearest")
         if row == 0:
             for col, title in enumerate(["image", "truth"] + names):
                 axes[0, col].set_title(title, fontsize=9)

@@ -13,6 +13,7 @@ from em_tutorial.train import (
     TrainingDiverged,
     load_checkpoint,
     poly_factor,
+    resolve_device,
     save_checkpoint,
     train,
 )
@@ -52,6 +53,15 @@ def test_recipes_fill_defaults():
         TrainConfig(dataset="voc")
     with pytest.raises(ValueError, match="dataset must be one of"):
         TrainConfig(dataset="coco")
+    with pytest.raises(ValueError, match="stop_at must be at least 1, got 0"):
+        TrainConfig(dataset="digits", stop_at=0)
+
+
+def test_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu")  # not a device torch knows: no silent fall-back to the CPU
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

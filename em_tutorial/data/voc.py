@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .transforms import to_model_input
+from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "find_voc_root"]
 
@@ -83,7 +83,7 @@ class VOCSegmentation:
 
     num_classes = len(VOC_CLASS_NAMES)
     class_names = VOC_CLASS_NAMES
-    ignore_index = 255
+    ignore_index = IGNORE_INDEX
 
     def __init__(self, root, split="train", transform=None):
         self.root = find_voc_root(root)
