@@ -234,7 +234,7 @@ def _run_eval(args):
 def main(argv=None) -> int:
     """Entry point of the ``em-tutorial`` console script."""
     args = build_parser().parse_args(argv)
-    from .train import TrainingDiverged
+    from .train import CorruptCheckpoint, TrainingDiverged
 
     try:
         if args.command == "tour":
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
             _run_train(args)
         else:
             _run_eval(args)
-    except (OSError, ValueError, TrainingDiverged) as error:
+    except (OSError, ValueError, TrainingDiverged, CorruptCheckpoint) as error:
         print(f"em-tutorial {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

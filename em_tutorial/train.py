@@ -31,6 +31,7 @@ epoch, and checks at the end that every rank holds the same weights and EMAU bas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -56,6 +57,7 @@ __all__ = [
     "TOUR_MODEL",
     "TrainConfig",
     "TrainingDiverged",
+    "CorruptCheckpoint",
     "build_datasets",
     "build_model",
     "build_val_set",
@@ -196,7 +198,8 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {sorted(RECIPES)}, got {self.dataset!r}")
         for name, value in RECIPES[self.dataset].items():
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                # a copy: editing this config's model_kwargs must not edit the recipe
+                setattr(self, name, copy.deepcopy(value))
         if self.model not in _MODELS:
             raise ValueError(f"model must be one of {sorted(_MODELS)}, got {self.model!r}")
         if self.dataset == "voc" and not self.data_root:
@@ -214,6 +217,10 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, or not a checkpoint)."""
 
 
 def poly_factor(iteration: int, iterations: int, power: float = 0.9) -> float:
@@ -319,7 +326,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch reports truncation and bad pickles with many types
-        raise RuntimeError(f"cannot read checkpoint {path} (corrupt or not a checkpoint): {error}") from error
+        raise CorruptCheckpoint(f"cannot read checkpoint {path} (corrupt or not a checkpoint): {error}") from error
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -428,6 +435,16 @@ class _JsonLog:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+    def forget_after(self, iteration: int) -> None:
+        """Drop the records past ``iteration``: a resumed run logs those iterations again."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration]
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text("".join(kept))
+        os.replace(temporary, self.path)  # atomic: the old log stays whole until this point
+
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     now = config.to_dict()
@@ -531,6 +548,7 @@ def _train(config: TrainConfig, process: _Process) -> dict:
     batches = _batches(loader, sampler, start, per_rank_batch)
 
     log = _JsonLog(out_dir / "log.jsonl", process.is_main)
+    log.forget_after(start)
     log.write(event="start", iteration=start, world_size=process.world_size, config=config.to_dict())
     bar = tqdm(
         total=config.iterations,

@@ -79,5 +79,9 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["train", *DIGITS_SMALL, "--out", str(tmp_path / "y"), "--resume"]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert main(["eval", "--checkpoint", str(corrupt)]) == 1
+    assert f"cannot read checkpoint {corrupt}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", "c.pt", "--scales", "1,zero"])

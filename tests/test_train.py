@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from em_tutorial.train import (
+    TOUR_MODEL,
     TrainConfig,
     TrainingDiverged,
     load_checkpoint,
@@ -55,6 +56,10 @@ def test_recipes_fill_defaults():
         TrainConfig(dataset="coco")
     with pytest.raises(ValueError, match="stop_at must be at least 1, got 0"):
         TrainConfig(dataset="digits", stop_at=0)
+    # Each config owns its defaults: editing one never edits the recipe or the next config.
+    TrainConfig(dataset="digits").model_kwargs["num_bases"] = 3
+    assert TrainConfig(dataset="digits").model_kwargs == TOUR_MODEL
+    assert TOUR_MODEL["num_bases"] != 3
 
 
 def test_device_names():
@@ -89,8 +94,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     saved = torch.load(first["checkpoint"], weights_only=True)
     assert saved["iteration"] == 4 and isinstance(saved["rng"]["torch"], torch.Tensor)
     torch.manual_seed(12345)  # disturb the global random state: resume must restore it
+    # As if the run had been killed after logging iteration 5 but before checkpointing it:
+    # the resumed run logs iteration 5 again, and the stale line must not stay beside it.
+    with open(first["log"], "a") as handle:
+        handle.write(json.dumps({"event": "train", "iteration": 5, "loss": 123.0}) + "\n")
     second = train(_config(tmp_path, "split", resume=True))
     assert second["resumed_from"] == 4
+    split_records = [json.loads(line) for line in open(second["log"])]
+    split_losses = [r for r in split_records if r["event"] == "train"]
+    assert [r["iteration"] for r in split_losses] == list(range(1, 7))
+    assert 123.0 not in [r["loss"] for r in split_losses]
 
     expected, actual = whole["model"].state_dict(), second["model"].state_dict()
     assert expected.keys() == actual.keys()
