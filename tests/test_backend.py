@@ -128,8 +128,6 @@ def test_real_numpy_and_cupy_arrays_mixed_is_a_type_error():
 
 
 def test_gpu_unavailable_reason_names_the_missing_piece(monkeypatch):
-    import em_tutorial.backend as backend
-
     monkeypatch.setattr(backend, "gpu_available", lambda: False)
     assert "sees no CUDA GPU" in backend.gpu_unavailable_reason()
     monkeypatch.setitem(sys.modules, "cupy", None)

@@ -15,7 +15,7 @@ from em_tutorial.gmm import GaussianMixture
 
 TYPES = ["full", "tied", "diag", "spherical"]
 # Per dtype: (rtol for weights, means and the log-likelihood; rtol, atol for covariances and
-# precisions). float64 is the 1e-7; float32 uses scikit-learn's own tolerances from its
+# precisions). float64 is held to 1e-7; float32 uses scikit-learn's own tolerances from its
 # array-API GaussianMixture test.
 TOLERANCES = {np.float64: (1e-7, 1e-7, 0.0), np.float32: (1e-4, 1e-3, 5e-4)}
 N_ITERATIONS = 6

@@ -1,8 +1,8 @@
 """EM attention on the GPU: NumPy vs plain CuPy vs fused kernels.
 
-Every test here except the launch-geometry ones needs a GPU (``@pytest.mark.gpu``) and is
-skipped with the reason elsewhere. References are the NumPy functions of em_tutorial.ema,
-themselves checked against hand computations in test_ema.
+Every test here except the launch-geometry and input-check ones needs a GPU
+(``@pytest.mark.gpu``) and is skipped with the reason elsewhere. References are the NumPy
+functions of em_tutorial.ema, themselves checked against hand computations in test_ema.
 
 Tolerances: float64 ``rtol=1e-10, atol=1e-12`` (the two sides differ only in summation
 order); float32 ``rtol=1e-4, atol=2e-5``. Two float32 implementations on the CPU (NumPy's fast
@@ -220,6 +220,42 @@ def test_fused_refuses_numpy_arrays_with_a_pointer_to_the_cpu_path(rng):
 
     with pytest.raises(TypeError, match="CuPy arrays"):
         em_attention_fused(_features(rng, (50, 8)), _bases(rng, 3, 8))
+
+
+@pytest.fixture
+def fused_steps_on_numpy(monkeypatch):
+    """em_tutorial.gpu.fused_ema with NumPy accepted in place of CuPy, for the shape checks
+    that run before any kernel (the kernels themselves are not reached)."""
+    from em_tutorial.backend import get_array_module
+    from em_tutorial.gpu import fused_ema
+
+    monkeypatch.setattr(fused_ema, "_cupy", lambda: np)
+    monkeypatch.setattr(fused_ema, "_require_cupy", get_array_module)
+
+    def no_kernel(name, dtype):
+        raise AssertionError(f"kernel {name} launched despite invalid shapes")
+
+    monkeypatch.setattr(fused_ema, "get_kernel", no_kernel)
+    return fused_ema
+
+
+def test_fused_e_step_refuses_bases_for_another_batch(fused_steps_on_numpy, rng):
+    x = _features(rng, (1, 20, 8))
+    with pytest.raises(ValueError, match=r"\(1, K, C\) or \(B, K, C\)"):
+        fused_steps_on_numpy.fused_attention_e_step(x, _bases(rng, 3, 8, batch=(2,)))
+
+
+@pytest.mark.parametrize(
+    "z_shape,partial_shape",
+    [((2, 20, 3), (1, 4, 3)), ((2, 20, 3), (2, 4, 5)), ((1, 20, 3), (1, 4, 3)),
+     ((2, 19, 3), (2, 4, 3)), ((2, 20, 3), (2, 3))],
+)
+def test_fused_m_step_refuses_mismatched_shapes(fused_steps_on_numpy, rng, z_shape,
+                                                partial_shape):
+    x = _features(rng, (2, 20, 8))
+    z, partial_counts = np.ones(z_shape), np.ones(partial_shape)
+    with pytest.raises(ValueError, match=r"partial_counts \(B, P, K\)"):
+        fused_steps_on_numpy.fused_attention_m_step(x, z, partial_counts)
 
 
 @pytest.mark.gpu

@@ -14,6 +14,43 @@ from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._density import log_gaussian_density
 
 
+def log_exp_floor(xp, dtype):
+    """ln sqrt(tiny), 0-d: shifted log-terms below it count as 0 in :func:`shifted_exp`."""
+    return xp.asarray(0.5 * math.log(xp.finfo(dtype).smallest_normal), dtype=dtype)
+
+
+def shifted_exp(a, axis, floor):
+    """exp(a - m) with m = max(a) along ``axis``: the terms of the log-sum-exp trick.
+
+    Parameters
+    ----------
+    a : array
+        Log-terms.
+    axis : int
+    floor : 0-d array
+        From :func:`log_exp_floor`.
+
+    Returns
+    -------
+    shifted : array, the shape of ``a``
+        a - m.
+    terms : array, the shape of ``a``
+        exp(a - m), with 0 where a - m < ``floor``.
+    peak : array, ``a`` with ``axis`` of length 1
+        m.
+    """
+    xp = get_array_module(a)
+    peak = xp.max(a, axis=axis, keepdims=True)
+    # Rows that are -inf everywhere would give -inf - -inf = NaN; shift them by 0 instead.
+    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+    shifted = a - peak
+    # Terms below sqrt(tiny) of the largest cannot change the sum: they count as 0, which keeps
+    # exp away from its subnormal results, and sums away from subnormal products (~50x slower).
+    # Written so that a NaN (e.g. from a collapsed component) still comes through.
+    terms = xp.where(shifted < floor, xp.zeros_like(shifted), xp.exp(xp.maximum(shifted, floor)))
+    return shifted, terms, peak
+
+
 def log_softmax(a, axis=-1):
     """ln softmax(a) and ln sum exp(a) along ``axis``, stable for any magnitude of a.
 
@@ -27,14 +64,7 @@ def log_softmax(a, axis=-1):
     log_sum_exp : array, ``a`` without ``axis``
     """
     xp = get_array_module(a)
-    peak = xp.max(a, axis=axis, keepdims=True)
-    # Rows that are -inf everywhere would give -inf - -inf = NaN; shift them by 0 instead.
-    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
-    shifted = a - peak
-    # Terms below sqrt(tiny) of the largest cannot change the sum: they count as 0, which keeps
-    # exp away from its subnormal results (~50x slower). NaN still comes through.
-    floor = xp.asarray(0.5 * math.log(xp.finfo(a.dtype).smallest_normal), dtype=a.dtype)
-    terms = xp.where(shifted < floor, xp.zeros_like(shifted), xp.exp(xp.maximum(shifted, floor)))
+    shifted, terms, peak = shifted_exp(a, axis, log_exp_floor(xp, a.dtype))
     log_sum_shifted = xp.log(xp.sum(terms, axis=axis, keepdims=True))
     log_p = shifted - log_sum_shifted
     return log_p, xp.squeeze(log_sum_shifted + peak, axis=axis)

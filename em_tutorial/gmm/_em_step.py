@@ -34,7 +34,7 @@ from em_tutorial.gmm._density import (
     augmented_precisions_cholesky,
     whitened_differences,
 )
-from em_tutorial.gmm._e_step import log_e_step
+from em_tutorial.gmm._e_step import log_e_step, log_exp_floor, shifted_exp
 from em_tutorial.gmm._linalg import invert_lower_triangular
 from em_tutorial.gmm._m_step import _covariances_from_scatter, m_step
 from em_tutorial.gmm._precision import log_det_cholesky
@@ -105,7 +105,7 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
         0.0, log_det_cholesky(precisions_cholesky, covariance_type, n_features), n_features
     )  # (K,)
 
-    log_floor = xp.asarray(0.5 * math.log(xp.finfo(dtype).smallest_normal), dtype=dtype)
+    log_floor = log_exp_floor(xp, dtype)
 
     def sums_over_blocks(starts, centres=None):
         """The E-step, and the M-step's sums over the blocks that begin at ``starts``.
@@ -125,19 +125,11 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
             # ln pi_k N(x_n | mu_k, Sigma_k); vecdot squares and sums in one pass: (K, B)
             log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
             # z_nk = pi_k N_nk / sum_j pi_j N_nj (eq. 5), via the largest term of each column
-            peak = xp.max(log_joint, axis=0)  # (B,)
-            peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
-            # Terms below sqrt(tiny) times the largest are set to 0: they change nothing to
-            # working precision, while exp near its underflow (subnormal results) and sums
-            # of subnormal products run ~50x slower than normal arithmetic.
-            # (Written so that a NaN from a collapsed component still comes through.)
-            shifted = log_joint - peak
-            joint = xp.where(shifted < log_floor, xp.zeros_like(shifted),
-                             xp.exp(xp.maximum(shifted, log_floor)))  # (K, B)
+            _, joint, peak = shifted_exp(log_joint, 0, log_floor)  # (K, B), (1, B)
             column_sums = xp.sum(joint, axis=0)  # (B,)
             resp = joint / column_sums  # z_nk, transposed: (K, B)
             # ln p(x_n) = ln sum_k pi_k N_nk
-            total_log_norm = total_log_norm + xp.sum(xp.log(column_sums) + peak)
+            total_log_norm = total_log_norm + xp.sum(xp.log(column_sums) + peak[0, :])
 
             # M-step sums.
             counts = counts + xp.sum(resp, axis=1)  # (K,)

@@ -288,11 +288,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         factor shows up in it; one that collapses only to a tiny positive variance is caught
         by one check after the loop.
         """
-        n_threads = _cpu_threads(X)
+        n_threads, block_size = _cpu_threads(X), _block_size(X)
         with _single_threaded_blas(X):
-            return self._em_loop(X, params, lower_bound, variance_floor, n_threads)
+            return self._em_loop(X, params, lower_bound, variance_floor, n_threads, block_size)
 
-    def _em_loop(self, X, params, lower_bound, variance_floor, n_threads):
+    def _em_loop(self, X, params, lower_bound, variance_floor, n_threads, block_size):
         weights, means, covariances, precisions_chol = params
         lower_bounds = []
         converged = False
@@ -304,7 +304,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # comes back is that of the parameters going in, as in scikit-learn.
             weights, means, covariances, mean_log_likelihood = em_step_blocked(
                 X, weights, means, precisions_chol, self.covariance_type, self.reg_covar,
-                block_size=_block_size(X), n_threads=n_threads,
+                block_size=block_size, n_threads=n_threads,
             )
             # The convergence scalar, eq. 4 divided by N: a host round-trip on a GPU.
             lower_bound = float(mean_log_likelihood)

@@ -82,8 +82,10 @@ def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
         where = "the tied covariance (shared by all components)"
     elif len(bad) == 1:
         where = f"component {bad[0]}"
-    else:
+    elif bad:
         where = "components " + ", ".join(str(k) for k in bad)
+    else:  # every covariance passes the float64 check: the breakdown is in the working dtype
+        where = "a component"
     now = "" if reg_covar is None else f" (reg_covar is now {reg_covar:g})"
     return ValueError(
         f"{where} collapsed: the covariance is singular to working precision, typically "

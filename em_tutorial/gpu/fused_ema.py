@@ -32,7 +32,7 @@ import numpy as np
 
 from em_tutorial.backend import get_array_module, is_cupy_namespace
 from em_tutorial.ema import EPS, EMIteration, _checked_inputs
-from em_tutorial.gpu.kernels import WARPS_PER_BLOCK, get_kernel
+from em_tutorial.gpu.kernels import WARPS_PER_BLOCK, cuda_type_name, get_kernel
 
 __all__ = [
     "softmax_launch_config",
@@ -98,8 +98,7 @@ def _check_cupy(*arrays):
     if len(dtypes) > 1:
         raise TypeError(f"all arrays must share one dtype, got {sorted(map(str, dtypes))}")
     dtype = dtypes.pop()
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"fused kernels support float32 and float64, got {dtype}")
+    cuda_type_name(dtype)  # TypeError unless float32 or float64
     return dtype
 
 
@@ -126,9 +125,11 @@ def fused_attention_e_step(x, mu, lam=1.0):
     dtype = _check_cupy(x, mu)
     cupy = _cupy()
 
-    if x.ndim != 3 or mu.ndim not in (2, 3) or x.shape[-1] != mu.shape[-1]:
+    if (x.ndim != 3 or mu.ndim not in (2, 3) or x.shape[-1] != mu.shape[-1]
+            or (mu.ndim == 3 and mu.shape[0] not in (1, x.shape[0]))):
         raise ValueError(
-            f"expected x (B, N, C) and mu (K, C) or (B, K, C), got {x.shape} and {mu.shape}"
+            f"expected x (B, N, C) and mu (K, C), (1, K, C) or (B, K, C), got {x.shape} and "
+            f"{mu.shape}"
         )
     batch, n_points, _ = x.shape
     n_bases = mu.shape[-2]
@@ -176,6 +177,13 @@ def fused_attention_m_step(x, z, partial_counts, eps=EPS):
     dtype = _check_cupy(x, z, partial_counts)
     cupy = _cupy()
 
+    # The kernel indexes partial_counts by z's batch and K: a mismatch would read out of bounds.
+    if (x.ndim != 3 or z.ndim != 3 or partial_counts.ndim != 3 or x.shape[:2] != z.shape[:2]
+            or (partial_counts.shape[0], partial_counts.shape[2]) != (z.shape[0], z.shape[2])):
+        raise ValueError(
+            "expected x (B, N, C), z (B, N, K) and partial_counts (B, P, K), got "
+            f"{x.shape}, {z.shape} and {partial_counts.shape}"
+        )
     batch, _, n_bases = z.shape
     n_channels = x.shape[-1]
     # U = Z^T X: sum_n z_nk x_n                        # (B, K, N) @ (B, N, C) -> (B, K, C)

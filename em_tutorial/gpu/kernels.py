@@ -31,7 +31,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["CUDA_SOURCE", "KERNEL_NAMES", "get_kernel", "instantiation_source"]
+__all__ = ["CUDA_SOURCE", "KERNEL_NAMES", "cuda_type_name", "get_kernel", "instantiation_source"]
 
 KERNEL_NAMES = ("ema_softmax_colsum", "ema_normalize_bases")
 
@@ -167,7 +167,9 @@ __global__ void ema_normalize_bases(const T* numer, const T* partial, T* mu, con
 }
 """
 
-_TYPES = ("float", "double")
+# The element types the kernels are instantiated for, by NumPy dtype.
+_CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_TYPES = tuple(_CUDA_TYPES.values())
 
 
 def _name_expressions():
@@ -204,13 +206,23 @@ def _module(device_id):
     )
 
 
-def get_kernel(name: str, dtype):
-    """The compiled kernel ``name`` for ``dtype`` (float32 or float64); compiled once a process."""
-    type_name = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}.get(
-        np.dtype(dtype)
-    )
+def cuda_type_name(dtype) -> str:
+    """The kernels' element type for ``dtype``: ``"float"`` or ``"double"``.
+
+    Raises
+    ------
+    TypeError
+        For any dtype other than float32 and float64.
+    """
+    type_name = _CUDA_TYPES.get(np.dtype(dtype))
     if type_name is None:
         raise TypeError(f"fused kernels support float32 and float64, got {np.dtype(dtype)}")
+    return type_name
+
+
+def get_kernel(name: str, dtype):
+    """The compiled kernel ``name`` for ``dtype`` (float32 or float64); compiled once a process."""
+    type_name = cuda_type_name(dtype)
     if name not in KERNEL_NAMES:
         raise ValueError(f"unknown kernel {name!r}; known: {KERNEL_NAMES}")
     import cupy
