@@ -439,8 +439,14 @@ class _JsonLog:
         """Drop the records past ``iteration``: a resumed run logs those iterations again."""
         if not (self.enabled and self.path.is_file()):
             return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration]
+        kept = []
+        for line in self.path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # half-written when the run was killed: stale too
+                continue
+            if record.get("iteration", 0) <= iteration:
+                kept.append(line if line.endswith("\n") else line + "\n")
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text("".join(kept))
         os.replace(temporary, self.path)  # atomic: the old log stays whole until this point

@@ -98,6 +98,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # the resumed run logs iteration 5 again, and the stale line must not stay beside it.
     with open(first["log"], "a") as handle:
         handle.write(json.dumps({"event": "train", "iteration": 5, "loss": 123.0}) + "\n")
+        handle.write('{"event": "train", "iterat')  # and killed in the middle of the next line
     second = train(_config(tmp_path, "split", resume=True))
     assert second["resumed_from"] == 4
     split_records = [json.loads(line) for line in open(second["log"])]
