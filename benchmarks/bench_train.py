@@ -3,7 +3,7 @@
 Run ``python benchmarks/bench_train.py`` (about a minute on 2 CPU cores; add ``--gpu-only`` or
 ``--cpu-only`` to run one section).
 
-1. CPU: the tiny EMANet of the tour (``em_tutorial.train.TOUR_MODEL``) on 96x96 digit-scene
+1. CPU: the tiny EMANet of the tour (``em_tutorial.segmentation.TOUR_MODEL``) on 96x96 digit-scene
    sized inputs, batch 16, one full SGD step per iteration (forward, cross-entropy, backward,
    update with the official parameter groups), beside the same network without its EMAU. The
    two alternate inside one loop, so a busy machine slows both alike; the median over
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from em_tutorial.nn import emanet_resnet101, emanet_tiny, param_groups
-from em_tutorial.train import TOUR_MODEL
+from em_tutorial.segmentation import TOUR_MODEL
 
 
 def _step_function(model, images, labels, autocast_dtype=None):

@@ -153,7 +153,7 @@ def _add_data_arguments(parser, defaults_from_checkpoint=False):
 
 
 def _run_train(args):
-    from .train import TrainConfig, train
+    from .segmentation import TrainConfig, train
 
     config = TrainConfig(
         dataset=args.dataset,
@@ -194,8 +194,15 @@ def _run_train(args):
 
 
 def _run_eval(args):
-    from .evaluate import VOC_EVAL_SCALES, evaluate
-    from .train import TrainConfig, build_model, build_val_set, load_checkpoint, resolve_device
+    from .segmentation import (
+        VOC_EVAL_SCALES,
+        TrainConfig,
+        build_model,
+        build_val_set,
+        evaluate,
+        load_checkpoint,
+        resolve_device,
+    )
 
     state = load_checkpoint(args.checkpoint)
     saved = dict(state["config"])
@@ -225,7 +232,7 @@ def _run_eval(args):
             json.dump({"checkpoint": args.checkpoint, "scales": list(scales), "flip": args.flip,
                        **metrics}, handle, indent=2)  # fmt: skip
     if args.figure:
-        from .visualize import attention_figure
+        from .segmentation.figures import attention_figure
 
         attention_figure(model, *dataset[0], args.figure, dataset.class_names)
         print(f"attention maps: {args.figure}")
@@ -234,7 +241,7 @@ def _run_eval(args):
 def main(argv=None) -> int:
     """Entry point of the ``em-tutorial`` console script."""
     args = build_parser().parse_args(argv)
-    from .train import CorruptCheckpoint, TrainingDiverged
+    from .segmentation import CorruptCheckpoint, TrainingDiverged
 
     try:
         if args.command == "tour":

@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["TOUR_SETTINGS", "QUICK_SETTINGS", "equivalence_check", "run_tour"]
 
-#: Training settings of the tour (fields of :class:`em_tutorial.train.TrainConfig`).
+#: Training settings of the tour (fields of :class:`em_tutorial.segmentation.TrainConfig`).
 TOUR_SETTINGS = {"dataset": "digits", "iterations": 3000, "num_scenes": 3000, "val_scenes": 300}
 #: ``--quick``: a smoke run of every step in seconds (the numbers mean nothing).
 QUICK_SETTINGS = {
@@ -126,7 +126,7 @@ def _write_report(path, equivalence, runs, settings, figures, total_seconds):
 
 def _train_worker(config: dict) -> dict:
     """Train in a worker process; return the JSON-friendly summary (the model stays on disk)."""
-    from .train import TrainConfig, train
+    from .segmentation import TrainConfig, train
 
     summary = train(TrainConfig(**config))
     summary.pop("model")
@@ -202,8 +202,8 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
     """
     import torch
 
-    from .train import TrainConfig, build_model, build_val_set, load_checkpoint
-    from .visualize import attention_figure, predictions_figure, training_curves_figure
+    from .segmentation import TrainConfig, build_model, build_val_set, load_checkpoint
+    from .segmentation.figures import attention_figure, predictions_figure, training_curves_figure
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from em_tutorial.data import DigitScenes, SceneConfig, render_scene, upscale_glyph
-from em_tutorial.data.digits import digit_pool
+from em_tutorial.segmentation.data import DigitScenes, SceneConfig, render_scene, upscale_glyph
+from em_tutorial.segmentation.data.digits import digit_pool
 
 SMALL = SceneConfig(image_size=32)
 

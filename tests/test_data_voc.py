@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from em_tutorial.data import TrainAugmentation, VOCSegmentation, denormalize
-from em_tutorial.data.transforms import IMAGENET_MEAN
+from em_tutorial.segmentation.data import TrainAugmentation, VOCSegmentation, denormalize
+from em_tutorial.segmentation.data.transforms import IMAGENET_MEAN
 
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from em_tutorial.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from em_tutorial.segmentation.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 
 # 3 classes, a 3x4 image; 255 marks ignored pixels.
 TARGET = np.array([[0, 0, 1, 1], [0, 2, 2, 255], [1, 1, 2, 255]])

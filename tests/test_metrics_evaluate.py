@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from em_tutorial.evaluate import evaluate, predict_probabilities
+from em_tutorial.segmentation import evaluate, predict_probabilities
 
 
 class Threshold(torch.nn.Module):

@@ -186,7 +186,7 @@ def training_curves_figure(logs: dict, path=None):
 
     Parameters
     ----------
-    logs : dict of name -> path of a ``log.jsonl`` written by :func:`em_tutorial.train.train`
+    logs : dict of name -> path of a ``log.jsonl`` written by :func:`em_tutorial.segmentation.train`
     """
     from matplotlib.figure import Figure
 

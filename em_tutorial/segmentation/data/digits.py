@@ -237,7 +237,7 @@ class DigitScenes:
     config : SceneConfig, optional
     transform : callable, optional
         ``transform(image_uint8 (S,S,3), label (S,S), rng=None) -> (image, label)``; by default
-        :func:`em_tutorial.data.transforms.to_model_input` (ImageNet normalisation, CHW float32).
+        :func:`em_tutorial.segmentation.data.transforms.to_model_input` (ImageNet normalisation, CHW float32).
 
     Notes
     -----

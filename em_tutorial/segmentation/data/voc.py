@@ -72,8 +72,8 @@ class VOCSegmentation:
         ``"trainaug"`` (SBD augmented set, labels from ``SegmentationClassAug`` where present).
     transform : callable, optional
         ``transform(image (H,W,3) uint8, label (H,W) uint8, rng) -> (image, label)``. Default
-        :func:`~em_tutorial.data.transforms.to_model_input`; for training use
-        :class:`~em_tutorial.data.transforms.TrainAugmentation`.
+        :func:`~em_tutorial.segmentation.data.transforms.to_model_input`; for training use
+        :class:`~em_tutorial.segmentation.data.transforms.TrainAugmentation`.
 
     Notes
     -----
