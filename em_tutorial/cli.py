@@ -4,7 +4,7 @@ Examples
 --------
 ::
 
-    em-tutorial tour                                  # the whole story on a CPU, ~10 minutes
+    em-tutorial tour                                  # the whole story on a CPU, ~4 minutes
     em-tutorial tour --quick                          # every step in seconds (smoke test)
     em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
     em-tutorial train --out runs/digits --resume      # continue an interrupted run
@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in about 10 minutes",
+        help="the whole story on a CPU in about 4 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
         "attention; train the tiny EMANet and the same network without its EMAU on the "
         "embedded digit scenes; evaluate both; write figures and report.md to OUT. Takes about "
-        "10 minutes on 2 CPU cores.",
+        "4 minutes on an idle 2-core CPU (under 10 on a busy one).",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
     tour.add_argument("--quick", action="store_true",

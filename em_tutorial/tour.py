@@ -1,4 +1,4 @@
-"""The tour: the whole story on one CPU in about ten minutes (``em-tutorial tour``).
+"""The tour: the whole story on one CPU in about four minutes (``em-tutorial tour``).
 
 1. The three stages agree: EM attention on the same input and bases in NumPy, PyTorch and,
    when a GPU is present, CuPy; the largest differences are printed.

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from em_tutorial.cli import main
+from em_tutorial.cli import build_parser, main
 
 DIGITS_SMALL = ["--dataset", "digits", "--image-size", "32", "--num-scenes", "8", "--val-scenes", "4"]
 
@@ -20,20 +20,47 @@ def test_console_entry_point_prints_help():
 
 
 @pytest.mark.parametrize(
-    "command, words",
+    "command, flags",
     [
-        ("tour", ["--quick", "--out", "10 minutes"]),
-        ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "torchrun", "lr 9e-3"]),
-        ("eval", ["--checkpoint", "--multi-scale", "--flip", "--figure"]),
+        ("tour", ["--quick", "--out", "--iterations", "--seed", "--threads", "--no-progress"]),
+        ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "--lr", "--batch-size",
+                   "--eval-scales", "--device"]),  # fmt: skip
+        ("eval", ["--checkpoint", "--scales", "--multi-scale", "--flip", "--figure", "--output"]),
     ],
 )
-def test_each_command_has_help(command, words, capsys):
+def test_each_command_help_lists_its_flags(command, flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for word in words:
-        assert word in text, word
+    assert text.startswith(f"usage: em-tutorial {command}")
+    for flag in flags:
+        assert flag in text, flag
+
+
+def test_flags_reach_the_parsed_settings():
+    args = build_parser().parse_args(
+        ["train", "--lr", "0.1", "--stop-at", "5", "--resume", "--eval-scales", "0.5,1", "--no-progress"]
+    )
+    assert (args.command, args.lr, args.stop_at, args.resume) == ("train", 0.1, 5, True)
+    assert args.eval_scales == (0.5, 1.0) and args.no_progress
+    assert (args.dataset, args.model, args.iterations) == ("digits", None, None)  # recipe fills them
+    args = build_parser().parse_args(["eval", "--checkpoint", "c.pt", "--multi-scale"])
+    assert (args.checkpoint, args.multi_scale, args.flip, args.dataset) == ("c.pt", True, False, None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["fly"], ["eval"], ["train", "--model", "vgg"], ["tour", "--iterations", "many"],
+     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"]],  # fmt: skip
+    ids=["no command", "unknown command", "eval without checkpoint", "unknown model",
+         "non-integer iterations", "zero scale"],  # fmt: skip
+)
+def test_bad_command_lines_exit_with_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: em-tutorial")
 
 
 @pytest.mark.slow  # two training processes start (each imports torch), then figures are drawn
