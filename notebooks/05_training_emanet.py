@@ -31,10 +31,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from em_tutorial import visualize
-from em_tutorial.data import DigitScenes, SceneConfig
 from em_tutorial.nn import EMANet
-from em_tutorial.train import TOUR_MODEL, TrainConfig, train
+from em_tutorial.segmentation import TOUR_MODEL, TrainConfig, figures, train
+from em_tutorial.segmentation.data import DigitScenes, SceneConfig
 
 # %% [markdown]
 # ## The data: digit scenes
@@ -64,7 +63,7 @@ fig, axes = plt.subplots(2, 6, figsize=(13, 4.4))
 for i in range(6):
     image, label = val_set.raw(i)  # uint8 (S, S, 3), (S, S)
     axes[0, i].imshow(image)
-    axes[1, i].imshow(visualize.colorize(label), interpolation="nearest")
+    axes[1, i].imshow(figures.colorize(label), interpolation="nearest")
     digits = [val_set.class_names[c] for c in np.unique(label) if c != 0]
     axes[1, i].set_title("digits " + ", ".join(digits), fontsize=9)
 for ax in axes.flat:
@@ -85,7 +84,7 @@ print("tiny configuration:", TOUR_MODEL)
 # %% [markdown]
 # ## A short training run
 #
-# `em_tutorial.train.train` runs the official recipe scaled down: SGD with momentum 0.9, a
+# `em_tutorial.segmentation.train` runs the official recipe scaled down: SGD with momentum 0.9, a
 # poly learning-rate schedule, weight decay on convolution weights only, cross-entropy that
 # ignores label 255, then an evaluation on the validation scenes. Its settings come from a
 # `TrainConfig`; here only the budget is cut (see `budget` above). The
@@ -123,7 +122,7 @@ plt.legend()
 plt.show()
 
 # %%
-display(visualize.training_curves_figure({name: run["log"] for name, run in runs.items()}))
+display(figures.training_curves_figure({name: run["log"] for name, run in runs.items()}))
 
 # %% [markdown]
 # With a budget this short the comparison says little: both networks are still improving,
@@ -142,13 +141,13 @@ display(visualize.training_curves_figure({name: run["log"] for name, run in runs
 # %%
 model = runs["EMANet"]["model"]
 image, label = val_set[0]  # normalised (3, S, S) float32, (S, S) int64
-display(visualize.attention_figure(model, image, label, class_names=val_set.class_names))
+display(figures.attention_figure(model, image, label, class_names=val_set.class_names))
 
 # %% [markdown]
 # Predictions of both networks on a few validation scenes:
 
 # %%
-display(visualize.predictions_figure({name: run["model"] for name, run in runs.items()},
+display(figures.predictions_figure({name: run["model"] for name, run in runs.items()},
                                      val_set, indices=[1, 2, 3]))
 
 # %%
@@ -158,8 +157,8 @@ workdir.cleanup()
 # ## The full-length run, and PASCAL VOC
 #
 # The command-line tool runs the same code. On any machine, the whole story (equivalence
-# check, both trainings at full length, evaluation, figures and a report) in about ten
-# minutes on a CPU:
+# check, both trainings at full length, evaluation, figures and a report) in about four
+# minutes on an idle two-core CPU:
 #
 # ```bash
 # em-tutorial tour --out em_tutorial_out
