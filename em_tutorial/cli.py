@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tour_command(commands)
+    _add_train_command(commands)
+    _add_eval_command(commands)
+    return parser
 
+
+def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
         help="the whole story on a CPU in about 4 minutes",
@@ -70,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: half the CPUs this process may use)")  # fmt: skip
     tour.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_train_command(commands):
     train = commands.add_parser(
         "train",
         help="train EMANet (digit scenes or PASCAL VOC 2012)",
@@ -109,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-flip", action="store_true", help="add flips to the final evaluation")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_eval_command(commands):
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a checkpoint (mIoU, per-class IoU)",
@@ -128,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--figure", metavar="PNG",
                           help="save the attention maps of the first image here")  # fmt: skip
     evaluate.add_argument("--no-progress", action="store_true")
-    return parser
 
 
 def _add_data_arguments(parser, defaults_from_checkpoint=False):

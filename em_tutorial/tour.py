@@ -181,6 +181,44 @@ def _train_side_by_side(configs: dict, progress: bool) -> dict:
         return {name: future.result() for name, future in futures.items()}
 
 
+def _tour_configs(settings: dict, seed: int, out_dir: Path, threads: int) -> dict:
+    """The two training runs of the tour: EMANet and the same network without its EMAU."""
+    from .segmentation import TrainConfig
+
+    networks = {"EMANet": "emau", "without EMAU": "none"}
+    configs = {}
+    for name, head in networks.items():
+        run_dir = out_dir / f"train_{head}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the tour always trains from scratch
+        configs[name] = TrainConfig(
+            **settings, head=head, seed=seed, out_dir=str(run_dir), threads=threads,
+            progress=False, log_every=max(1, min(10, settings["iterations"] // 4)),
+        )  # fmt: skip
+    return configs
+
+
+def _draw_figures(configs: dict, runs: dict, out_dir: Path) -> list:
+    """Attention maps, predictions and loss curves of the trained runs; (caption, file) pairs."""
+    from .segmentation import build_model, build_val_set, load_checkpoint
+    from .segmentation.figures import attention_figure, predictions_figure, training_curves_figure
+
+    val_set = build_val_set(configs["EMANet"])
+    models = {}
+    for name, summary in runs.items():
+        models[name] = build_model(configs[name], val_set.num_classes)
+        models[name].load_state_dict(load_checkpoint(summary["checkpoint"])["model"])
+    image, label = val_set[0]
+    attention_figure(models["EMANet"], image, label, out_dir / "attention.png", val_set.class_names)
+    predictions_figure(models, val_set, range(min(4, len(val_set))), out_dir / "predictions.png")
+    training_curves_figure({name: summary["log"] for name, summary in runs.items()},
+                           out_dir / "loss.png")  # fmt: skip
+    return [
+        ("Attention maps of the EMAU bases for one validation scene", "attention.png"),
+        ("Validation scenes: truth and both networks' predictions", "predictions.png"),
+        ("Training loss", "loss.png"),
+    ]
+
+
 def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, threads=None,
              progress=True) -> dict:  # fmt: skip
     """Run the tour; return ``{"out_dir", "report", "equivalence", "runs"}``.
@@ -202,9 +240,6 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
     """
     import torch
 
-    from .segmentation import TrainConfig, build_model, build_val_set, load_checkpoint
-    from .segmentation.figures import attention_figure, predictions_figure, training_curves_figure
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,15 +256,7 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
         print(f"  NumPy float64 vs {stage:28s} max |dz| {gap['z']:.1e}  max |dmu| {gap['mu']:.1e}"
               f"  max |dx_tilde| {gap['x_tilde']:.1e}")  # fmt: skip
 
-    networks = {"EMANet": "emau", "without EMAU": "none"}
-    configs = {}
-    for name, head in networks.items():
-        run_dir = out_dir / f"train_{head}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # the tour always trains from scratch
-        configs[name] = TrainConfig(
-            **settings, head=head, seed=seed, out_dir=str(run_dir), threads=threads,
-            progress=False, log_every=max(1, min(10, settings["iterations"] // 4)),
-        )  # fmt: skip
+    configs = _tour_configs(settings, seed, out_dir, threads)
     config = configs["EMANet"]
     print(f"\n== 2. Train EMANet and, side by side, the same network without its EMAU ==\n"
           f"  {config.iterations} iterations of batch {config.batch_size} each on "
@@ -244,21 +271,7 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
               f"at {summary['images_per_s']:.0f} images/s")  # fmt: skip
 
     print("\n== 4. Figures and report ==")
-    val_set = build_val_set(config)
-    models = {}
-    for name, summary in runs.items():
-        models[name] = build_model(configs[name], val_set.num_classes)
-        models[name].load_state_dict(load_checkpoint(summary["checkpoint"])["model"])
-    figures = [
-        ("Attention maps of the EMAU bases for one validation scene", "attention.png"),
-        ("Validation scenes: truth and both networks' predictions", "predictions.png"),
-        ("Training loss", "loss.png"),
-    ]
-    image, label = val_set[0]
-    attention_figure(models["EMANet"], image, label, out_dir / "attention.png", val_set.class_names)
-    predictions_figure(models, val_set, range(min(4, len(val_set))), out_dir / "predictions.png")
-    training_curves_figure({name: summary["log"] for name, summary in runs.items()},
-                           out_dir / "loss.png")  # fmt: skip
+    figures = _draw_figures(configs, runs, out_dir)
     total = time.perf_counter() - started
     report = out_dir / "report.md"
     settings["batch_size"] = config.batch_size
