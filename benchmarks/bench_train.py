@@ -3,10 +3,10 @@
 Run ``python benchmarks/bench_train.py`` (about a minute on 2 CPU cores; add ``--gpu-only`` or
 ``--cpu-only`` to run one section).
 
-1. CPU: the tiny EMANet of the tour (``em_tutorial.segmentation.TOUR_MODEL``) on 96x96 digit-scene
-   sized inputs, batch 16, one full SGD step per iteration (forward, cross-entropy, backward,
-   update with the official parameter groups), beside the same network without its EMAU. The
-   two alternate inside one loop, so a busy machine slows both alike; the median over
+1. CPU: the tiny EMANet of the tour (``em_tutorial.segmentation.TOUR_MODEL``) on 96x96
+   digit-scene sized inputs, batch 16, one full SGD step per iteration (forward, cross-entropy,
+   backward, update with the official parameter groups), beside the same network without its
+   EMAU. The two alternate inside one loop, so a busy machine slows both alike; the median over
    ``--repeats`` rounds is reported, with the ratio.
 2. GPU (only where CUDA is available; otherwise the section says it was skipped): the official
    EMANet-ResNet-101 at 513x513, batch 8, one SGD step per iteration, eager and with
