@@ -104,6 +104,8 @@ class _Run:
 
 
 def _train(config: TrainConfig, process: Process) -> dict:
+    """Checks, seed, model and optimiser, resumption, data, the iterations, the last checkpoint,
+    then (for a finished run) the evaluation and ``summary.json``."""
     out_dir = Path(config.out_dir)
     checkpoint_path = out_dir / "checkpoint.pt"
     per_rank_batch = _check_run_setup(config, process, checkpoint_path)
