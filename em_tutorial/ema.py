@@ -188,7 +188,7 @@ def attention_reconstruct(z, mu):
     return xp.matmul(z, mu)
 
 
-def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False):
+def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=None):
     """EM attention: T iterations of A_E and A_M, then the reconstruction A_R.
 
     Per iteration t = 1..T::
@@ -216,6 +216,10 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False):
         assignments). EMANet uses 1.
     return_history : bool
         Also return the list of every iteration's ``(z, mu)``.
+    iterations : callable, optional
+        The loop that runs the T iterations, :func:`em_iterations` when None.
+        :func:`em_tutorial.ema_fast.em_attention_fast` passes its faster loop here: the
+        checks and A_R stay the same.
 
     Returns
     -------
@@ -251,7 +255,8 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False):
     """
     xp = get_array_module(x, mu)
     x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
-    z, mu, history = em_iterations(x, mu, n_iter, float(lam), return_history)
+    iterations = em_iterations if iterations is None else iterations
+    z, mu, history = iterations(x, mu, n_iter, float(lam), return_history)
     # A_R: x_tilde = z mu
     x_tilde = attention_reconstruct(z, mu)
     if return_history:

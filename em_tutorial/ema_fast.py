@@ -42,8 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module, is_numpy_namespace
-from .ema import EPS, EMIteration, attention_reconstruct, l2_normalize
-from .ema_validation import validate_em_attention_inputs
+from .ema import EPS, EMIteration, em_attention, l2_normalize
 
 __all__ = ["softmax_last_axis_inplace", "em_attention_fast", "em_iterations_fast"]
 
@@ -87,19 +86,13 @@ def em_attention_fast(x, mu, n_iter=3, lam=1.0, return_history=False):
     ValueError
         As :func:`em_tutorial.ema.em_attention` (rules in :mod:`em_tutorial.ema_validation`).
     """
-    xp = get_array_module(x, mu)
-    if not is_numpy_namespace(xp):
+    if not is_numpy_namespace(get_array_module(x, mu)):
         raise TypeError(
             f"em_attention_fast takes NumPy arrays, got {type(x).__module__}.{type(x).__name__}; "
             "em_tutorial.ema.em_attention runs the same equations on any array library"
         )
-    x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
-    z, mu, history = em_iterations_fast(x, mu, n_iter, float(lam), return_history)
-    # A_R: x_tilde = z mu
-    x_tilde = attention_reconstruct(z, mu)
-    if return_history:
-        return z, mu, x_tilde, history
-    return z, mu, x_tilde
+    # the checks and A_R of the plain function, with the loop of this module
+    return em_attention(x, mu, n_iter, lam, return_history, iterations=em_iterations_fast)
 
 
 def em_iterations_fast(x, mu, n_iter=3, lam=1.0, keep_history=False):
