@@ -188,7 +188,24 @@ def attention_reconstruct(z, mu):
     return xp.matmul(z, mu)
 
 
-def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=None):
+def em_iterations(x, mu, n_iter=3, lam=1.0, keep_history=False):
+    """The T iterations of :func:`em_attention`, without its checks and the reconstruction.
+
+    The step functions one after the other, on any array library. Returns the last ``z``
+    (..., N, K), the last ``mu`` (..., K, C) and the list of every iteration's
+    :class:`EMIteration` (empty unless ``keep_history``). Nothing in the loop reads a value
+    back to the host, so on CuPy the iterations queue on the GPU without waiting for it.
+    """
+    history = []
+    for _ in range(n_iter):
+        z = attention_e_step(x, mu, lam)
+        mu = l2_normalize(attention_m_step(x, z))
+        if keep_history:
+            history.append(EMIteration(z, mu))
+    return z, mu, history
+
+
+def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=em_iterations):
     """EM attention: T iterations of A_E and A_M, then the reconstruction A_R.
 
     Per iteration t = 1..T::
@@ -216,8 +233,8 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=N
         assignments). EMANet uses 1.
     return_history : bool
         Also return the list of every iteration's ``(z, mu)``.
-    iterations : callable, optional
-        The loop that runs the T iterations, :func:`em_iterations` when None.
+    iterations : callable
+        The loop that runs the T iterations (:func:`em_iterations`, the step functions).
         :func:`em_tutorial.ema_fast.em_attention_fast` passes its faster loop here: the
         checks and A_R stay the same.
 
@@ -255,30 +272,12 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=N
     """
     xp = get_array_module(x, mu)
     x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
-    iterations = em_iterations if iterations is None else iterations
     z, mu, history = iterations(x, mu, n_iter, float(lam), return_history)
     # A_R: x_tilde = z mu
     x_tilde = attention_reconstruct(z, mu)
     if return_history:
         return z, mu, x_tilde, history
     return z, mu, x_tilde
-
-
-def em_iterations(x, mu, n_iter=3, lam=1.0, keep_history=False):
-    """The T iterations of :func:`em_attention`, without its checks and the reconstruction.
-
-    The step functions one after the other, on any array library. Returns the last ``z``
-    (..., N, K), the last ``mu`` (..., K, C) and the list of every iteration's
-    :class:`EMIteration` (empty unless ``keep_history``). Nothing in the loop reads a value
-    back to the host, so on CuPy the iterations queue on the GPU without waiting for it.
-    """
-    history = []
-    for _ in range(n_iter):
-        z = attention_e_step(x, mu, lam)
-        mu = l2_normalize(attention_m_step(x, z))
-        if keep_history:
-            history.append(EMIteration(z, mu))
-    return z, mu, history
 
 
 def spherical_gmm_parameters(mu, lam=1.0):

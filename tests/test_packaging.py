@@ -1,4 +1,4 @@
-"""Packaging: conda and pip install the same packages; the NumPy stages need neither torch nor CuPy."""
+"""Packaging: conda and pip install the same packages; the NumPy stages need no torch or CuPy."""
 
 import re
 import subprocess
