@@ -149,9 +149,11 @@ TRICKS = ("A_M divides after the product", "x^T z orientation", "in-place softma
 
 
 def ladder_rung(x, mu, n_iter, tricks):
-    """EM attention (lambda = 1) with the first ``tricks`` of :data:`TRICKS` switched on.
+    """EM attention's T iterations (lambda = 1) with the first ``tricks`` of :data:`TRICKS` on.
 
-    ``tricks = 0`` is ``ema.em_attention``'s loop, ``len(TRICKS)`` the ``ema_fast`` one.
+    ``tricks = 0`` is ``ema.em_iterations``, ``len(TRICKS)`` ``ema_fast.em_iterations_fast``.
+    Returns the last z (B, N, K) and mu (B, K, C); the reconstruction, the same for every
+    rung, is left out so that the peak memory is the loop's own.
     """
     z = np.empty(x.shape[:-1] + (mu.shape[-2],), dtype=x.dtype)  # (B, N, K)
     for _ in range(n_iter):
@@ -169,7 +171,7 @@ def ladder_rung(x, mu, n_iter, tricks):
             else:
                 mu = np.matmul(z.mT, x) / counts.mT  # (B, K, N) @ (B, N, C) -> (B, K, C)
         mu = l2_normalize(mu)
-    return attention_reconstruct(z, mu)
+    return z, mu
 
 
 def bench_ladder(rng, repeats):
@@ -177,21 +179,28 @@ def bench_ladder(rng, repeats):
     x, mu = features_and_bases(rng, batch, n_points, n_channels, n_bases)
     reference = em_attention(x, mu, n_iter)[2]
     for tricks in range(len(TRICKS) + 1):  # a guard against timing a wrong computation
-        np.testing.assert_allclose(ladder_rung(x, mu, n_iter, tricks), reference, atol=1e-4)
-    print(f"\nWhat each trick of em_tutorial.ema_fast buys (B={batch}, N={n_points}, "
-          f"C={n_channels}, K={n_bases}, T={n_iter}, float32; medians of {repeats} repeats)")
+        x_tilde = attention_reconstruct(*ladder_rung(x, mu, n_iter, tricks))  # (B, N, C)
+        np.testing.assert_allclose(x_tilde, reference, atol=1e-4)
+    print(f"\nWhat each trick of em_tutorial.ema_fast buys in the T iterations (B={batch}, "
+          f"N={n_points}, C={n_channels}, K={n_bases}, T={n_iter}, float32; medians of "
+          f"{repeats} repeats)")
     seconds = side_by_side(
         {tricks: lambda t=tricks: ladder_rung(x, mu, n_iter, t)
          for tricks in range(len(TRICKS) + 1)},
         repeats,
     )
     runs = {tricks: np.array(times) for tricks, times in seconds.items()}
-    print(f"  {'plain loop':36s} median {np.median(runs[0]) * 1e3:7.1f} ms")
+    # peak memory does not depend on the load of the machine, unlike the times
+    mib = {tricks: peak_bytes(lambda t=tricks: ladder_rung(x, mu, n_iter, t)) / 2**20
+           for tricks in runs}
+    print(f"  {'plain loop':36s} median {np.median(runs[0]) * 1e3:7.1f} ms  "
+          f"peak {mib[0]:6.1f} MiB")
     for tricks, name in enumerate(TRICKS, start=1):
         ratio = np.median(runs[tricks - 1] / runs[tricks])
         of_medians = np.median(runs[tricks - 1]) / np.median(runs[tricks])
         print(f"  + {tricks}. {name:31s} median {np.median(runs[tricks]) * 1e3:7.1f} ms  "
-              f"speed-up {ratio:.2f}x (ratio of the medians {of_medians:.2f}x)")
+              f"peak {mib[tricks]:6.1f} MiB  speed-up {ratio:.2f}x "
+              f"(ratio of the medians {of_medians:.2f}x)")
     print(f"  all {len(TRICKS)} against the plain loop: "
           f"{np.median(runs[0] / runs[len(TRICKS)]):.2f}x")
 

@@ -1,4 +1,4 @@
-"""EM attention on NumPy, fast: the equations of :mod:`em_tutorial.ema`, fewer passes over memory.
+"""EM attention on NumPy, fast: the equations of :mod:`em_tutorial.ema`, fewer memory passes.
 
 :func:`em_tutorial.ema.em_attention` is the lesson: one function per step, each allocating
 its result. At EMANet's size (B = 4 feature maps of N = 97 x 97 pixels, C = 512, K = 64,
@@ -10,7 +10,7 @@ cut those passes without changing a single equation:
    (K, C) product instead of turning the (N, K) matrix z into weights first: one pass over
    z fewer, and N/C times fewer divisions.
 2. **x^T z instead of z^T x.** The same product computed as ``mu^T = x^T z`` (C, K) and
-   transposed back: the orientation in which OpenBLAS runs this tall, thin product faster.
+   transposed back: the orientation OpenBLAS ran faster here, for this tall, thin product.
 3. **In-place softmax** (:func:`softmax_last_axis_inplace`): max, subtract, exp and
    normalise written into the logits themselves, without the three temporaries of z's
    size that :func:`em_tutorial.ema.softmax` allocates; ``fmax.reduce`` finds the row
@@ -18,20 +18,30 @@ cut those passes without changing a single equation:
 4. **One buffer for z.** ``np.matmul(x, mu^T, out=z)`` writes every iteration's logits into
    the same (B, N, K) array instead of a fresh one.
 
-Measured by ``python benchmarks/bench_ema.py --ladder`` (each trick added to the previous
-ones; time of the version before / time with the trick, the median ratio of alternating
-repeats in one run, on a shared 2-core machine that other jobs were loading, so only the
-ratios are meaningful and they should be re-measured on a quiet machine):
+Measured by ``python benchmarks/bench_ema.py --ladder``, which adds the tricks one after the
+other in this order and runs the rungs alternately in each repeat. Peak memory of the T
+iterations (``tracemalloc``) does not depend on the machine's load; the times do, and the
+project's 2-core machine was shared with other jobs during these runs, so the speed-ups
+below are the spread of the per-run medians of (time before / time with the trick) over six
+runs (five of them also timed the reconstruction, the same for every rung), to be
+re-measured on a quiet machine before they are quoted:
 
-=================================  ============
-trick                              speed-up
-=================================  ============
-1. A_M divides after the product   MEASURE_1
-2. x^T z orientation               MEASURE_2
-3. in-place softmax                MEASURE_3
-4. one buffer for z                MEASURE_4
-all four against the plain path    MEASURE_ALL
-=================================  ============
+=================================  ===========  ============================
+trick                              peak memory  speed-up, six loaded runs
+=================================  ===========  ============================
+none (``ema.em_iterations``)       37.4 MiB     --
+1. A_M divides after the product   37.4 MiB     0.77x - 1.37x
+2. x^T z orientation               37.4 MiB     0.96x - 3.15x
+3. in-place softmax                18.9 MiB     0.98x - 1.12x
+4. one buffer for z                10.7 MiB     0.94x - 1.04x
+all four                           10.7 MiB     1.05x - 3.14x (1.21x with one BLAS thread)
+=================================  ===========  ============================
+
+z itself is 9.2 MiB here: the fast loop holds little more than z, the plain one four times
+as much. The time of one trick is within the noise of a loaded machine except the
+orientation, which bought most when both cores were busiest. On a quiet run of the same
+machine (``benchmarks/RESULTS.md``) the whole fast path took 134 ms against 166 ms for the
+plain ``em_attention`` (1.23x).
 
 The tests (``tests/test_ema.py``) check that :func:`em_attention_fast` gives the numbers of
 :func:`em_tutorial.ema.em_attention` to a few units of the dtype's rounding.
