@@ -11,7 +11,8 @@ feature maps (EMANet's map for 513x513 and 769x769 crops at output stride 8):
 1. Forward time (eval mode, no autograd) of ``em_tutorial.nn.EMAU``, of
    ``OfficialEMAU`` below (the official unit written out directly: ``bmm`` in the (B, C, N)
    layout, the bases repeated per image), of ``em_tutorial.nn.NonLocal2d``, and of the EM
-   iterations alone in PyTorch and in the NumPy stage (``em_tutorial.ema.em_attention``).
+   iterations alone in PyTorch and in the NumPy stage's fast path
+   (``em_tutorial.ema_fast.em_attention_fast``).
    The versions alternate inside one loop, so a busy machine slows all of them; the median
    of ``--repeats`` runs is reported.
 2. Extra peak memory of one forward call: each measurement runs in a fresh process with
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from em_tutorial import ema
+from em_tutorial.ema_fast import em_attention_fast
 from em_tutorial.nn import EMAU, NonLocal2d, emanet_resnet101
 from em_tutorial.nn import functional as nnf
 
@@ -116,7 +117,7 @@ def build(name: str, side: int, seed: int = 0):
         return lambda: nnf.em_attention(features, emau.mu, n_iter=T, check_finite=False)
     if name == "EM only, NumPy":
         features_np, mu_np = features.numpy(), emau.mu.numpy()
-        return lambda: ema.em_attention(features_np, mu_np, n_iter=T)
+        return lambda: em_attention_fast(features_np, mu_np, n_iter=T)
     raise ValueError(name)
 
 

@@ -27,20 +27,19 @@ logits ``lambda x_n^T mu_k`` stay on the scale of ``lambda |x_n|``; without it t
 the scale of the features, the logits grow with it and the softmax saturates.
 
 Every function takes NumPy, CuPy or any array-API arrays (the ``xp`` idiom of
-:mod:`em_tutorial.backend`). :func:`em_attention` has a NumPy fast path (buffers reused,
-in-place softmax, the A_M division moved after the product) beside the plain path built
-from the step functions; the tests check that both give the same numbers.
+:mod:`em_tutorial.backend`). This module is the lesson: each step is one function and
+:func:`em_attention` runs them in a loop. The same numbers faster on NumPy are in
+:mod:`em_tutorial.ema_fast`; the input rules every stage shares are in
+:mod:`em_tutorial.ema_validation`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
-import numpy as np
-
-from .backend import get_array_module, is_numpy_namespace
+from .backend import get_array_module
+from .ema_validation import validate_em_attention_inputs
 
 __all__ = [
     "EPS",
@@ -51,6 +50,7 @@ __all__ = [
     "l2_normalize",
     "attention_reconstruct",
     "em_attention",
+    "em_iterations",
     "spherical_gmm_parameters",
 ]
 
@@ -86,19 +86,6 @@ def softmax(logits, axis=-1):
     shifted = logits - xp.max(logits, axis=axis, keepdims=True)
     e = xp.exp(shifted)
     return e / xp.sum(e, axis=axis, keepdims=True)
-
-
-def _softmax_last_axis_inplace(a):
-    """:func:`softmax` along the last axis, written into ``a`` itself (NumPy arrays only).
-
-    Same operations as :func:`softmax`, without its three temporaries of ``a``'s size.
-    ``fmax.reduce`` gives the same maximum as ``max`` for NaN-free input (the callers check
-    for NaN) and is several times faster along a short last axis.
-    """
-    a -= np.fmax.reduce(a, axis=-1, keepdims=True)
-    np.exp(a, out=a)
-    a /= np.sum(a, axis=-1, keepdims=True)
-    return a
 
 
 def attention_e_step(x, mu, lam=1.0):
@@ -201,7 +188,24 @@ def attention_reconstruct(z, mu):
     return xp.matmul(z, mu)
 
 
-def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, fast=True):
+def em_iterations(x, mu, n_iter=3, lam=1.0, keep_history=False):
+    """The T iterations of :func:`em_attention`, without its checks and the reconstruction.
+
+    The step functions one after the other, on any array library. Returns the last ``z``
+    (..., N, K), the last ``mu`` (..., K, C) and the list of every iteration's
+    :class:`EMIteration` (empty unless ``keep_history``). Nothing in the loop reads a value
+    back to the host, so on CuPy the iterations queue on the GPU without waiting for it.
+    """
+    history = []
+    for _ in range(n_iter):
+        z = attention_e_step(x, mu, lam)
+        mu = l2_normalize(attention_m_step(x, z))
+        if keep_history:
+            history.append(EMIteration(z, mu))
+    return z, mu, history
+
+
+def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=em_iterations):
     """EM attention: T iterations of A_E and A_M, then the reconstruction A_R.
 
     Per iteration t = 1..T::
@@ -229,9 +233,10 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, fast=True):
         assignments). EMANet uses 1.
     return_history : bool
         Also return the list of every iteration's ``(z, mu)``.
-    fast : bool
-        For NumPy arrays, use the fast path (reused buffers, in-place softmax); it gives the
-        same numbers as the plain path up to rounding. Ignored for other array libraries.
+    iterations : callable
+        The loop that runs the T iterations (:func:`em_iterations`, the step functions).
+        :func:`em_tutorial.ema_fast.em_attention_fast` passes its faster loop here: the
+        checks and A_R stay the same.
 
     Returns
     -------
@@ -255,9 +260,9 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, fast=True):
         N, K or C equal to 0, NaN or inf in ``x`` or ``mu``, ``n_iter < 1``, ``lam`` negative
         or not finite.
     TypeError
-        ``x`` or ``mu`` is not float32/float64, or ``n_iter`` is not an integer. float16 is
-        refused rather than computed badly: 1 + 1e-6 == 1 in float16, and the sums
-        over N pixels in A_M keep about 3 digits; cast to float32.
+        ``x`` or ``mu`` is not float32/float64 (float16 included), ``n_iter`` is not an
+        integer or ``lam`` not a real number. The rules, shared with every other stage, are
+        in :mod:`em_tutorial.ema_validation`; mixed float32/float64 inputs are promoted.
 
     Notes
     -----
@@ -266,49 +271,13 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, fast=True):
     ``lambda |x_n| |mu_k|`` fits in the dtype.
     """
     xp = get_array_module(x, mu)
-    x, mu = _checked_inputs(xp, x, mu, n_iter, lam)
-    iterate = _em_iterations_numpy if fast and is_numpy_namespace(xp) else _em_iterations
-    z, mu, history = iterate(x, mu, n_iter, float(lam), return_history)
+    x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
+    z, mu, history = iterations(x, mu, n_iter, float(lam), return_history)
     # A_R: x_tilde = z mu
     x_tilde = attention_reconstruct(z, mu)
     if return_history:
         return z, mu, x_tilde, history
     return z, mu, x_tilde
-
-
-def _em_iterations(x, mu, n_iter, lam, keep_history):
-    """The plain path: the step functions one after the other, on any array library."""
-    history = []
-    for _ in range(n_iter):
-        z = attention_e_step(x, mu, lam)
-        mu = l2_normalize(attention_m_step(x, z))
-        if keep_history:
-            history.append(EMIteration(z, mu))
-    return z, mu, history
-
-
-def _em_iterations_numpy(x, mu, n_iter, lam, keep_history):
-    """The NumPy fast path: same equations as :func:`_em_iterations`, fewer passes over z."""
-    z_shape = x.shape[:-1] + (mu.shape[-2],)  # (..., N, K)
-    z = np.empty(z_shape, dtype=x.dtype)
-    history = []
-    for _ in range(n_iter):
-        if keep_history and history:
-            z = np.empty(z_shape, dtype=x.dtype)  # the previous z is kept, do not overwrite it
-        # A_E: lambda x mu^T into the reused buffer:  (..., N, C) @ (..., C, K) -> (..., N, K)
-        np.matmul(x, mu.mT, out=z)
-        if lam != 1.0:
-            z *= lam
-        _softmax_last_axis_inplace(z)
-        # A_M: sum_n z_nk x_n / (eps + N_k), dividing the (C, K) product rather than the
-        # (N, K) weights; computed as mu^T = x^T z, the faster orientation for OpenBLAS
-        counts = np.sum(z, axis=-2, keepdims=True)  # (..., 1, K)
-        mu_t = np.matmul(x.mT, z)  # (..., C, N) @ (..., N, K) -> (..., C, K)
-        mu_t /= EPS + counts
-        mu = l2_normalize(mu_t.mT)  # (..., K, C)
-        if keep_history:
-            history.append(EMIteration(z, mu))
-    return z, mu, history
 
 
 def spherical_gmm_parameters(mu, lam=1.0):
@@ -344,71 +313,3 @@ def spherical_gmm_parameters(mu, lam=1.0):
         "covariance_type": "spherical",
         "weights": None,
     }
-
-
-def _check_dtype(xp, name, array):
-    """float32 and float64 only.
-
-    float16 is refused rather than computed badly: the official eps = 1e-6 is below its
-    resolution (1 + 1e-6 == 1 in float16), and the N-long sums of A_M (N ~ 10^4 pixels) keep
-    about 3 significant digits. Cast to float32 (the GPU stage's precision) instead.
-    """
-    float16 = getattr(xp, "float16", None)  # not part of the array API standard
-    if float16 is not None and array.dtype == float16:
-        raise TypeError(
-            f"{name} is float16, which EM attention does not support: eps = 1e-6 is below its "
-            "resolution and the sums over N pixels lose most digits. Cast to float32 first, "
-            f"e.g. {name}.astype(numpy.float32)."
-        )
-    if array.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}")
-
-
-def _check_finite(xp, name, array):
-    """Refuse NaN and inf, saying how many values are affected."""
-    if not bool(xp.all(xp.isfinite(array))):
-        bad = int(xp.sum(xp.astype(~xp.isfinite(array), xp.int64)))
-        raise ValueError(f"{name} contains NaN or inf ({bad} of its {math.prod(array.shape)} "
-                         "values); clean or mask them first")
-
-
-def _checked_inputs(xp, x, mu, n_iter, lam):
-    """Validate the arguments of :func:`em_attention`; return x and mu in one common dtype."""
-    for name, array, letters in (("x", x, "N, C"), ("mu", mu, "K, C")):
-        if array.ndim not in (2, 3):
-            raise ValueError(
-                f"{name} must have shape ({letters}) or (B, {letters}); got {array.ndim} "
-                f"dimensions, shape {tuple(array.shape)}"
-            )
-    if mu.ndim == 3 and x.ndim == 2:
-        raise ValueError(
-            f"mu is batched, shape {tuple(mu.shape)} = (B, K, C), but x is not, shape "
-            f"{tuple(x.shape)}; give x a batch axis (B, N, C) or mu the shape (K, C)"
-        )
-    if mu.ndim == 3 and mu.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"batch mismatch: x has B={x.shape[0]} feature maps but mu has B={mu.shape[0]} sets "
-            "of bases; use the same B or shared bases of shape (K, C)"
-        )
-    if x.shape[-1] != mu.shape[-1]:
-        raise ValueError(
-            f"channel mismatch: x has C={x.shape[-1]} channels (shape {tuple(x.shape)}) but mu "
-            f"has C={mu.shape[-1]} (shape {tuple(mu.shape)})"
-        )
-    for size, what in ((x.shape[-2], "N = 0 pixels"), (mu.shape[-2], "K = 0 bases"),
-                       (x.shape[-1], "C = 0 channels")):
-        if size == 0:
-            raise ValueError(f"nothing to compute: {what} (x shape {tuple(x.shape)}, "
-                             f"mu shape {tuple(mu.shape)})")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
-        raise TypeError(f"n_iter (T) must be an integer; got {n_iter!r}")
-    if n_iter < 1:
-        raise ValueError(f"n_iter (T) must be at least 1; got {n_iter}")
-    if not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0; got {lam!r}")
-    _check_dtype(xp, "x", x)
-    _check_dtype(xp, "mu", mu)
-    _check_finite(xp, "x", x)
-    _check_finite(xp, "mu", mu)
-    dtype = xp.result_type(x.dtype, mu.dtype)
-    return xp.astype(x, dtype, copy=False), xp.astype(mu, dtype, copy=False)

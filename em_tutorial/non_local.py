@@ -17,7 +17,9 @@ EM attention's first A_E when the bases are all N pixels (``mu = x``, K = N); se
 from __future__ import annotations
 
 from .backend import get_array_module, is_numpy_namespace
-from .ema import _check_finite, _softmax_last_axis_inplace, softmax
+from .ema import softmax
+from .ema_fast import softmax_last_axis_inplace
+from .ema_validation import check_finite, check_float_dtype
 
 __all__ = ["non_local_attention", "non_local"]
 
@@ -40,9 +42,8 @@ def _check_features(xp, x):
         raise ValueError(f"x must have shape (N, C) or (B, N, C); got shape {tuple(x.shape)}")
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"x has no pixels or no channels: shape {tuple(x.shape)}")
-    if x.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"x must be a float32 or float64 array; got dtype {x.dtype}")
-    _check_finite(xp, "x", x)
+    check_float_dtype(xp, "x", x)
+    check_finite(xp, "x", x)
 
 
 def non_local_attention(x, w_theta=None, w_phi=None):
@@ -77,7 +78,7 @@ def non_local_attention(x, w_theta=None, w_phi=None):
     # a_ij = exp(logit_ij) / sum_j' exp(logit_ij'); on NumPy in place, because the N x N
     # matrix is the memory bill of this operation
     if is_numpy_namespace(xp):
-        return _softmax_last_axis_inplace(logits)
+        return softmax_last_axis_inplace(logits)
     return softmax(logits, axis=-1)
 
 

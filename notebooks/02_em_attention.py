@@ -96,7 +96,7 @@ print("largest difference, mixture E-step vs A_E:", np.max(np.abs(z_mixture - z_
 # A$_R$: $\tilde x_n = \sum_k z_{nk}\, \mu_k$. The whole of EM attention:
 
 # %%
-print(inspect.getsource(ema._em_iterations))
+print(inspect.getsource(ema.em_iterations))
 print(inspect.getsource(ema.attention_m_step))
 
 # %% [markdown]

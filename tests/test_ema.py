@@ -1,50 +1,20 @@
-"""EM attention against a float64 loop-per-pixel reference, its invariants, and bad input."""
+"""EM attention (plain and NumPy fast path) against a float64 loop-per-pixel reference.
 
-import math
+Bad input is tested for every stage at once in test_validation_policy.py.
+"""
 
 import numpy as np
 import pytest
 
 from em_tutorial import ema
 from em_tutorial.ema import EPS, em_attention
+from em_tutorial.ema_fast import em_attention_fast
+
+from ema_reference import reference_batched, reference_em_attention
 
 # Tolerances against the float64 reference; atol is relative to the largest |value| compared,
 # because entries of x_tilde and mu can be arbitrarily close to 0.
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
-
-
-def reference_em_attention(x, mu, n_iter, lam):
-    """EM attention for one feature map, one pixel and one basis at a time, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    mu = np.asarray(mu, dtype=np.float64)
-    n_pixels, n_bases = x.shape[0], mu.shape[0]
-    history = []
-    for _ in range(n_iter):
-        z = np.empty((n_pixels, n_bases))
-        for n in range(n_pixels):
-            logits = np.array([lam * math.fsum(x[n] * mu[k]) for k in range(n_bases)])
-            e = np.exp(logits - logits.max())
-            z[n] = e / math.fsum(e)
-        new_mu = np.empty_like(mu)
-        for k in range(n_bases):
-            count = math.fsum(z[:, k])
-            mean = np.array([math.fsum(z[:, k] * x[:, c]) for c in range(x.shape[1])])
-            mean /= EPS + count
-            new_mu[k] = mean / (EPS + math.sqrt(math.fsum(mean**2)))
-        mu = new_mu
-        history.append((z, mu))
-    x_tilde = np.array([sum(z[n, k] * mu[k] for k in range(n_bases)) for n in range(n_pixels)])
-    return z, mu, x_tilde, history
-
-
-def reference_batched(x, mu, n_iter, lam):
-    if x.ndim == 2:
-        return reference_em_attention(x, mu, n_iter, lam)[:3]
-    per_map = [
-        reference_em_attention(x[b], mu if mu.ndim == 2 else mu[b], n_iter, lam)[:3]
-        for b in range(x.shape[0])
-    ]
-    return tuple(np.stack(parts) for parts in zip(*per_map))
 
 
 def assert_close(actual, expected, tol):
@@ -66,13 +36,17 @@ def make_inputs(rng, x_shape, mu_shape, dtype, scale=1.0):
     return x, mu.astype(dtype)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+# the lesson's loop and the NumPy fast path, each checked against the reference
+PATHS = {"plain": em_attention, "fast": em_attention_fast}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shapes", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("lam", [1.0, 0.3])
-def test_matches_loop_reference(rng, shapes, dtype, fast, lam):
+def test_matches_loop_reference(rng, shapes, dtype, path, lam):
     x, mu = make_inputs(rng, *shapes, dtype)
-    z, mu_out, x_tilde = em_attention(x, mu, n_iter=3, lam=lam, fast=fast)
+    z, mu_out, x_tilde = PATHS[path](x, mu, n_iter=3, lam=lam)
     z_ref, mu_ref, x_tilde_ref = reference_batched(x, mu, 3, lam)
     assert z.dtype == mu_out.dtype == x_tilde.dtype == dtype
     assert z.shape == x.shape[:-1] + (mu.shape[-2],)
@@ -82,10 +56,10 @@ def test_matches_loop_reference(rng, shapes, dtype, fast, lam):
         assert_close(actual, expected, TOL[dtype])
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
-def test_history_is_every_iteration(rng, fast):
+@pytest.mark.parametrize("path", PATHS)
+def test_history_is_every_iteration(rng, path):
     x, mu = make_inputs(rng, (2, 17, 5), (3, 5), np.float64)
-    z, mu_out, x_tilde, history = em_attention(x, mu, n_iter=4, return_history=True, fast=fast)
+    z, mu_out, x_tilde, history = PATHS[path](x, mu, n_iter=4, return_history=True)
     assert len(history) == 4
     assert all(isinstance(step, ema.EMIteration) for step in history)
     np.testing.assert_array_equal(history[-1].z, z)
@@ -102,8 +76,8 @@ def test_history_is_every_iteration(rng, fast):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fast_path_equals_plain_path(rng, dtype):
     x, mu = make_inputs(rng, (2, 300, 16), (8, 16), dtype, scale=2.0)
-    fast = em_attention(x, mu, n_iter=3, fast=True)
-    plain = em_attention(x, mu, n_iter=3, fast=False)
+    fast = em_attention_fast(x, mu, n_iter=3)
+    plain = em_attention(x, mu, n_iter=3)
     tol = 10 * np.finfo(dtype).eps
     for a, b in zip(fast, plain):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
@@ -119,9 +93,10 @@ def test_steps_compose_to_em_attention(rng):
     np.testing.assert_allclose(x_tilde, ema.attention_reconstruct(z1, mu1), rtol=1e-13, atol=1e-15)
 
 
-def test_invariants_rows_sum_to_one_and_unit_bases(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_invariants_rows_sum_to_one_and_unit_bases(rng, path):
     x, mu = make_inputs(rng, (4, 500, 32), (16, 32), np.float32, scale=3.0)
-    z, mu_out, _ = em_attention(x, mu)
+    z, mu_out, _ = PATHS[path](x, mu)
     np.testing.assert_allclose(z.sum(axis=-1), 1.0, rtol=1e-5)
     assert (z >= 0).all()
     # |mu_k| = r / (eps + r) for the pre-normalisation length r: 1 up to ~eps / r
@@ -146,9 +121,10 @@ def test_m_step_uses_the_official_eps():
 
 @pytest.mark.parametrize("lam", [1e3, 1e4])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_large_lam_stays_finite(rng, lam, dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_large_lam_stays_finite(rng, path, lam, dtype):
     x, mu = make_inputs(rng, (2, 200, 16), (8, 16), dtype)
-    z, mu_out, x_tilde = em_attention(x, mu, lam=lam)
+    z, mu_out, x_tilde = PATHS[path](x, mu, lam=lam)
     for a in (z, mu_out, x_tilde):
         assert np.isfinite(a).all()
     np.testing.assert_allclose(z.sum(axis=-1), 1.0, rtol=1e-5)
@@ -158,10 +134,11 @@ def test_large_lam_stays_finite(rng, lam, dtype):
     "dtype, scale",
     [(np.float64, 1e150), (np.float64, 1e-150), (np.float32, 1e30), (np.float32, 1e-30)],
 )
-def test_large_and_small_feature_scales_stay_finite(rng, dtype, scale):
+@pytest.mark.parametrize("path", PATHS)
+def test_large_and_small_feature_scales_stay_finite(rng, path, dtype, scale):
     # unit-norm initial bases: the logits are lam |x_n| cos(angle), here up to ~1e150 * 4
     x, mu = make_inputs(rng, (2, 100, 16), (8, 16), dtype, scale=scale)
-    z, mu_out, x_tilde = em_attention(x, mu)
+    z, mu_out, x_tilde = PATHS[path](x, mu)
     for a in (z, mu_out, x_tilde):
         assert np.isfinite(a).all()
     norms = np.linalg.norm(mu_out.astype(np.float64), axis=-1)
@@ -173,84 +150,29 @@ def test_large_and_small_feature_scales_stay_finite(rng, dtype, scale):
         assert (norms < 1e3 * scale / EPS).all()
 
 
-# ----------------------------------------------------------------------------- bad input
+def test_fast_path_takes_numpy_only():
+    xps = pytest.importorskip("array_api_strict")
+    with pytest.raises(TypeError, match="NumPy arrays.*em_tutorial.ema.em_attention"):
+        em_attention_fast(xps.ones((5, 3)), xps.ones((2, 3)))
 
 
-@pytest.mark.parametrize(
-    "x_shape, mu_shape, message",
-    [
-        ((10, 4), (3, 5), "channel mismatch"),
-        ((10, 4), (0, 4), "K = 0"),
-        ((0, 4), (3, 4), "N = 0"),
-        ((2, 10, 4), (3, 3, 4), "batch mismatch"),
-        ((10, 4), (2, 3, 4), "mu is batched"),
-        ((10,), (3, 4), "x must have shape"),
-        ((1, 2, 10, 4), (3, 4), "x must have shape"),
-        ((10, 4), (4,), "mu must have shape"),
-    ],
-)
-def test_bad_shapes_raise(x_shape, mu_shape, message):
-    with pytest.raises(ValueError, match=message):
-        em_attention(np.ones(x_shape), np.ones(mu_shape))
-
-
-@pytest.mark.parametrize("n_iter", [0, -1])
-def test_n_iter_below_one_raises(n_iter):
-    with pytest.raises(ValueError, match="n_iter"):
-        em_attention(np.ones((5, 3)), np.ones((2, 3)), n_iter=n_iter)
-
-
-def test_non_integer_n_iter_raises():
-    with pytest.raises(TypeError, match="n_iter"):
-        em_attention(np.ones((5, 3)), np.ones((2, 3)), n_iter=2.5)
-
-
-@pytest.mark.parametrize("lam", [-1.0, math.inf, math.nan])
-def test_bad_lam_raises(lam):
-    with pytest.raises(ValueError, match="lam"):
-        em_attention(np.ones((5, 3)), np.ones((2, 3)), lam=lam)
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("where", ["x", "mu"])
-def test_non_finite_input_raises(bad, where):
-    x, mu = np.ones((5, 3)), np.ones((2, 3))
-    (x if where == "x" else mu)[1, 2] = bad
-    with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
-        em_attention(x, mu)
-
-
-def test_float16_raises_clearly():
-    with pytest.raises(TypeError, match="float16.*float32"):
-        em_attention(np.ones((5, 3), np.float16), np.ones((2, 3), np.float16))
-
-
-def test_integer_input_raises():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        em_attention(np.ones((5, 3), np.int64), np.ones((2, 3)))
-
-
-def test_mixed_float_dtypes_promote(rng):
-    x, mu = make_inputs(rng, (9, 3), (2, 3), np.float32)
-    z, mu_out, x_tilde = em_attention(x, mu.astype(np.float64))
-    assert z.dtype == mu_out.dtype == x_tilde.dtype == np.float64
-
-
-def test_inputs_are_not_modified(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_inputs_are_not_modified(rng, path):
     x, mu = make_inputs(rng, (2, 40, 6), (3, 6), np.float32)
     x_before, mu_before = x.copy(), mu.copy()
-    em_attention(x, mu, lam=2.0)
+    PATHS[path](x, mu, lam=2.0)
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(mu, mu_before)
 
 
-def test_channels_first_view_and_lambda_zero(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_channels_first_view_and_lambda_zero(rng, path):
     # a (B, C, N) feature map seen as (B, N, C) without a copy: a strided, non-contiguous x
     x_channels_first = rng.standard_normal((2, 5, 30))
     x = np.swapaxes(x_channels_first, 1, 2)
     mu = rng.standard_normal((3, 5))
     for lam in (1.0, 0.0):
-        got = em_attention(x, mu, lam=lam)
+        got = PATHS[path](x, mu, lam=lam)
         expected = reference_batched(np.ascontiguousarray(x), mu, 3, lam)
         for a, b in zip(got, expected):
             assert_close(a, b, 1e-12)

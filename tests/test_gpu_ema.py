@@ -311,12 +311,12 @@ def test_em_loops_never_synchronise_with_the_host(rng):
     # warm up: compile the kernels, create the cuBLAS handle, fill CuPy's memory pool with the
     # blocks these calls need (a cudaMalloc may wait for the GPU; taking from the pool does not)
     _fused_iterations(x_d, mu_d[None], 3, 1.0, True)
-    ema._em_iterations(x_d, mu_d, 3, 1.0, True)
+    ema.em_iterations(x_d, mu_d, 3, 1.0, True)
     cupy.cuda.Device().synchronize()
     # the check itself can fail: a deliberate host read is caught
     assert not _host_never_waits(lambda: float(cupy.sum(x_d)))
     assert _host_never_waits(lambda: _fused_iterations(x_d, mu_d[None], 3, 1.0, True))
-    assert _host_never_waits(lambda: ema._em_iterations(x_d, mu_d, 3, 1.0, True))
+    assert _host_never_waits(lambda: ema.em_iterations(x_d, mu_d, 3, 1.0, True))
 
 
 def test_tolerances_are_meaningful():

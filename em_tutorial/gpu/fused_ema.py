@@ -31,7 +31,8 @@ import math
 import numpy as np
 
 from em_tutorial.backend import get_array_module, is_cupy_namespace
-from em_tutorial.ema import EPS, EMIteration, _checked_inputs
+from em_tutorial.ema import EPS, EMIteration
+from em_tutorial.ema_validation import validate_em_attention_inputs
 from em_tutorial.gpu.kernels import WARPS_PER_BLOCK, cuda_type_name, get_kernel
 
 __all__ = [
@@ -235,16 +236,17 @@ def em_attention_fused(x, mu, n_iter=3, lam=1.0, return_history=False):
     Raises
     ------
     TypeError
-        Arrays that are not CuPy, or mixed NumPy and CuPy; a dtype other than float32/float64.
+        Arrays that are not CuPy, or mixed NumPy and CuPy; and as ``em_attention``.
     ValueError
-        As ``em_attention``: shapes, NaN or inf, ``n_iter``, ``lam``.
+        As ``em_attention``. Both follow :mod:`em_tutorial.ema_validation`: the same bad
+        input gives the same error on every stage, float32 with float64 is promoted.
     """
-    xp = _require_cupy(x, mu)
+    # The rules of every stage (em_tutorial.ema_validation), checked before the arrays must
+    # be CuPy ones, so that they hold, and are tested, for any array library. The NaN/inf
+    # check reads one boolean back to the host: once, before the loop, never inside it.
+    x, mu = validate_em_attention_inputs(get_array_module(x, mu), x, mu, n_iter, lam)
+    _require_cupy(x, mu)
     cupy = _cupy()
-
-    # The same validation as the plain path. Its NaN/inf check reads one boolean back to the
-    # host: once, before the loop, never inside it.
-    x, mu = _checked_inputs(xp, x, mu, n_iter, lam)
     n_bases, n_channels = mu.shape[-2:]
     x3 = cupy.ascontiguousarray(x.reshape(-1, *x.shape[-2:]))  # (B, N, C)
     mu3 = cupy.ascontiguousarray(mu.reshape(-1, n_bases, n_channels))  # (B or 1, K, C)

@@ -8,54 +8,24 @@ same iterations (:func:`em_iterations`) under ``torch.no_grad()``, as the paper 
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
+from ..backend import get_array_module
 from ..ema import EPS
+from ..ema_validation import validate_em_attention_inputs
 
 __all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
 
 
-def _check_inputs(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float, check_finite: bool):
+def _validated_tensors(x, mu, n_iter, lam, check_finite):
+    """The shared rules of :mod:`em_tutorial.ema_validation`, after checking for tensors."""
     if not isinstance(x, torch.Tensor) or not isinstance(mu, torch.Tensor):
         raise TypeError(
             f"x and mu must be torch tensors, got {type(x).__name__} and {type(mu).__name__} "
             "(em_tutorial.ema.em_attention is the NumPy version)"
         )
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x must have shape (N, C) or (B, N, C), got {tuple(x.shape)}")
-    if mu.ndim not in (2, 3):
-        raise ValueError(f"mu must have shape (K, C) or (B, K, C), got {tuple(mu.shape)}")
-    if mu.ndim == 3 and (x.ndim != 3 or mu.shape[0] != x.shape[0]):
-        raise ValueError(
-            f"batched mu {tuple(mu.shape)} = (B, K, C) needs x of shape (B, N, C) with the same "
-            f"B, got {tuple(x.shape)}; or pass shared bases of shape (K, C)"
-        )
-    if x.shape[-1] != mu.shape[-1]:
-        raise ValueError(
-            f"channel mismatch: x has C={x.shape[-1]} (shape {tuple(x.shape)}) but mu has "
-            f"C={mu.shape[-1]} (shape {tuple(mu.shape)})"
-        )
-    if 0 in (x.shape[-2], x.shape[-1], mu.shape[-2]):
-        raise ValueError(
-            f"nothing to compute: N, K or C is 0 (x {tuple(x.shape)}, mu {tuple(mu.shape)})"
-        )
-    if x.dtype != mu.dtype or x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"x and mu must share one dtype, float32 or float64; got {x.dtype} and {mu.dtype}. "
-            "Half precision is refused: eps = 1e-6 is below its resolution and the sums over "
-            "N pixels lose most digits (EMAU runs the iterations in float32 under autocast)."
-        )
-    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
-        raise ValueError(f"n_iter (T) must be an integer >= 1, got {n_iter!r}")
-    if not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0, got {lam!r}")
-    if check_finite:
-        for name, t in (("x", x), ("mu", mu)):
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains NaN or inf; clean or mask it first")
+    xp = get_array_module(x, mu)  # array_api_compat's view of torch
+    return validate_em_attention_inputs(xp, x, mu, n_iter, lam, finite=check_finite)
 
 
 def em_attention(
@@ -97,9 +67,12 @@ def em_attention(
         Wrong dimensions, channel or batch mismatch, an empty axis, ``n_iter < 1``, a negative
         or non-finite ``lam``, NaN or inf in the inputs.
     TypeError
-        Not tensors, or not one dtype among float32 and float64.
+        Not tensors, a dtype other than float32/float64 (half precision included), ``n_iter``
+        not an integer or ``lam`` not a real number. The rules and messages are those of
+        every stage (:mod:`em_tutorial.ema_validation`); float32 mixed with float64 is
+        promoted to float64.
     """
-    _check_inputs(x, mu, n_iter, lam, check_finite)
+    x, mu = _validated_tensors(x, mu, n_iter, lam, check_finite)
     z, mu = em_iterations(x, mu, n_iter, lam)
     # A_R: x_tilde_n = sum_k z_nk mu_k
     x_tilde = z @ mu  # (B, N, K) @ (B, K, C) -> (B, N, C)
