@@ -30,8 +30,13 @@ __all__ = [
     "emanet_resnet152",
     "emanet_tiny",
     "param_groups",
+    "set_bn_momentum",
     "TINY_BACKBONE",
+    "OFFICIAL_BN_MOMENTUM",
 ]
+
+#: BatchNorm momentum of the official EMANet (its ``BN_MOM``); PyTorch's default is 0.1.
+OFFICIAL_BN_MOMENTUM = 3e-4
 
 #: The backbone of :func:`emanet_tiny`: one bottleneck per stage, widths 8-64 (256 out).
 TINY_BACKBONE = {"layers": (1, 1, 1, 1), "block": "bottleneck", "base_width": 8, "stem_width": 8}
@@ -93,9 +98,9 @@ class EMANet(nn.Module):
         Backbone output stride (official: 8).
     ema_channels : int
         Channels C of the attention block (official: 512).
-    num_bases, num_stages, momentum, lam, renormalize_bases
-        K, T, the bases' moving-average momentum, lambda and the re-normalisation option of
-        :class:`~em_tutorial.nn.EMAU`.
+    num_bases, num_stages, momentum, lam, renormalize_bases, bases_update
+        K, T, the bases' moving-average momentum, lambda, the re-normalisation option and the
+        update rule (``"official"`` or ``"mmseg"``) of :class:`~em_tutorial.nn.EMAU`.
     head : {"emau", "nonlocal", "none", None}
         The attention block between the two 3x3 convolutions; the other two are ablations.
     head_channels : int
@@ -114,6 +119,17 @@ class EMANet(nn.Module):
     align_corners : bool
         Of the final bilinear upsampling. The official code uses True, which maps a 513 input
         and its 65-wide feature map corner to corner.
+    bn_momentum : float, optional
+        Momentum of the running statistics of every BatchNorm, backbone included. ``None``
+        keeps PyTorch's 0.1. The official recipe uses :data:`OFFICIAL_BN_MOMENTUM` (3e-4),
+        which suits 30k iterations from ImageNet statistics; on a short run from scratch the
+        running statistics would stay near their initial values and evaluation would fail.
+    init : {"kaiming", "official"}
+        ``"official"``: the head convolutions ``fc0``, ``fc1``, ``fc2`` keep PyTorch's default
+        initialisation and only the EMAU's convolutions are drawn from N(0, sqrt(2/n)),
+        n = k * k * out_channels, its first convolution keeping PyTorch's default bias, as in
+        the authors' code. ``"kaiming"``: every head convolution is drawn from N(0, sqrt(2/n))
+        and the EMAU's first bias is zero. The backbone is initialised the same way by both.
 
     Attributes
     ----------
@@ -140,6 +156,9 @@ class EMANet(nn.Module):
         backbone_kwargs: dict | None = None,
         norm_layer=nn.BatchNorm2d,
         align_corners: bool = True,
+        bn_momentum: float | None = None,
+        init: str = "kaiming",
+        bases_update: str = "official",
     ):
         super().__init__()
         head = "none" if head is None else head
@@ -147,6 +166,8 @@ class EMANet(nn.Module):
             raise ValueError(f"head must be one of {_HEADS} or None, got {head!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if init not in ("kaiming", "official"):
+            raise ValueError(f"init must be 'kaiming' or 'official', got {init!r}")
         self.num_classes = num_classes
         self.head_type = head
         self.align_corners = align_corners
@@ -157,7 +178,8 @@ class EMANet(nn.Module):
         self.fc0 = _conv_bn_relu(self.backbone.out_channels, ema_channels, norm_layer)
         if head == "emau":
             self.attention = EMAU(
-                ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer
+                ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer,
+                bases_update=bases_update, init=init,
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
@@ -166,10 +188,13 @@ class EMANet(nn.Module):
         self.fc1 = _conv_bn_relu(ema_channels, head_channels, norm_layer)
         self.dropout = nn.Dropout2d(dropout)
         self.fc2 = nn.Conv2d(head_channels, num_classes, 1)
-        for module in (self.fc0, self.fc1, self.fc2):
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if init == "kaiming":
+            for module in (self.fc0, self.fc1, self.fc2):
+                for m in module.modules():
+                    if isinstance(m, nn.Conv2d):
+                        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if bn_momentum is not None:
+            set_bn_momentum(self, bn_momentum)
 
     @property
     def emau(self) -> EMAU | None:
@@ -229,6 +254,21 @@ def emanet_tiny(num_classes: int, **kwargs) -> EMANet:
 
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> nn.Module:
+    """Set the running-statistics momentum of every BatchNorm in ``model``; returns ``model``.
+
+    ``running <- (1 - momentum) running + momentum batch``; the official EMANet uses
+    :data:`OFFICIAL_BN_MOMENTUM` everywhere. ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    keeps the value.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"BatchNorm momentum must lie in (0, 1], got {momentum}")
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+    return model
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
