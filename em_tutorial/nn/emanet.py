@@ -8,7 +8,7 @@
       -> 1x1 conv                       (B, num_classes, ...) ``fc2``
       -> bilinear upsample              (B, num_classes, H, W)
 
-Also here: :func:`param_groups`, the optimiser groups of the official training recipe.
+The optimiser groups and BatchNorm momentum of the official recipe are in :mod:`.recipe`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from .emau import EMAU
 from .non_local import NonLocal2d
+from .recipe import set_bn_momentum
 from .resnet import RESNET_DEPTHS, ResNet
 
 __all__ = [
@@ -29,14 +30,8 @@ __all__ = [
     "emanet_resnet101",
     "emanet_resnet152",
     "emanet_tiny",
-    "param_groups",
-    "set_bn_momentum",
     "TINY_BACKBONE",
-    "OFFICIAL_BN_MOMENTUM",
 ]
-
-#: BatchNorm momentum of the official EMANet (its ``BN_MOM``); PyTorch's default is 0.1.
-OFFICIAL_BN_MOMENTUM = 3e-4
 
 #: The backbone of :func:`emanet_tiny`: one bottleneck per stage, widths 8-64 (256 out).
 TINY_BACKBONE = {"layers": (1, 1, 1, 1), "block": "bottleneck", "base_width": 8, "stem_width": 8}
@@ -223,7 +218,17 @@ def _emanet(backbone: str, num_classes: int, kwargs: dict) -> EMANet:
     # Backbone knobs may be given directly: emanet_tiny(4, base_width=16, layers=(2, 2, 2, 2)).
     backbone_kwargs = dict(kwargs.pop("backbone_kwargs", None) or {})
     backbone_kwargs.update({k: kwargs.pop(k) for k in _BACKBONE_KEYS if k in kwargs})
-    return EMANet(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs, **kwargs)
+    weights = kwargs.pop("weights", None)
+    model = EMANet(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs, **kwargs)
+    if weights is not None:
+        # Imported here: the converter builds reference EMANets from this module.
+        from .official import load_official_checkpoint
+
+        try:
+            model.load_state_dict(load_official_checkpoint(weights))
+        except RuntimeError as error:  # shapes that fit the checkpoint but not this model
+            raise ValueError(f"{weights} does not fit this EMANet: {error}") from error
+    return model
 
 
 def emanet_resnet50(num_classes: int = 21, **kwargs) -> EMANet:
@@ -232,7 +237,13 @@ def emanet_resnet50(num_classes: int = 21, **kwargs) -> EMANet:
 
 
 def emanet_resnet101(num_classes: int = 21, **kwargs) -> EMANet:
-    """The official EMANet: deep-stem ResNet-101, output stride 8, EMAU(512, K=64, T=3)."""
+    """The official EMANet: deep-stem ResNet-101, output stride 8, EMAU(512, K=64, T=3).
+
+    ``weights=PATH`` loads a checkpoint of the authors' code (the file their training script
+    saves, or a bare ``state_dict``; see :func:`~em_tutorial.nn.load_official_checkpoint`);
+    ``emanet_resnet50``, ``emanet_resnet152`` and ``emanet_tiny`` take it too. Other keyword
+    arguments as in :class:`EMANet`.
+    """
     return _emanet("resnet101", num_classes, kwargs)
 
 
@@ -251,51 +262,3 @@ def emanet_tiny(num_classes: int, **kwargs) -> EMANet:
     """
     defaults = {"ema_channels": 64, "num_bases": 16, "head_channels": 32}
     return _emanet("tiny", num_classes, {**defaults, **kwargs})
-
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def set_bn_momentum(model: nn.Module, momentum: float) -> nn.Module:
-    """Set the running-statistics momentum of every BatchNorm in ``model``; returns ``model``.
-
-    ``running <- (1 - momentum) running + momentum batch``; the official EMANet uses
-    :data:`OFFICIAL_BN_MOMENTUM` everywhere. ``nn.SyncBatchNorm.convert_sync_batchnorm``
-    keeps the value.
-    """
-    if not 0.0 < momentum <= 1.0:
-        raise ValueError(f"BatchNorm momentum must lie in (0, 1], got {momentum}")
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = momentum
-    return model
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Optimiser parameter groups of the official EMANet recipe.
-
-    * ``"weights"``: convolution and linear weights, learning rate ``lr``, ``weight_decay``;
-    * ``"norm_weights"``: normalisation-layer scales, ``lr``, no weight decay;
-    * ``"biases"``: every bias (convolutions and normalisation layers), ``2 * lr``, no decay.
-
-    Each trainable parameter appears in exactly one group; empty groups are left out. Pass the
-    result to ``torch.optim.SGD(groups, momentum=0.9)``; a schedule that scales each group's
-    initial ``lr`` (``LambdaLR``) keeps the biases at twice the rate.
-    """
-    weights, norm_weights, biases = [], [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if name == "bias":
-                biases.append(param)
-            elif isinstance(module, _NORM_TYPES):
-                norm_weights.append(param)
-            else:
-                weights.append(param)
-    groups = [
-        {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"name": "norm_weights", "params": norm_weights, "lr": lr, "weight_decay": 0.0},
-        {"name": "biases", "params": biases, "lr": 2 * lr, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
