@@ -139,6 +139,7 @@ def test_data_parallel_prefix_and_checkpoint_file(tmp_path):
         (lambda d: d.update({"emau.mu": torch.ones(16, 4)}), r"\(1, C, K\)"),
         (lambda d: d.update({"fc1.0.bn.bias": torch.ones(9)}), "'fc1.0.bn.bias' has shape"),
         (lambda d: d.pop("emau.mu"), "missing key 'emau.mu'"),
+        (lambda d: d.update({"extractor.4.a.conv1.weight": torch.ones(1)}), "extractor.4.a"),
     ],
 )
 def test_strict_errors_name_the_key(edit, match):

@@ -65,13 +65,15 @@ def _shape(state_dict: dict, key: str) -> torch.Size:
     return state_dict[key].shape
 
 
+def _block_indices(state_dict: dict, stage: str) -> set[int]:
+    # A key whose block index is no integer is left to _check_complete to name.
+    heads = (k[len(stage) :].split(".")[0] for k in state_dict if k.startswith(stage))
+    return {int(head) for head in heads if head.isdigit()}
+
+
 def _reference_model(state_dict: dict, prefix: str) -> torch.nn.Module:
     """A meta-device model of the structure that ``state_dict`` (this package's names) implies."""
-    blocks = [
-        {int(k[len(f"{prefix}layer{i}.") :].split(".")[0]) for k in state_dict
-         if k.startswith(f"{prefix}layer{i}.")}
-        for i in range(1, 5)
-    ]  # fmt: skip
+    blocks = [_block_indices(state_dict, f"{prefix}layer{i}.") for i in range(1, 5)]
     if not all(blocks):
         raise ValueError(f"missing keys: no blocks for {prefix}layer{1 + blocks.index(set())}")
     bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
