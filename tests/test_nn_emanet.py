@@ -215,7 +215,10 @@ def test_param_groups_follow_the_official_recipe():
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"weights", "norm_weights", "biases"}
     ids = [id(p) for g in groups for p in g["params"]]
-    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(ids) == len(set(ids)) == len(trainable) == len(list(model.parameters())) - 2
+    # The EMAU's frozen first convolution is in no group.
+    assert not {id(p) for p in model.emau.conv_in.parameters()} & set(ids)
     assert by_name["weights"]["weight_decay"] == 1e-4 and by_name["weights"]["lr"] == 0.01
     assert by_name["norm_weights"]["weight_decay"] == 0.0 and by_name["norm_weights"]["lr"] == 0.01
     assert by_name["biases"]["weight_decay"] == 0.0 and by_name["biases"]["lr"] == 0.02

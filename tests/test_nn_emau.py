@@ -195,7 +195,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _distributed_step(rank, world_size, port, out_dir):
+def _distributed_step(rank, world_size, port, out_dir, rule):
     torch.set_num_threads(1)  # two processes share the machine's cores
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
@@ -203,7 +203,7 @@ def _distributed_step(rank, world_size, port, out_dir):
     )
     try:
         torch.manual_seed(0)  # same initial bases and weights on every rank
-        emau = EMAU(C, num_bases=K, num_stages=T).train()
+        emau = EMAU(C, num_bases=K, num_stages=T, bases_update=rule).train()
         x = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(100 + rank))
         emau(x)  # a different batch on every rank
         torch.save({"mu": emau.mu, "x": x}, f"{out_dir}/rank{rank}.pt")
@@ -211,22 +211,29 @@ def _distributed_step(rank, world_size, port, out_dir):
         dist.destroy_process_group()
 
 
-def test_distributed_bases_identical_across_ranks(tmp_path):
+@pytest.mark.parametrize("rule", ["official", "mmseg"])
+def test_distributed_bases_identical_across_ranks(tmp_path, rule):
     world_size = 2
-    mp.spawn(_distributed_step, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)
+    args = (world_size, _free_port(), str(tmp_path), rule)
+    mp.spawn(_distributed_step, args=args, nprocs=world_size)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
     assert not torch.equal(results[0]["x"], results[1]["x"])
     assert torch.equal(results[0]["mu"], results[1]["mu"])
 
     # ... and equal to the moving average of the mean over both ranks' batch means.
     torch.manual_seed(0)
-    emau = EMAU(C, num_bases=K, num_stages=T).eval()
+    emau = EMAU(C, num_bases=K, num_stages=T, bases_update=rule).eval()
     initial = emau.mu.clone()
     rank_means = []
     for result in results:
         emau(result["x"])
         rank_means.append(emau.last_bases.mean(dim=0))
-    expected = 0.9 * initial + 0.1 * torch.stack(rank_means).mean(dim=0)
+    batch_mean = torch.stack(rank_means).mean(dim=0)  # (K, C)
+    one_rank_mean = rank_means[0]
+    if rule == "mmseg":  # normalised before the average
+        batch_mean = batch_mean / batch_mean.norm(dim=1, keepdim=True)
+        one_rank_mean = one_rank_mean / one_rank_mean.norm(dim=1, keepdim=True)
+    expected = 0.9 * initial + 0.1 * batch_mean
     torch.testing.assert_close(results[0]["mu"], expected, rtol=1e-5, atol=1e-6)
-    single_rank = 0.9 * initial + 0.1 * rank_means[0]
+    single_rank = 0.9 * initial + 0.1 * one_rank_mean
     assert not torch.allclose(results[0]["mu"], single_rank, rtol=1e-5, atol=1e-6)

@@ -6,10 +6,12 @@
 * :class:`NonLocal2d` -- the non-local block, the O(N^2) baseline.
 * :class:`ResNet` -- dilated ResNet backbones (torchvision-compatible names with the plain stem).
 * :class:`EMANet`, :func:`emanet_resnet101` (official), :func:`emanet_tiny` (CPU-sized), and
-  :func:`param_groups` for the official optimiser recipe.
+  :func:`param_groups` and :func:`set_bn_momentum` for the official training recipe.
+* :func:`from_official_state_dict`, :func:`to_official_state_dict`,
+  :func:`load_official_checkpoint` -- the authors' checkpoints in this package's names.
 """
 
-from . import emanet, functional
+from . import emanet, functional, recipe
 from .emanet import (
     TINY_BACKBONE,
     EMANet,
@@ -17,13 +19,15 @@ from .emanet import (
     emanet_resnet101,
     emanet_resnet152,
     emanet_tiny,
-    param_groups,
 )
 from .emau import EMAU
 from .non_local import NonLocal2d
+from .official import from_official_state_dict, load_official_checkpoint, to_official_state_dict
+from .recipe import OFFICIAL_BN_MOMENTUM, param_groups, set_bn_momentum
 from .resnet import ResNet, resnet50, resnet101, resnet152
 
 __all__ = [
     "functional", "EMAU", "NonLocal2d", "ResNet", "resnet50", "resnet101", "resnet152",
-    *emanet.__all__,
+    *emanet.__all__, *recipe.__all__, "from_official_state_dict", "to_official_state_dict",
+    "load_official_checkpoint",
 ]

@@ -8,7 +8,7 @@
       -> 1x1 conv                       (B, num_classes, ...) ``fc2``
       -> bilinear upsample              (B, num_classes, H, W)
 
-Also here: :func:`param_groups`, the optimiser groups of the official training recipe.
+The optimiser groups and BatchNorm momentum of the official recipe are in :mod:`.recipe`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from .emau import EMAU
 from .non_local import NonLocal2d
+from .recipe import set_bn_momentum
 from .resnet import RESNET_DEPTHS, ResNet
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "emanet_resnet101",
     "emanet_resnet152",
     "emanet_tiny",
-    "param_groups",
     "TINY_BACKBONE",
 ]
 
@@ -93,9 +93,9 @@ class EMANet(nn.Module):
         Backbone output stride (official: 8).
     ema_channels : int
         Channels C of the attention block (official: 512).
-    num_bases, num_stages, momentum, lam, renormalize_bases
-        K, T, the bases' moving-average momentum, lambda and the re-normalisation option of
-        :class:`~em_tutorial.nn.EMAU`.
+    num_bases, num_stages, momentum, lam, renormalize_bases, bases_update
+        K, T, the bases' moving-average momentum, lambda, the re-normalisation option and the
+        update rule (``"official"`` or ``"mmseg"``) of :class:`~em_tutorial.nn.EMAU`.
     head : {"emau", "nonlocal", "none", None}
         The attention block between the two 3x3 convolutions; the other two are ablations.
     head_channels : int
@@ -114,6 +114,17 @@ class EMANet(nn.Module):
     align_corners : bool
         Of the final bilinear upsampling. The official code uses True, which maps a 513 input
         and its 65-wide feature map corner to corner.
+    bn_momentum : float, optional
+        Momentum of the running statistics of every BatchNorm, backbone included. ``None``
+        keeps PyTorch's 0.1. The official recipe uses :data:`OFFICIAL_BN_MOMENTUM` (3e-4),
+        which suits 30k iterations from ImageNet statistics; on a short run from scratch the
+        running statistics would stay near their initial values and evaluation would fail.
+    init : {"kaiming", "official"}
+        ``"official"``: the head convolutions ``fc0``, ``fc1``, ``fc2`` keep PyTorch's default
+        initialisation and only the EMAU's convolutions are drawn from N(0, sqrt(2/n)),
+        n = k * k * out_channels, its first convolution keeping PyTorch's default bias, as in
+        the authors' code. ``"kaiming"``: every head convolution is drawn from N(0, sqrt(2/n))
+        and the EMAU's first bias is zero. The backbone is initialised the same way by both.
 
     Attributes
     ----------
@@ -140,6 +151,9 @@ class EMANet(nn.Module):
         backbone_kwargs: dict | None = None,
         norm_layer=nn.BatchNorm2d,
         align_corners: bool = True,
+        bn_momentum: float | None = None,
+        init: str = "kaiming",
+        bases_update: str = "official",
     ):
         super().__init__()
         head = "none" if head is None else head
@@ -147,6 +161,8 @@ class EMANet(nn.Module):
             raise ValueError(f"head must be one of {_HEADS} or None, got {head!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if init not in ("kaiming", "official"):
+            raise ValueError(f"init must be 'kaiming' or 'official', got {init!r}")
         self.num_classes = num_classes
         self.head_type = head
         self.align_corners = align_corners
@@ -157,7 +173,8 @@ class EMANet(nn.Module):
         self.fc0 = _conv_bn_relu(self.backbone.out_channels, ema_channels, norm_layer)
         if head == "emau":
             self.attention = EMAU(
-                ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer
+                ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer,
+                bases_update=bases_update, init=init,
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
@@ -166,10 +183,13 @@ class EMANet(nn.Module):
         self.fc1 = _conv_bn_relu(ema_channels, head_channels, norm_layer)
         self.dropout = nn.Dropout2d(dropout)
         self.fc2 = nn.Conv2d(head_channels, num_classes, 1)
-        for module in (self.fc0, self.fc1, self.fc2):
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if init == "kaiming":
+            for module in (self.fc0, self.fc1, self.fc2):
+                for m in module.modules():
+                    if isinstance(m, nn.Conv2d):
+                        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if bn_momentum is not None:
+            set_bn_momentum(self, bn_momentum)
 
     @property
     def emau(self) -> EMAU | None:
@@ -198,7 +218,17 @@ def _emanet(backbone: str, num_classes: int, kwargs: dict) -> EMANet:
     # Backbone knobs may be given directly: emanet_tiny(4, base_width=16, layers=(2, 2, 2, 2)).
     backbone_kwargs = dict(kwargs.pop("backbone_kwargs", None) or {})
     backbone_kwargs.update({k: kwargs.pop(k) for k in _BACKBONE_KEYS if k in kwargs})
-    return EMANet(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs, **kwargs)
+    weights = kwargs.pop("weights", None)
+    model = EMANet(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs, **kwargs)
+    if weights is not None:
+        # Imported here: the converter builds reference EMANets from this module.
+        from .official import load_official_checkpoint
+
+        try:
+            model.load_state_dict(load_official_checkpoint(weights))
+        except RuntimeError as error:  # shapes that fit the checkpoint but not this model
+            raise ValueError(f"{weights} does not fit this EMANet: {error}") from error
+    return model
 
 
 def emanet_resnet50(num_classes: int = 21, **kwargs) -> EMANet:
@@ -207,7 +237,13 @@ def emanet_resnet50(num_classes: int = 21, **kwargs) -> EMANet:
 
 
 def emanet_resnet101(num_classes: int = 21, **kwargs) -> EMANet:
-    """The official EMANet: deep-stem ResNet-101, output stride 8, EMAU(512, K=64, T=3)."""
+    """The official EMANet: deep-stem ResNet-101, output stride 8, EMAU(512, K=64, T=3).
+
+    ``weights=PATH`` loads a checkpoint of the authors' code (the file their training script
+    saves, or a bare ``state_dict``; see :func:`~em_tutorial.nn.load_official_checkpoint`);
+    ``emanet_resnet50``, ``emanet_resnet152`` and ``emanet_tiny`` take it too. Other keyword
+    arguments as in :class:`EMANet`.
+    """
     return _emanet("resnet101", num_classes, kwargs)
 
 
@@ -226,36 +262,3 @@ def emanet_tiny(num_classes: int, **kwargs) -> EMANet:
     """
     defaults = {"ema_channels": 64, "num_bases": 16, "head_channels": 32}
     return _emanet("tiny", num_classes, {**defaults, **kwargs})
-
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Optimiser parameter groups of the official EMANet recipe.
-
-    * ``"weights"``: convolution and linear weights, learning rate ``lr``, ``weight_decay``;
-    * ``"norm_weights"``: normalisation-layer scales, ``lr``, no weight decay;
-    * ``"biases"``: every bias (convolutions and normalisation layers), ``2 * lr``, no decay.
-
-    Each trainable parameter appears in exactly one group; empty groups are left out. Pass the
-    result to ``torch.optim.SGD(groups, momentum=0.9)``; a schedule that scales each group's
-    initial ``lr`` (``LambdaLR``) keeps the biases at twice the rate.
-    """
-    weights, norm_weights, biases = [], [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if name == "bias":
-                biases.append(param)
-            elif isinstance(module, _NORM_TYPES):
-                norm_weights.append(param)
-            else:
-                weights.append(param)
-    groups = [
-        {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"name": "norm_weights", "params": norm_weights, "lr": lr, "weight_decay": 0.0},
-        {"name": "biases", "params": biases, "lr": 2 * lr, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]

@@ -2,7 +2,7 @@
 
 Forward pass, on a feature map X of shape (B, C, H, W):
 
-    X' = conv1x1(X)                              (with bias)
+    X' = conv1x1(X)                              (with bias; frozen, see below)
     z, mu, X~ = EM attention(X', mu^(0), T)      (iterations under no-grad, as in the paper)
     Y = ReLU(X + BN(conv1x1(ReLU(X~))))          (second conv without bias; residual)
 
@@ -10,10 +10,20 @@ The initial bases mu^(0) are a buffer, not a parameter: backpropagation never to
 In training mode they follow a moving average of the batch mean of the final bases, the way
 BatchNorm tracks its running statistics.
 
-Because z and mu come out of ``torch.no_grad()``, the reconstruction X~ = z mu carries no
-gradient back to the first 1x1 convolution: in the official formulation that convolution is
-moved only by weight decay. This module keeps that behaviour so that it computes what the
-paper's model computes.
+The first 1x1 convolution is frozen. In the official code z and mu come out of
+``torch.no_grad()``, so nothing the loss sees depends on that convolution: its gradient is None
+and SGD skips it, weight decay and momentum included, so it keeps its random initial values for
+the whole of training. The EM therefore runs on a fixed random projection of the input. This
+module says so: the convolution's parameters have ``requires_grad=False`` (optimisers and
+``DistributedDataParallel`` leave them out) and it runs under ``torch.no_grad()``, so no
+autograd graph is built for it. mmsegmentation freezes the same convolution explicitly.
+
+Two rules for the moving average of the bases (``bases_update``):
+
+* ``"official"``: ``mu <- (1 - m) mu + m mean_b(mu_b^(T))``, as the authors' training script;
+* ``"mmseg"``: ``mu <- (1 - m) mu + m l2normalize(mean_b(mu_b^(T)))``, as mmsegmentation's
+  ``EMAModule``, whose EM iterations also normalise with a floor instead of an offset:
+  ``v / max(|v|, 1e-12)`` (``F.normalize``) rather than ``v / (1e-6 + |v|)``.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import math
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from .functional import EPS, check_feature_map, em_iterations
@@ -29,10 +40,34 @@ from .functional import EPS, check_feature_map, em_iterations
 __all__ = ["EMAU"]
 
 
-def _distributed_world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+_BASES_UPDATES = ("official", "mmseg")
+_INITS = ("official", "kaiming")
+#: The floor of ``F.normalize``: v / max(|v|, eps), mmsegmentation's normalisation.
+MMSEG_EPS = 1e-12
+
+
+def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes (itself without ``torch.distributed``)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    # Divided before the sum, as mmsegmentation does, so both rules add the same numbers.
+    tensor = tensor / dist.get_world_size()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _mmseg_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float):
+    """:func:`em_iterations` with mmsegmentation's normalisations (floor 1e-12, not +1e-6).
+
+    x (B, N, C), mu (K, C) -> z (B, N, K), mu (B, K, C).
+    """
+    for _ in range(n_iter):
+        # A_E: z_nk = softmax_k(lambda x_n^T mu_k)
+        z = torch.softmax(x @ (lam * mu).mT, dim=-1)  # (B, N, C) @ (C, K) -> (B, N, K)
+        # A_M: mu_k = sum_n z_nk x_n / max(sum_n z_nk, 1e-12), then mu_k / max(|mu_k|, 1e-12)
+        weights = F.normalize(z, p=1, dim=-2, eps=MMSEG_EPS)  # (B, N, K)
+        mu = F.normalize(weights.mT @ x, p=2, dim=-1, eps=MMSEG_EPS)  # (B, K, N) @ (B, N, C)
+    return z, mu
 
 
 class EMAU(nn.Module):
@@ -53,10 +88,19 @@ class EMAU(nn.Module):
     lam : float
         lambda, inverse temperature of the kernel exp(lambda x^T mu) (official: 1).
     renormalize_bases : bool
-        L2-normalise each basis again after the moving-average update. The official code does
-        not (an average of unit vectors is slightly shorter than one); mmsegmentation does.
+        With ``bases_update="official"``: L2-normalise each basis again after the moving
+        average (an average of unit vectors is slightly shorter than one). Neither the official
+        code nor mmsegmentation does this; it is this package's option.
     norm_layer : callable
         Normalisation after the second 1x1 convolution, e.g. ``nn.SyncBatchNorm``.
+    bases_update : {"official", "mmseg"}
+        The moving-average rule and EM normalisation (see the module docstring). ``"mmseg"``
+        normalises the batch mean *before* the average and never after, so the bases stay
+        slightly shorter than one there too; it cannot be combined with ``renormalize_bases``.
+    init : {"official", "kaiming"}
+        Both draw the convolution weights from N(0, sqrt(2/n)), n = 1 * 1 * C (Kaiming normal,
+        fan-out). ``"official"`` keeps PyTorch's default (uniform) bias of the first convolution
+        as the authors' code does; ``"kaiming"`` sets it to zero.
 
     Attributes
     ----------
@@ -79,6 +123,9 @@ class EMAU(nn.Module):
         lam: float = 1.0,
         renormalize_bases: bool = False,
         norm_layer=nn.BatchNorm2d,
+        *,
+        bases_update: str = "official",
+        init: str = "kaiming",
     ):
         super().__init__()
         if channels < 1 or num_bases < 1:
@@ -89,12 +136,19 @@ class EMAU(nn.Module):
             raise ValueError(f"lam (lambda = 1/sigma^2) must be finite and >= 0, got {lam}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+        if bases_update not in _BASES_UPDATES:
+            raise ValueError(f"bases_update must be one of {_BASES_UPDATES}, got {bases_update!r}")
+        if bases_update == "mmseg" and renormalize_bases:
+            raise ValueError("renormalize_bases applies to bases_update='official' only")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.channels = channels
         self.num_bases = num_bases
         self.num_stages = num_stages
         self.momentum = momentum
         self.lam = lam
         self.renormalize_bases = renormalize_bases
+        self.bases_update = bases_update
 
         # mu^(0) ~ N(0, sqrt(2/K)), then each basis scaled to unit length.
         mu = torch.randn(num_bases, channels) * math.sqrt(2.0 / num_bases)  # (K, C)
@@ -107,23 +161,26 @@ class EMAU(nn.Module):
         self.last_bases: torch.Tensor | None = None
         for conv in (self.conv_in, self.conv_out):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.conv_in.bias)
+        if init == "kaiming":
+            nn.init.zeros_(self.conv_in.bias)
+        # Frozen: the loss never depends on it (see the module docstring).
+        self.conv_in.requires_grad_(False)
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, num_bases={self.num_bases}, num_stages={self.num_stages}, "
-            f"momentum={self.momentum}, lam={self.lam}, renormalize_bases={self.renormalize_bases}"
+            f"momentum={self.momentum}, lam={self.lam}, bases_update={self.bases_update!r}, "
+            f"renormalize_bases={self.renormalize_bases}"
         )
 
     @torch.no_grad()
     def _update_bases(self, bases: torch.Tensor) -> None:
         """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes)."""
-        batch_mean = bases.mean(dim=0).to(self.mu.dtype)  # (K, C)
-        world_size = _distributed_world_size()
-        if world_size > 1:
-            # Every rank must hold the same bases, or the replicas drift apart.
-            dist.all_reduce(batch_mean, op=dist.ReduceOp.SUM)
-            batch_mean /= world_size
+        # Every rank must hold the same bases, or the replicas drift apart.
+        batch_mean = _all_reduce_mean(bases.mean(dim=0).to(self.mu.dtype))  # (K, C)
+        if self.bases_update == "mmseg":
+            # mmseg: the mean is L2-normalised before the average, never after
+            batch_mean = F.normalize(batch_mean, p=2, dim=1, eps=MMSEG_EPS)  # (K, C)
         # mu^(0) <- (1 - momentum) mu^(0) + momentum mean_b(mu_b^(T))
         self.mu.mul_(1.0 - self.momentum).add_(batch_mean, alpha=self.momentum)
         if self.renormalize_bases:
@@ -138,17 +195,21 @@ class EMAU(nn.Module):
         check_feature_map(x, self.channels, "EMAU")
         identity = x
         b, c, h, w = x.shape
-        features = self.conv_in(x).flatten(2)  # (B, C, H*W)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            # The iterations run in float32 (or float64) even under autocast: softmax of
-            # low-precision dot products would blur the attention maps.
-            compute_dtype = torch.promote_types(features.dtype, torch.float32)
-            z, bases = em_iterations(
-                features.mT.to(compute_dtype), self.mu.to(compute_dtype), self.num_stages, self.lam
-            )  # (B, N, K), (B, K, C)
-            # A_R, x_tilde = z mu, computed channels-first (x_tilde^T = mu^T z^T) so that it
-            # is already in the layout of the feature map
-            x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
+        iterations = _mmseg_iterations if self.bases_update == "mmseg" else em_iterations
+        with torch.no_grad():
+            # The frozen projection: no graph for it, and none for what is computed from it.
+            features = self.conv_in(x).flatten(2)  # (B, C, H*W)
+            with torch.autocast(x.device.type, enabled=False):
+                # The iterations run in float32 (or float64) even under autocast: softmax of
+                # low-precision dot products would blur the attention maps.
+                compute_dtype = torch.promote_types(features.dtype, torch.float32)
+                z, bases = iterations(
+                    features.mT.to(compute_dtype), self.mu.to(compute_dtype), self.num_stages,
+                    self.lam,
+                )  # (B, N, K), (B, K, C)
+                # A_R, x_tilde = z mu, computed channels-first (x_tilde^T = mu^T z^T) so that
+                # it is already in the layout of the feature map
+                x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         self.last_z, self.last_bases = z, bases
         if self.training:
             self._update_bases(bases)

@@ -16,8 +16,11 @@ from .transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    OFFICIAL_SCALES,
     TrainAugmentation,
+    ValidationPadding,
     denormalize,
+    pad_to_stride_plus_one,
     to_model_input,
 )
 from .voc import VOC_CLASS_NAMES, VOCSegmentation, find_voc_root
@@ -33,8 +36,11 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "OFFICIAL_SCALES",
     "TrainAugmentation",
+    "ValidationPadding",
     "denormalize",
+    "pad_to_stride_plus_one",
     "to_model_input",
     "VOC_CLASS_NAMES",
     "VOCSegmentation",

@@ -2,12 +2,16 @@
 
 The official EMANet training augmentation, in order:
 
-1. random scale by a factor in [0.5, 2.0] (bilinear for the image, nearest for the label),
+1. random scale by a factor in [0.5, 2.0] (bilinear for the image, nearest for the label);
+   the official code draws it from :data:`OFFICIAL_SCALES` (``scales=``),
 2. pad to at least the crop size -- the image with the mean colour (0 after normalisation),
    the label with the ignore index 255 so padding never counts in the loss,
 3. random crop to ``crop_size x crop_size``,
 4. random horizontal flip,
 5. ImageNet normalisation and HWC -> CHW.
+
+For validation the official code pads each image at the bottom and right to a size of the form
+8k + 1 (:func:`pad_to_stride_plus_one`, :class:`ValidationPadding`).
 
 Every random choice comes from the ``rng`` (a ``numpy.random.Generator``) passed in, so a
 sample's augmentation is fixed by its seed -- that is what makes resumed training identical to
@@ -23,7 +27,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IGNORE_INDEX",
+    "OFFICIAL_SCALES",
     "TrainAugmentation",
+    "ValidationPadding",
+    "pad_to_stride_plus_one",
     "to_model_input",
     "denormalize",
 ]
@@ -31,6 +38,8 @@ __all__ = [
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE_INDEX = 255
+#: The discrete training scales of the official EMANet recipe.
+OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
 def to_model_input(image, label, rng=None):
@@ -57,12 +66,15 @@ class TrainAugmentation:
     crop_size : int
         Side of the square crop (513 in the official VOC recipe).
     scale_range : (float, float)
-        Range of the random rescaling factor (0.5 to 2.0 officially).
+        Range of the random rescaling factor, drawn uniformly (when ``scales`` is None).
     flip : bool
         Flip horizontally with probability 1/2.
+    scales : sequence of float, optional
+        A discrete set to draw the factor from, each equally likely, instead of the range;
+        the official recipe uses :data:`OFFICIAL_SCALES`.
     """
 
-    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True):
+    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True, scales=None):
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if not 0 < scale_range[0] <= scale_range[1]:
@@ -70,6 +82,9 @@ class TrainAugmentation:
         self.crop_size = int(crop_size)
         self.scale_range = tuple(scale_range)
         self.flip = flip
+        if scales is not None and (len(scales) == 0 or min(scales) <= 0):
+            raise ValueError(f"scales must be a non-empty set of positive factors, got {scales}")
+        self.scales = None if scales is None else tuple(float(s) for s in scales)
 
     def __call__(self, image, label, rng=None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -77,7 +92,10 @@ class TrainAugmentation:
         label = np.asarray(label, dtype=np.uint8)
         h, w = label.shape
 
-        scale = rng.uniform(*self.scale_range)
+        if self.scales is None:
+            scale = rng.uniform(*self.scale_range)
+        else:
+            scale = self.scales[rng.integers(len(self.scales))]
         size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL takes (W, H)
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
@@ -101,3 +119,46 @@ class TrainAugmentation:
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         return to_model_input(image, label)
+
+
+def pad_to_stride_plus_one(image, label, stride=8):
+    """Pad at the bottom and right to H, W of the form ``stride * k + 1`` (official validation).
+
+    With ``align_corners=True`` a side of ``8k + 1`` maps onto the ``k + 1`` positions of an
+    output-stride-8 feature map corner to corner.
+
+    Parameters
+    ----------
+    image : ndarray, shape (C, H, W)
+        A normalised image (:func:`to_model_input`); padded with 0, the mean colour.
+    label : ndarray, shape (H, W)
+        Padded with :data:`IGNORE_INDEX`, so the padding never counts in the metrics.
+    stride : int
+        The network's output stride.
+
+    Returns
+    -------
+    image (C, H', W'), label (H', W') with ``H' = H + ((1 - H) mod stride)``, likewise W'.
+    """
+    if image.ndim != 3 or label.shape != image.shape[1:]:
+        raise ValueError(
+            f"expected image (C, H, W) and label (H, W), got {image.shape} and {label.shape}"
+        )
+    h, w = label.shape
+    pad_h, pad_w = (1 - h) % stride, (1 - w) % stride
+    image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=0)
+    label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+    return image, label
+
+
+class ValidationPadding:
+    """:func:`to_model_input`, then :func:`pad_to_stride_plus_one`: the official validation
+    transform, with the ``(image, label, rng)`` signature of the data sets' ``transform``."""
+
+    def __init__(self, stride=8):
+        if stride < 1:
+            raise ValueError(f"stride must be positive, got {stride}")
+        self.stride = int(stride)
+
+    def __call__(self, image, label, rng=None):
+        return pad_to_stride_plus_one(*to_model_input(image, label), stride=self.stride)
