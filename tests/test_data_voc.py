@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from em_tutorial.segmentation.data import TrainAugmentation, VOCSegmentation, denormalize
+from em_tutorial.segmentation.data import (
+    LabelError,
+    TrainAugmentation,
+    VOCSegmentation,
+    denormalize,
+    find_bad_samples,
+)
 from em_tutorial.segmentation.data.transforms import IMAGENET_MEAN
 
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
@@ -138,3 +144,44 @@ def test_corrupt_files_are_named(voc_root):
     )
     with pytest.raises(ValueError, match="is 36x38 but label"):
         VOCSegmentation(voc_root, "val").raw(0)
+
+
+def _write_label(path, label):
+    image = Image.fromarray(label, mode="P")
+    image.putpalette(_palette())
+    image.save(path)
+
+
+@pytest.mark.parametrize("split, index", [("train", 1), ("val", 0)])
+def test_label_values_are_checked_when_read(voc_root, split, index):
+    image_id = IDS[1] if split == "train" else IDS[2]
+    path = voc_root / "SegmentationClass" / f"{image_id}.png"
+    label = np.asarray(Image.open(path)).copy()
+    label[:2, :3], label[4, 4] = 77, 21  # 21 is one past the last class; 255 stays allowed
+    _write_label(path, label)
+    ds = VOCSegmentation(voc_root, split)
+    with pytest.raises(LabelError, match=rf"label file .*{image_id}\.png holds values 21, 77 in 7 "
+                       r"pixels; expected class indices 0\.\.20 or the ignore value 255"):  # fmt: skip
+        ds[index]
+
+
+def test_every_missing_file_is_named(voc_root):
+    for image_id in IDS[:2]:
+        (voc_root / "SegmentationClass" / f"{image_id}.png").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        VOCSegmentation(voc_root, "train")
+    message = str(error.value)
+    assert message.count("missing label file") == 2 and "train.txt" in message
+
+
+def test_find_bad_samples_reports_every_bad_file(voc_root):
+    ds = VOCSegmentation(voc_root, "train")
+    assert find_bad_samples(ds, progress=False) == []
+    label = np.zeros((30, 40), dtype=np.uint8)
+    label[0, 0] = 99
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[0]}.png", label)
+    (voc_root / "JPEGImages" / f"{IDS[1]}.jpg").write_bytes(b"not a jpeg")
+    problems = find_bad_samples(ds, progress=False)
+    assert len(problems) == 2
+    assert IDS[0] in problems[0] and "values 99 in 1 pixels" in problems[0]
+    assert IDS[1] in problems[1] and "cannot read image file" in problems[1]

@@ -10,9 +10,10 @@
                                           and trainaug.txt when the SBD set is added)
 
 ``root`` may be ``VOC2012`` itself or a folder holding ``VOCdevkit/VOC2012``. Nothing is
-downloaded. Every file of a split is checked at construction, so a missing file stops the run
-before training starts, with the file's path in the message; an unreadable (corrupt) file does
-the same when it is first read.
+downloaded. Every file of a split is checked at construction, so missing files stop the run
+before training starts, with their paths in the message; an unreadable (corrupt) file, or a
+label holding values other than 0..20 and 255, does the same when it is first read.
+``em-tutorial check-data`` reads a whole split in advance.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .labels import check_label
 from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "find_voc_root"]
@@ -101,7 +103,7 @@ class VOCSegmentation:
         label_dirs = [self.root / "SegmentationClass"]
         if split in _AUGMENTED_SPLITS:
             label_dirs.insert(0, self.root / "SegmentationClassAug")
-        self.image_paths, self.label_paths = [], []
+        self.image_paths, self.label_paths, missing = [], [], []
         for image_id in self.ids:
             image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
             label_path = next(
@@ -110,9 +112,12 @@ class VOCSegmentation:
             )
             for path, what in ((image_path, "image"), (label_path, "label")):
                 if not path.is_file():
-                    raise FileNotFoundError(f"missing {what} file: {path} (listed in {list_file})")
+                    missing.append(f"missing {what} file: {path}")
             self.image_paths.append(image_path)
             self.label_paths.append(label_path)
+        if missing:
+            more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise FileNotFoundError(f"{'; '.join(missing[:5])}{more} (listed in {list_file})")
 
     def __len__(self):
         return len(self.ids)
@@ -133,7 +138,7 @@ class VOCSegmentation:
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} "
                 f"is {label.shape[1]}x{label.shape[0]}"
             )
-        return image, label
+        return image, check_label(label, self.num_classes, self.ignore_index, f"file {label_path}")
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
