@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from em_tutorial.cli import main
 from em_tutorial.segmentation.data import (
     LabelError,
     TrainAugmentation,
@@ -183,5 +184,41 @@ def test_find_bad_samples_reports_every_bad_file(voc_root):
     (voc_root / "JPEGImages" / f"{IDS[1]}.jpg").write_bytes(b"not a jpeg")
     problems = find_bad_samples(ds, progress=False)
     assert len(problems) == 2
-    assert IDS[0] in problems[0] and "values 99 in 1 pixels" in problems[0]
+    assert IDS[0] in problems[0] and "values 99 in 1 pixel;" in problems[0]
     assert IDS[1] in problems[1] and "cannot read image file" in problems[1]
+
+
+def test_check_data_reads_whole_splits_and_lists_every_bad_file(voc_root, capsys):
+    assert main(["check-data", "--data-root", str(voc_root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "trainaug: 2 images and labels read, no problems" in out  # the default training list
+    assert "val: 1 images and labels read, no problems" in out
+    label = np.zeros((30, 40), dtype=np.uint8)
+    label[3, :5] = 200
+    _write_label(voc_root / "SegmentationClassAug" / f"{IDS[0]}.png", label)
+    (voc_root / "JPEGImages" / f"{IDS[2]}.jpg").write_bytes(b"truncated")
+    argv = ["check-data", "--data-root", str(voc_root), "--split", "trainaug", "--split", "val",
+            "--split", "test", "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert any(line.startswith("trainaug: label file") and "values 200 in 5 pixels" in line
+               for line in lines)  # fmt: skip
+    assert any(line.startswith("val: cannot read image file") for line in lines)
+    assert any(line.startswith("test: missing split list") for line in lines)
+    assert captured.err == (f"em-tutorial: error: bad data in the split(s) trainaug, val, test of "
+                            f"{voc_root} (each problem listed above)\n")  # fmt: skip
+
+
+def test_a_bad_label_in_a_loader_worker_is_one_line(voc_root, tmp_path, capsys):
+    label = np.asarray(Image.open(voc_root / "SegmentationClass" / f"{IDS[1]}.png")).copy()
+    label[0, 0] = 77
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[1]}.png", label)
+    argv = ["train", "--dataset", "voc", "--data-root", str(voc_root), "--train-split", "train",
+            "--model", "tiny", "--crop-size", "32", "--batch-size", "2", "--iterations", "1",
+            "--num-workers", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith(f"em-tutorial: error: label file {voc_root}/SegmentationClass/"
+                            f"{IDS[1]}.png holds values 77 in 1 pixel;")  # fmt: skip

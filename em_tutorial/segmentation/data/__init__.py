@@ -22,7 +22,7 @@ from .transforms import (
     denormalize,
     to_model_input,
 )
-from .voc import VOC_CLASS_NAMES, VOCSegmentation, find_voc_root
+from .voc import VOC_CLASS_NAMES, VOCSegmentation, default_train_split, find_voc_root
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
@@ -43,5 +43,6 @@ __all__ = [
     "to_model_input",
     "VOC_CLASS_NAMES",
     "VOCSegmentation",
+    "default_train_split",
     "find_voc_root",
 ]

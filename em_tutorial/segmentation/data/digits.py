@@ -29,6 +29,7 @@ from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
+    "DIGIT_SPLITS",
     "DigitScenes",
     "SceneConfig",
     "digit_pool",
@@ -43,6 +44,7 @@ DIGIT_CLASS_NAMES = ("background",) + tuple(str(d) for d in range(10))
 # in training. Every fifth sample of load_digits is held out (stratified: the set cycles 0..9).
 _HELD_OUT_EVERY = 5
 _SPLIT_CODES = {"train": 0, "val": 1}
+DIGIT_SPLITS = tuple(_SPLIT_CODES)
 
 
 @dataclass(frozen=True)

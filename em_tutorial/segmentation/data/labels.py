@@ -47,7 +47,7 @@ def check_label(label, num_classes: int, ignore_index: int, source: str):
         shown = ", ".join(str(v) for v in bad[:10]) + more
         count = int(np.isin(label, bad).sum())
         raise LabelError(
-            f"label {source} holds values {shown} in {count} pixels; expected class indices "
+            f"label {source} holds values {shown} in {count} pixel{'s' * (count != 1)}; expected class indices "
             f"0..{num_classes - 1} or the ignore value {ignore_index}"
         )
     return label

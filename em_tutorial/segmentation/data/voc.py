@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from .labels import check_label
 from .transforms import IGNORE_INDEX, to_model_input
 
-__all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "find_voc_root"]
+__all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "default_train_split", "find_voc_root"]
 
 VOC_CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -49,6 +49,12 @@ def find_voc_root(root) -> Path:
         f"no PASCAL VOC layout under {root}: expected {root / 'JPEGImages'} (or the same under "
         f"VOC2012/ or VOCdevkit/VOC2012/) beside SegmentationClass/ and ImageSets/Segmentation/"
     )
+
+
+def default_train_split(root) -> str:
+    """``"trainaug"`` when the VOC folder ``root`` has that list (SBD added), else ``"train"``."""
+    lists = find_voc_root(root) / "ImageSets" / "Segmentation"
+    return "trainaug" if (lists / "trainaug.txt").is_file() else "train"
 
 
 def _open_image(path: Path, what: str) -> Image.Image:
