@@ -192,3 +192,17 @@ def test_eval_split_is_honoured_or_refused_on_the_digit_scenes(tmp_path, capsys)
     assert main(["eval", "--checkpoint", checkpoint, "--split", "bogus"]) == 1
     assert ("two splits, 'train' (8 scenes) and 'val' (4 scenes); val_split 'bogus'"
             in _one_error_line(capsys))  # fmt: skip
+
+
+def test_a_checkpoint_without_checksum_is_evaluated_with_a_one_line_warning(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
+                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["sha256"], state["format"]  # as written before checksums existed
+    torch.save(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == (f"em-tutorial: warning: checkpoint {run / 'checkpoint.pt'} "
+                                       "has no checksum (written by an older em-tutorial); its "
+                                       "content cannot be verified\n")  # fmt: skip
