@@ -318,7 +318,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and args.dataset == "voc" and not args.data_root:
-        parser.error("train --dataset voc needs --data-root, the PASCAL VOC 2012 folder")
+        parser.exit(2, "em-tutorial: error: --dataset voc needs --data-root, the PASCAL VOC 2012 "
+                    "folder (see `em-tutorial train --help`)\n")  # fmt: skip
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning

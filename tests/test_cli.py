@@ -80,9 +80,11 @@ def test_flags_reach_the_parsed_settings():
 @pytest.mark.parametrize(
     "argv",
     [[], ["fly"], ["eval"], ["train", "--model", "vgg"], ["tour", "--iterations", "many"],
-     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"]],  # fmt: skip
+     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"], ["train", "--dataset", "voc"],
+     ["check-data"]],  # fmt: skip
     ids=["no command", "unknown command", "eval without checkpoint", "unknown model",
-         "non-integer iterations", "zero scale"],  # fmt: skip
+         "non-integer iterations", "zero scale", "voc without data root",
+         "check-data without data root"],  # fmt: skip
 )
 def test_bad_command_lines_exit_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
