@@ -222,3 +222,17 @@ def test_a_bad_label_in_a_loader_worker_is_one_line(voc_root, tmp_path, capsys):
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith(f"em-tutorial: error: label file {voc_root}/SegmentationClass/"
                             f"{IDS[1]}.png holds values 77 in 1 pixel;")  # fmt: skip
+
+
+def test_a_bad_validation_label_stops_training_before_it_starts(voc_root, tmp_path):
+    from em_tutorial.segmentation import TrainConfig, train
+
+    label = np.zeros((36, 38), dtype=np.uint8)
+    label[1, 1] = 30
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[2]}.png", label)
+    config = TrainConfig(dataset="voc", data_root=str(voc_root), model="tiny", crop_size=32,
+                         batch_size=2, iterations=1, out_dir=str(tmp_path / "r"), progress=False)  # fmt: skip
+    with pytest.raises(LabelError, match=rf"1 bad label file\(s\) in the VOC 'val' split: label "
+                       rf"file .*{IDS[2]}\.png holds values 30 in 1 pixel;"):  # fmt: skip
+        train(config)
+    assert not (tmp_path / "r" / "log.jsonl").exists()  # stopped before the first iteration

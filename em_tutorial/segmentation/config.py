@@ -195,7 +195,9 @@ def build_val_set(config: TrainConfig):
     if config.dataset == "digits":
         count = config.num_scenes if config.val_split == "train" else config.val_scenes
         return DigitScenes(config.val_split, count, config.seed, SceneConfig(config.image_size))
-    return VOCSegmentation(config.data_root, config.val_split)
+    val_set = VOCSegmentation(config.data_root, config.val_split)
+    val_set.check_labels()  # now, rather than after hours of training
+    return val_set
 
 
 def build_datasets(config: TrainConfig):

@@ -53,8 +53,8 @@ def check_label(label, num_classes: int, ignore_index: int, source: str):
     return label
 
 
-def find_bad_samples(dataset, progress: bool = True, description: str = "check") -> list[str]:
-    """Read every sample of ``dataset`` through ``dataset.raw`` and collect what fails.
+def find_bad_samples(dataset, progress=True, description="check", read=None) -> list[str]:
+    """Read every sample of ``dataset`` and collect what fails.
 
     Parameters
     ----------
@@ -63,6 +63,10 @@ def find_bad_samples(dataset, progress: bool = True, description: str = "check")
         mode or size, bad label values).
     progress : bool
         Draw a tqdm bar.
+    description : str
+        The bar's label.
+    read : callable, optional
+        ``read(i)`` in place of ``dataset.raw(i)`` (e.g. a reader of the labels only).
 
     Returns
     -------
@@ -71,11 +75,12 @@ def find_bad_samples(dataset, progress: bool = True, description: str = "check")
     """
     from tqdm.auto import tqdm
 
+    read = read or dataset.raw
     problems = []
     with tqdm(range(len(dataset)), desc=description, unit="img", disable=not progress) as bar:
         for index in bar:
             try:
-                dataset.raw(index)
+                read(index)
             except (OSError, ValueError) as error:
                 problems.append(str(error))
                 bar.set_postfix(bad=len(problems))

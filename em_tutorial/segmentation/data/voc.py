@@ -13,7 +13,9 @@
 downloaded. Every file of a split is checked at construction, so missing files stop the run
 before training starts, with their paths in the message; an unreadable (corrupt) file, or a
 label holding values other than 0..20 and 255, does the same when it is first read.
-``em-tutorial check-data`` reads a whole split in advance.
+:meth:`VOCSegmentation.check_labels` reads every label of a split at once (training and
+evaluation do so for the split they evaluate, so a bad label there cannot wait until after
+training); ``em-tutorial check-data`` reads whole splits, images included, in advance.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .labels import check_label
+from .labels import LabelError, check_label, find_bad_samples
 from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "default_train_split", "find_voc_root"]
@@ -128,10 +130,9 @@ class VOCSegmentation:
     def __len__(self):
         return len(self.ids)
 
-    def raw(self, index):
-        """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
-        image_path, label_path = self.image_paths[index], self.label_paths[index]
-        image = np.asarray(_open_image(image_path, "image").convert("RGB"))
+    def label(self, index):
+        """Label ``(H, W)`` uint8 of sample ``index``: class indices and 255 (ignore), checked."""
+        label_path = self.label_paths[index]
         label_image = _open_image(label_path, "label")
         if label_image.mode not in ("P", "L"):
             raise ValueError(
@@ -139,12 +140,30 @@ class VOCSegmentation:
                 "or greyscale ('L') PNG whose pixel values are class indices"
             )
         label = np.asarray(label_image)
+        return check_label(label, self.num_classes, self.ignore_index, f"file {label_path}")
+
+    def check_labels(self, progress: bool = False) -> None:
+        """Read every label of the split now, not when first drawn; one error naming the bad ones.
+
+        Labels only (fast): ``em-tutorial check-data`` reads the images too.
+        """
+        problems = find_bad_samples(self, progress, f"labels {self.split}", read=self.label)
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise LabelError(f"{len(problems)} bad label file(s) in the VOC {self.split!r} split: "
+                             f"{'; '.join(problems[:3])}{more}")  # fmt: skip
+
+    def raw(self, index):
+        """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
+        image_path, label_path = self.image_paths[index], self.label_paths[index]
+        image = np.asarray(_open_image(image_path, "image").convert("RGB"))
+        label = self.label(index)
         if label.shape != image.shape[:2]:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} "
                 f"is {label.shape[1]}x{label.shape[0]}"
             )
-        return image, check_label(label, self.num_classes, self.ignore_index, f"file {label_path}")
+        return image, label
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
