@@ -91,7 +91,7 @@ def content_checksum(state: dict) -> str:
         if isinstance(leaf, torch.Tensor):
             flat = leaf.detach().cpu().contiguous().reshape(-1)  # (numel,)
             digest.update(f"{name}|{leaf.dtype}|{tuple(leaf.shape)}|".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
+            digest.update(flat.view(torch.uint8).numpy())  # the bytes, without a copy
         else:
             digest.update(f"{name}|{type(leaf).__name__}|{leaf!r}|".encode())
     return digest.hexdigest()
