@@ -1,4 +1,8 @@
-"""The ``em-tutorial`` command: ``tour``, ``train`` and ``eval``.
+"""The ``em-tutorial`` command: ``tour``, ``train``, ``eval`` and ``check-data``.
+
+Every failure is one line on stderr, ``em-tutorial: error: ...``, with exit status 2 for a
+command line it cannot parse and 1 for anything that goes wrong while running (set
+``EM_TUTORIAL_TRACEBACK=1`` to see the full traceback instead).
 
 Examples
 --------
@@ -11,14 +15,18 @@ Examples
     em-tutorial train --dataset voc --data-root ~/data/VOCdevkit/VOC2012 --out runs/voc
     torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ...
     em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
+    em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
+    python -m em_tutorial --version
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import warnings
+
+from ._console import OneLineParser, error_line, show_warning
 
 __all__ = ["main", "build_parser"]
 
@@ -29,6 +37,7 @@ examples:
   em-tutorial train --dataset voc --data-root ~/data/VOCdevkit/VOC2012 --out runs/voc
   torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ... --out runs/voc
   em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
+  em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
 """
 
 
@@ -43,17 +52,21 @@ def _scales(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = OneLineParser(
         prog="em-tutorial",
         description="Expectation-Maximization from its equations to EMANet: run the tour, or "
         "train and evaluate EMANet on the embedded digit scenes or on PASCAL VOC 2012.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tour_command(commands)
     _add_train_command(commands)
     _add_eval_command(commands)
+    _add_check_data_command(commands)
     return parser
 
 
@@ -98,14 +111,22 @@ def _add_train_command(commands):
                        help="attention block; 'none' is the ablation (default: %(default)s)")  # fmt: skip
     train.add_argument("--pretrained-backbone", metavar="FILE",
                        help="backbone state_dict to start from (e.g. ImageNet weights)")  # fmt: skip
-    train.add_argument("--iterations", type=int, help="total iterations of the schedule")
-    train.add_argument("--batch-size", type=int, help="images per iteration, over all processes")
+    # Recipe defaults, written out so that --help needs no torch (a test keeps them equal).
+    train.add_argument("--iterations", type=int,
+                       help="total iterations of the schedule (default: 3000 for digits, "
+                       "30000 for voc)")  # fmt: skip
+    train.add_argument("--batch-size", type=int,
+                       help="images per iteration, over all processes (default: 16)")  # fmt: skip
     train.add_argument("--crop-size", type=int, help="VOC training crop (default 513)")
     train.add_argument("--lr", type=float, help="base learning rate (biases get twice it)")
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, metavar="N")
+    train.add_argument("--weight-decay", type=float, default=1e-4,
+                       help="on convolution weights only (default: %(default)s)")  # fmt: skip
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="initial weights, data order and augmentation (default: %(default)s)")  # fmt: skip
+    train.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="iterations between checkpoints (default: 500 for digits, 1000 for "
+                       "voc; one is always written at the end)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--stop-at", type=int, metavar="N",
                        help="stop after iteration N (checkpointed); --resume finishes later")  # fmt: skip
@@ -127,7 +148,8 @@ def _add_eval_command(commands):
     )
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
     _add_data_arguments(evaluate, defaults_from_checkpoint=True)
-    evaluate.add_argument("--split", help="split to evaluate (default: the run's validation split)")
+    evaluate.add_argument("--split", help="split to evaluate: a VOC list such as val or train, or "
+                          "the digit scenes' train or val (default: the run's validation split)")  # fmt: skip
     evaluate.add_argument("--scales", type=_scales, default=(1.0,), metavar="S1,S2,...",
                           help="inference scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")  # fmt: skip
     evaluate.add_argument("--multi-scale", action="store_true",
@@ -138,6 +160,24 @@ def _add_eval_command(commands):
     evaluate.add_argument("--figure", metavar="PNG",
                           help="save the attention maps of the first image here")  # fmt: skip
     evaluate.add_argument("--no-progress", action="store_true")
+
+
+def _add_check_data_command(commands):
+    check = commands.add_parser(
+        "check-data",
+        help="read a whole VOC split in advance and list every bad file",
+        description="Read every image and label of PASCAL VOC splits as training would, and list "
+        "each missing or unreadable file, size mismatch and label value that is neither a class "
+        "index (0..20) nor the ignore value 255. Exit status 1 when anything is wrong. (The "
+        "digit scenes are generated, and checked as they are drawn.)",
+    )
+    check.add_argument("--dataset", choices=["voc"], default="voc", help="(default: %(default)s)")
+    check.add_argument("--data-root", metavar="DIR", required=True,
+                       help="PASCAL VOC folder (VOCdevkit/VOC2012 or a parent)")  # fmt: skip
+    check.add_argument("--split", action="append", metavar="NAME",
+                       help="a list in ImageSets/Segmentation; repeat for several (default: the "
+                       "training list, trainaug if present else train, and val)")  # fmt: skip
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_data_arguments(parser, defaults_from_checkpoint=False):
@@ -198,7 +238,7 @@ def _run_train(args):
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the first process reports
         return
     if summary["metrics"] is not None:
-        print(f"validation mIoU {summary['metrics']['miou']:.4f}")
+        print(f"validation mIoU {_score(summary['metrics']['miou'])}")
     print(f"checkpoint: {summary['checkpoint']}\nlog: {summary['log']}")
 
 
@@ -212,6 +252,7 @@ def _run_eval(args):
         load_checkpoint,
         resolve_device,
     )
+    from .segmentation.runlog import write_json
 
     state = load_checkpoint(args.checkpoint)
     saved = dict(state["config"])
@@ -234,12 +275,11 @@ def _run_eval(args):
     print(f"{config.dataset} {config.val_split}: {len(dataset)} images, scales {scales}, "
           f"flip {args.flip}")  # fmt: skip
     for name, iou in metrics["iou"].items():
-        print(f"  {name:>12s}  IoU {'-' if iou is None else f'{iou:.4f}'}")
-    print(f"mIoU {metrics['miou']:.4f}   pixel accuracy {metrics['pixel_accuracy']:.4f}")
+        print(f"  {name:>12s}  IoU {_score(iou)}")
+    print(f"mIoU {_score(metrics['miou'])}   pixel accuracy {_score(metrics['pixel_accuracy'])}")
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump({"checkpoint": args.checkpoint, "scales": list(scales), "flip": args.flip,
-                       **metrics}, handle, indent=2)  # fmt: skip
+        write_json(args.output, {"checkpoint": args.checkpoint, "scales": list(scales),
+                                 "flip": args.flip, **metrics})  # fmt: skip
     if args.figure:
         from .segmentation.figures import attention_figure
 
@@ -247,25 +287,66 @@ def _run_eval(args):
         print(f"attention maps: {args.figure}")
 
 
+def _run_check_data(args):
+    from .segmentation.data import VOCSegmentation, default_train_split, find_bad_samples
+
+    splits = args.split or [default_train_split(args.data_root), "val"]
+    failed = []
+    for split in splits:
+        try:
+            dataset = VOCSegmentation(args.data_root, split)
+            problems = find_bad_samples(dataset, not args.no_progress, f"check {split}")
+        except (OSError, ValueError) as error:  # a missing list or missing files
+            dataset, problems = None, [str(error)]
+        for problem in problems:
+            print(f"{split}: {problem}")
+        checked = f"{len(dataset)} images and labels read" if dataset else "not read"
+        print(f"{split}: {checked}, " + (f"{len(problems)} problem(s)" if problems else "no problems"))
+        failed += [split] * bool(problems)
+    if failed:
+        raise ValueError(f"bad data in the split(s) {', '.join(failed)} of {args.data_root} "
+                         "(each problem listed above)")  # fmt: skip
+
+
+def _score(value) -> str:
+    """A metric with four decimals, or "-" where it is undefined (None)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``em-tutorial`` console script."""
-    args = build_parser().parse_args(argv)
-    from .segmentation import CorruptCheckpoint, TrainingDiverged
-
+    """Entry point of the ``em-tutorial`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.dataset == "voc" and not args.data_root:
+        parser.exit(2, "em-tutorial: error: --dataset voc needs --data-root, the PASCAL VOC 2012 "
+                    "folder (see `em-tutorial train --help`)\n")  # fmt: skip
     try:
-        if args.command == "tour":
-            from .tour import run_tour
-
-            run_tour(args.out, quick=args.quick, iterations=args.iterations, seed=args.seed,
-                     threads=args.threads, progress=not args.no_progress)  # fmt: skip
-        elif args.command == "train":
-            _run_train(args)
-        else:
-            _run_eval(args)
-    except (OSError, ValueError, TrainingDiverged, CorruptCheckpoint) as error:
-        print(f"em-tutorial {args.command}: error: {error}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            _run(args)
+    except KeyboardInterrupt:
+        print("em-tutorial: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("EM_TUTORIAL_TRACEBACK"):
+            raise
+        print(error_line(error), file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args):
+    if args.command == "tour":
+        from .tour import run_tour
+
+        run_tour(args.out, quick=args.quick, iterations=args.iterations, seed=args.seed,
+                 threads=args.threads, progress=not args.no_progress)  # fmt: skip
+    elif args.command == "train":
+        _run_train(args)
+    elif args.command == "check-data":
+        _run_check_data(args)
+    else:
+        _run_eval(args)
 
 
 if __name__ == "__main__":

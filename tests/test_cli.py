@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import em_tutorial
 from em_tutorial.cli import build_parser, main
 
 DIGITS_SMALL = ["--dataset", "digits", "--image-size", "32", "--num-scenes", "8", "--val-scenes", "4"]
@@ -15,8 +17,34 @@ def test_console_entry_point_prints_help():
     result = subprocess.run([sys.executable, "-m", "em_tutorial.cli", "--help"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0
-    for command in ("tour", "train", "eval"):
+    for command in ("tour", "train", "eval", "check-data"):
         assert command in result.stdout
+
+
+def test_python_dash_m_em_tutorial_and_version():
+    result = subprocess.run([sys.executable, "-m", "em_tutorial", "--version"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, f"em-tutorial {em_tutorial.__version__}\n")
+    result = subprocess.run([sys.executable, "-m", "em_tutorial", "train", "--lr", "fast"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == ("em-tutorial: error: argument --lr: invalid float value: 'fast' "
+                             "(see `em-tutorial train --help`)\n")  # fmt: skip
+
+
+def test_train_help_shows_every_default():
+    from em_tutorial.segmentation import RECIPES
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    help_text = " ".join(help_text.split())  # argparse wraps lines anywhere
+    digits, voc = RECIPES["digits"], RECIPES["voc"]
+    assert f"(default: {digits['iterations']} for digits, {voc['iterations']} for voc)" in help_text
+    assert digits["batch_size"] == voc["batch_size"] and f"(default: {voc['batch_size']})" in help_text
+    assert (f"(default: {digits['checkpoint_every']} for digits, {voc['checkpoint_every']} for voc;"
+            in help_text)  # fmt: skip
+    for flag, default in (("--seed", 0), ("--momentum", 0.9), ("--weight-decay", 0.0001)):
+        after = help_text.split(flag, 2)[-1]  # the flag's own entry, past the usage line
+        assert f"(default: {default})" in after.split(" --", 1)[0], flag
 
 
 @pytest.mark.parametrize(
@@ -52,15 +80,19 @@ def test_flags_reach_the_parsed_settings():
 @pytest.mark.parametrize(
     "argv",
     [[], ["fly"], ["eval"], ["train", "--model", "vgg"], ["tour", "--iterations", "many"],
-     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"]],  # fmt: skip
+     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"], ["train", "--dataset", "voc"],
+     ["check-data"]],  # fmt: skip
     ids=["no command", "unknown command", "eval without checkpoint", "unknown model",
-         "non-integer iterations", "zero scale"],  # fmt: skip
+         "non-integer iterations", "zero scale", "voc without data root",
+         "check-data without data root"],  # fmt: skip
 )
 def test_bad_command_lines_exit_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("usage: em-tutorial")
+    error = capsys.readouterr().err
+    assert error.startswith("em-tutorial: error: ") and error.count("\n") == 1
+    assert error.endswith("--help`)\n")
 
 
 @pytest.mark.slow  # two training processes start (each imports torch), then figures are drawn
@@ -112,3 +144,67 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert f"cannot read checkpoint {corrupt}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", "c.pt", "--scales", "1,zero"])
+
+
+def _one_error_line(capsys) -> str:
+    error = capsys.readouterr().err
+    assert error.startswith("em-tutorial: error: ") and error.count("\n") == 1, error
+    return error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    assert main(["train", *DIGITS_SMALL, "--device", "cuda", "--out", str(tmp_path / "r")]) == 1
+    assert "torch sees no CUDA GPU" in _one_error_line(capsys)
+
+
+def test_untrusted_checkpoints_are_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
+                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    checkpoint = run / "checkpoint.pt"
+    state_dict = tmp_path / "weights.pt"
+    torch.save(torch.load(checkpoint, weights_only=True)["model"], state_dict)
+    assert main(["eval", "--checkpoint", str(state_dict)]) == 1
+    assert f"{state_dict}: not an em-tutorial checkpoint (a PyTorch file holding the keys" in \
+        _one_error_line(capsys)
+    raw = bytearray(checkpoint.read_bytes())
+    weight = max(torch.load(checkpoint, weights_only=True)["model"].values(), key=torch.numel)
+    start = raw.find(weight.numpy().tobytes())
+    raw[start + 8 : start + 28] = bytes(b ^ 0x5A for b in raw[start + 8 : start + 28])
+    checkpoint.write_bytes(raw)
+    for argv in (["eval", "--checkpoint", str(checkpoint)],
+                 ["train", *DIGITS_SMALL, "--iterations", "2", "--batch-size", "4", "--resume",
+                  "--out", str(run)]):  # fmt: skip
+        assert main(argv) == 1
+        assert "does not match its SHA-256 checksum" in _one_error_line(capsys)
+
+
+def test_eval_split_is_honoured_or_refused_on_the_digit_scenes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
+                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    checkpoint = str(run / "checkpoint.pt")
+    assert main(["eval", "--checkpoint", checkpoint, "--split", "train", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("digits train: 8 images")  # the 8 training scenes
+    assert main(["eval", "--checkpoint", checkpoint, "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("digits val: 4 images")
+    assert main(["eval", "--checkpoint", checkpoint, "--split", "bogus"]) == 1
+    assert ("two splits, 'train' (8 scenes) and 'val' (4 scenes); val_split 'bogus'"
+            in _one_error_line(capsys))  # fmt: skip
+
+
+def test_a_checkpoint_without_checksum_is_evaluated_with_a_one_line_warning(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
+                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["sha256"], state["format"]  # as written before checksums existed
+    torch.save(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == (f"em-tutorial: warning: checkpoint {run / 'checkpoint.pt'} "
+                                       "has no checksum (written by an older em-tutorial); its "
+                                       "content cannot be verified\n")  # fmt: skip

@@ -99,3 +99,13 @@ def test_bad_settings_are_named():
         SceneConfig(image_size=32, digit_size=(20, 40))
     with pytest.raises(ValueError, match="num_scenes"):
         DigitScenes("train", 0, config=SMALL)
+
+
+def test_labels_are_checked_when_read():
+    scenes = DigitScenes("train", num_scenes=3, seed=0, config=SMALL)
+    scenes.labels[1, :2, :3] = 77  # corrupted in memory: the reader's check still applies
+    scenes.labels[1, 5, 5] = 255  # the ignore value is allowed
+    scenes[0]
+    with pytest.raises(ValueError, match=r"label of digit scene 1 of the 'train' split holds "
+                       r"values 77 in 6 pixels; expected class indices 0\.\.10 or the ignore value 255"):  # fmt: skip
+        scenes[1]

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from em_tutorial.segmentation.data import TrainAugmentation, VOCSegmentation, denormalize
+from em_tutorial.cli import main
+from em_tutorial.segmentation.data import (
+    LabelError,
+    TrainAugmentation,
+    VOCSegmentation,
+    denormalize,
+    find_bad_samples,
+)
 from em_tutorial.segmentation.data.transforms import IMAGENET_MEAN
 
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
@@ -138,3 +145,94 @@ def test_corrupt_files_are_named(voc_root):
     )
     with pytest.raises(ValueError, match="is 36x38 but label"):
         VOCSegmentation(voc_root, "val").raw(0)
+
+
+def _write_label(path, label):
+    image = Image.fromarray(label, mode="P")
+    image.putpalette(_palette())
+    image.save(path)
+
+
+@pytest.mark.parametrize("split, index", [("train", 1), ("val", 0)])
+def test_label_values_are_checked_when_read(voc_root, split, index):
+    image_id = IDS[1] if split == "train" else IDS[2]
+    path = voc_root / "SegmentationClass" / f"{image_id}.png"
+    label = np.asarray(Image.open(path)).copy()
+    label[:2, :3], label[4, 4] = 77, 21  # 21 is one past the last class; 255 stays allowed
+    _write_label(path, label)
+    ds = VOCSegmentation(voc_root, split)
+    with pytest.raises(LabelError, match=rf"label file .*{image_id}\.png holds values 21, 77 in 7 "
+                       r"pixels; expected class indices 0\.\.20 or the ignore value 255"):  # fmt: skip
+        ds[index]
+
+
+def test_every_missing_file_is_named(voc_root):
+    for image_id in IDS[:2]:
+        (voc_root / "SegmentationClass" / f"{image_id}.png").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        VOCSegmentation(voc_root, "train")
+    message = str(error.value)
+    assert message.count("missing label file") == 2 and "train.txt" in message
+
+
+def test_find_bad_samples_reports_every_bad_file(voc_root):
+    ds = VOCSegmentation(voc_root, "train")
+    assert find_bad_samples(ds, progress=False) == []
+    label = np.zeros((30, 40), dtype=np.uint8)
+    label[0, 0] = 99
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[0]}.png", label)
+    (voc_root / "JPEGImages" / f"{IDS[1]}.jpg").write_bytes(b"not a jpeg")
+    problems = find_bad_samples(ds, progress=False)
+    assert len(problems) == 2
+    assert IDS[0] in problems[0] and "values 99 in 1 pixel;" in problems[0]
+    assert IDS[1] in problems[1] and "cannot read image file" in problems[1]
+
+
+def test_check_data_reads_whole_splits_and_lists_every_bad_file(voc_root, capsys):
+    assert main(["check-data", "--data-root", str(voc_root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "trainaug: 2 images and labels read, no problems" in out  # the default training list
+    assert "val: 1 images and labels read, no problems" in out
+    label = np.zeros((30, 40), dtype=np.uint8)
+    label[3, :5] = 200
+    _write_label(voc_root / "SegmentationClassAug" / f"{IDS[0]}.png", label)
+    (voc_root / "JPEGImages" / f"{IDS[2]}.jpg").write_bytes(b"truncated")
+    argv = ["check-data", "--data-root", str(voc_root), "--split", "trainaug", "--split", "val",
+            "--split", "test", "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert any(line.startswith("trainaug: label file") and "values 200 in 5 pixels" in line
+               for line in lines)  # fmt: skip
+    assert any(line.startswith("val: cannot read image file") for line in lines)
+    assert any(line.startswith("test: missing split list") for line in lines)
+    assert captured.err == (f"em-tutorial: error: bad data in the split(s) trainaug, val, test of "
+                            f"{voc_root} (each problem listed above)\n")  # fmt: skip
+
+
+def test_a_bad_label_in_a_loader_worker_is_one_line(voc_root, tmp_path, capsys):
+    label = np.asarray(Image.open(voc_root / "SegmentationClass" / f"{IDS[1]}.png")).copy()
+    label[0, 0] = 77
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[1]}.png", label)
+    argv = ["train", "--dataset", "voc", "--data-root", str(voc_root), "--train-split", "train",
+            "--model", "tiny", "--crop-size", "32", "--batch-size", "2", "--iterations", "1",
+            "--num-workers", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith(f"em-tutorial: error: label file {voc_root}/SegmentationClass/"
+                            f"{IDS[1]}.png holds values 77 in 1 pixel;")  # fmt: skip
+
+
+def test_a_bad_validation_label_stops_training_before_it_starts(voc_root, tmp_path):
+    from em_tutorial.segmentation import TrainConfig, train
+
+    label = np.zeros((36, 38), dtype=np.uint8)
+    label[1, 1] = 30
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[2]}.png", label)
+    config = TrainConfig(dataset="voc", data_root=str(voc_root), model="tiny", crop_size=32,
+                         batch_size=2, iterations=1, out_dir=str(tmp_path / "r"), progress=False)  # fmt: skip
+    with pytest.raises(LabelError, match=rf"1 bad label file\(s\) in the VOC 'val' split: label "
+                       rf"file .*{IDS[2]}\.png holds values 30 in 1 pixel;"):  # fmt: skip
+        train(config)
+    assert not (tmp_path / "r" / "log.jsonl").exists()  # stopped before the first iteration

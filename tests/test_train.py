@@ -20,6 +20,8 @@ from em_tutorial.segmentation import (
     save_checkpoint,
     train,
 )
+from em_tutorial.segmentation import training as training_module
+from em_tutorial.segmentation.runlog import JsonLog, json_safe, write_json
 
 
 def _config(tmp_path, name="run", **overrides):
@@ -87,7 +89,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, capsys):
     torch.set_num_threads(1)  # one thread: bitwise reproducible CPU kernels
     whole = train(_config(tmp_path, "whole"))
 
@@ -101,8 +103,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     with open(first["log"], "a") as handle:
         handle.write(json.dumps({"event": "train", "iteration": 5, "loss": 123.0}) + "\n")
         handle.write('{"event": "train", "iterat')  # and killed in the middle of the next line
-    second = train(_config(tmp_path, "split", resume=True))
+    leftover = tmp_path / "split" / ".checkpoint.pt.4242.tmp"  # a process killed while saving
+    leftover.write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    second = train(_config(tmp_path, "split", resume=True))  # progress=False: no bar
     assert second["resumed_from"] == 4
+    assert "resumed from iteration 4 of 6" in capsys.readouterr().out
+    assert not leftover.exists()
     split_records = [json.loads(line) for line in open(second["log"])]
     split_losses = [r for r in split_records if r["event"] == "train"]
     assert [r["iteration"] for r in split_losses] == list(range(1, 7))
@@ -120,6 +127,45 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert [r["iteration"] for r in losses] == list(range(1, 7))
     assert all({"loss", "lr", "images_per_s"} <= r.keys() for r in losses)
     assert records[-1]["event"] == "eval" and 0.0 <= records[-1]["miou"] <= 1.0
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_resuming_a_finished_run_keeps_its_record(tmp_path, capsys):
+    first = train(_config(tmp_path, iterations=2, checkpoint_every=1))
+    summary_path = tmp_path / "run" / "summary.json"
+    recorded = summary_path.read_bytes()
+    assert _strict_json(summary_path)["final_loss"] == first["final_loss"]
+    capsys.readouterr()
+    again = train(_config(tmp_path, iterations=2, checkpoint_every=1, resume=True))
+    assert "the run had finished" in capsys.readouterr().out
+    assert summary_path.read_bytes() == recorded  # not evaluated again over its record
+    assert again["metrics"] == first["metrics"] and again["final_loss"] == first["final_loss"]
+    # Killed after the last checkpoint, before summary.json: resuming evaluates, and the final
+    # loss comes from the log (no iteration ran in the resumed process).
+    summary_path.unlink()
+    train(_config(tmp_path, iterations=2, checkpoint_every=1, resume=True))
+    rewritten = _strict_json(summary_path)
+    assert rewritten["final_loss"] == first["final_loss"] and rewritten["resumed_from"] == 2
+    assert rewritten["metrics"] == _strict_json_value(first["metrics"])
+
+
+def _strict_json_value(value):
+    return json.loads(json.dumps(json_safe(value), allow_nan=False))
+
+
+def test_json_files_never_hold_nan(tmp_path):
+    path = tmp_path / "summary.json"
+    write_json(path, {"final_loss": float("nan"), "iou": [1.0, float("inf")], "n": 3})
+    assert _strict_json(path) == {"final_loss": None, "iou": [1.0, None], "n": 3}
+    log = JsonLog(tmp_path / "log.jsonl", enabled=True)
+    log.write(event="train", iteration=1, loss=float("-inf"))
+    assert log.value_at("train", 1, "loss") is None and "Infinity" not in log.path.read_text()
 
 
 def test_training_leaves_the_numpy_and_python_random_streams_alone(tmp_path):
@@ -156,6 +202,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert 1 <= state["iteration"] < 50
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    original = training_module.training_state
+
+    def poisoned_state(iteration, model, optimizer, config):
+        state = original(iteration, model, optimizer, config)
+        if iteration == 2:  # as if a step had left an infinite weight behind a finite loss
+            next(v for v in state["model"].values() if v.is_floating_point())[0] = float("inf")
+        return state
+
+    monkeypatch.setattr(training_module, "training_state", poisoned_state)
+    with pytest.raises(TrainingDiverged, match=r"non-finite values in model\..* after iteration 2; "
+                       r"the last good checkpoint is .*checkpoint\.pt"):  # fmt: skip
+        train(_config(tmp_path, iterations=4, checkpoint_every=1))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 1
 
 
 @pytest.mark.slow

@@ -1,19 +1,31 @@
-"""Checkpoints that survive interruption: atomic save, safe load, and the checks before resuming.
+"""Checkpoints that survive interruption and are never trusted blindly.
 
 * A checkpoint is written to a temporary file and renamed over the old one (``os.replace``), so
-  a crash mid-write never destroys the last good checkpoint. It holds only tensors and plain
-  Python containers, so ``torch.load(path, weights_only=True)`` reads it.
+  a crash mid-write never destroys the last good checkpoint; a failed write removes its
+  temporary file, and :func:`remove_stale_temporaries` clears those a killed process left.
 * It holds ``iteration``, the ``model`` and ``optimizer`` state (momentum included), the
-  torch (and CUDA) random states and the ``config``. Nothing in training draws from NumPy's or
-  Python's global random streams -- every augmentation has its own seeded generator (see
-  :mod:`em_tutorial.segmentation.data.sampler`) -- so their states are not saved.
+  torch (and CUDA) random states and the ``config``, plus ``format`` and ``sha256``: the
+  SHA-256 of every other entry (names, dtypes, shapes and bytes of each tensor). Only tensors
+  and plain Python containers, so ``torch.load(path, weights_only=True)`` reads it.
+* :func:`load_checkpoint` refuses, in one line naming the file, anything that is not an
+  em-tutorial checkpoint, a file whose content no longer matches its checksum (flipped bytes),
+  and weights, buffers or optimiser state holding NaN or infinity.
+* A checkpoint written before checksums existed (no ``sha256``) is loaded with an
+  :class:`UnverifiedCheckpointWarning`: refusing it would strand every run interrupted before
+  then, and the finiteness and settings checks still apply. The next save adds the checksum.
+* Nothing in training draws from NumPy's or Python's global random streams -- every
+  augmentation has its own seeded generator (see :mod:`em_tutorial.segmentation.data.sampler`)
+  -- so their states are not saved.
 * Resuming refuses a checkpoint trained with other settings, except those that cannot change
   the weights (:data:`RESUMABLE_CHANGES`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,10 +33,14 @@ import torch
 from .config import TrainConfig
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "RESUMABLE_CHANGES",
     "CorruptCheckpoint",
+    "UnverifiedCheckpointWarning",
     "check_resumable",
+    "content_checksum",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_training_state",
     "save_checkpoint",
     "training_state",
@@ -37,22 +53,86 @@ RESUMABLE_CHANGES = {
     "device", "out_dir", "data_root", "eval_scales", "eval_flip",
 }  # fmt: skip
 
+#: The ``format`` entry of every checkpoint this module writes.
+CHECKPOINT_FORMAT = "em-tutorial checkpoint 2"
+_REQUIRED_KEYS = ("iteration", "model", "optimizer", "rng", "config")
+_CHECKED_FOR_FINITENESS = ("model", "optimizer")
+
 
 class CorruptCheckpoint(RuntimeError):
-    """A checkpoint file exists but cannot be read (truncated, or not a checkpoint)."""
+    """A checkpoint cannot be trusted: unreadable, not a checkpoint, altered, or not finite."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without a checksum (written before checksums existed) was loaded."""
+
+
+def _leaves(value, name=""):
+    """``(dotted name, leaf)`` for every tensor or plain value inside nested dicts and lists."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{name}[{index}]")
+    else:
+        yield name, value
+
+
+def content_checksum(state: dict) -> str:
+    """SHA-256 (hex) of every entry of ``state`` but ``format`` and ``sha256``.
+
+    Each tensor contributes its name, dtype, shape and bytes; each plain value its name, type
+    and ``repr``; so two states have the same checksum exactly when their content is equal.
+    """
+    digest = hashlib.sha256()
+    content = {k: v for k, v in state.items() if k not in ("format", "sha256")}
+    for name, leaf in _leaves(content):
+        if isinstance(leaf, torch.Tensor):
+            flat = leaf.detach().cpu().contiguous().reshape(-1)  # (numel,)
+            digest.update(f"{name}|{leaf.dtype}|{tuple(leaf.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy())  # the bytes, without a copy
+        else:
+            digest.update(f"{name}|{type(leaf).__name__}|{leaf!r}|".encode())
+    return digest.hexdigest()
+
+
+def _non_finite_entries(state: dict) -> list[str]:
+    """Names of the weights, buffers and optimiser tensors holding NaN or infinity."""
+    bad = []
+    for part in _CHECKED_FOR_FINITENESS:
+        for name, leaf in _leaves(state.get(part, {}), part):
+            if isinstance(leaf, torch.Tensor):
+                if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()):
+                    bad.append(name)
+            elif isinstance(leaf, float) and not math.isfinite(leaf):
+                bad.append(name)
+    return bad
+
+
+def _describe(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def save_checkpoint(state: dict, path) -> None:
-    """Write ``state`` with ``torch.save`` atomically: temporary file, fsync, then rename.
+    """Write ``state`` with its checksum: temporary file, fsync, then an atomic rename.
 
-    A reader (or a crash) sees either the old complete file or the new complete file.
+    A reader (or a crash) sees either the old complete file or the new complete file; a
+    failed write removes its temporary file. A state holding NaN or infinity is refused
+    (``ValueError``) before anything is written, so the last good checkpoint stays.
     """
+    bad = _non_finite_entries(state)
+    if bad:
+        raise ValueError(f"refusing to save a checkpoint with non-finite values in {_describe(bad)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {**state, "format": CHECKPOINT_FORMAT}
+    stamped["sha256"] = content_checksum(stamped)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            torch.save(state, handle)
+            torch.save(stamped, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -60,15 +140,70 @@ def save_checkpoint(state: dict, path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; clear errors when it cannot."""
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files of interrupted writes of the checkpoint ``path``.
+
+    Call it only where no other process is writing that checkpoint (one run per folder).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for temporary in stale:
+        temporary.unlink(missing_ok=True)
+    return stale
+
+
+def _read(path: Path, map_location) -> dict:
+    """``torch.load`` with the failure named in one line: not a torch file, or a damaged one."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04":  # every torch.save file since PyTorch 1.6 is a zip archive
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: not an em-tutorial checkpoint "
+                                "(not a PyTorch file at all)")  # fmt: skip
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch reports truncation and bad pickles with many types
-        raise CorruptCheckpoint(f"cannot read checkpoint {path} (corrupt or not a checkpoint): {error}") from error
+        reason = str(error).split(". ")[0].splitlines()[0]
+        raise CorruptCheckpoint(
+            f"cannot read checkpoint {path}: damaged, truncated or not an em-tutorial checkpoint "
+            f"({reason})"
+        ) from error
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    CorruptCheckpoint
+        Not an em-tutorial checkpoint; content that does not match its checksum; or NaN or
+        infinity in the weights, buffers or optimiser state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = _read(path, map_location)
+    missing = [k for k in _REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        held = f"the keys {_describe([str(k) for k in state]) or '(none)'}" \
+            if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CorruptCheckpoint(
+            f"cannot read checkpoint {path}: not an em-tutorial checkpoint (a PyTorch file "
+            f"holding {held}; missing {', '.join(missing)})"
+        )
+    if "sha256" not in state:
+        warnings.warn(f"checkpoint {path} has no checksum (written by an older em-tutorial); "
+                      "its content cannot be verified", UnverifiedCheckpointWarning, stacklevel=2)  # fmt: skip
+    elif state["sha256"] != content_checksum(state):
+        raise CorruptCheckpoint(
+            f"cannot read checkpoint {path}: its content does not match its SHA-256 checksum "
+            "(changed or damaged since it was written); use an intact copy or start a new run"
+        )
+    bad = _non_finite_entries(state)
+    if bad:
+        raise CorruptCheckpoint(f"cannot use checkpoint {path}: NaN or infinity in {_describe(bad)}")
+    return state
 
 
 def check_resumable(saved: dict, config: TrainConfig) -> None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import nn as em_nn
-from .data import DigitScenes, SceneConfig, TrainAugmentation, VOCSegmentation, find_voc_root
+from .data import DigitScenes, SceneConfig, TrainAugmentation, VOCSegmentation, default_train_split
+from .data.digits import DIGIT_SPLITS
 
 __all__ = [
     "RECIPES",
@@ -84,6 +85,8 @@ class TrainConfig:
         PASCAL VOC folder (``dataset="voc"``).
     train_split, val_split : str
         VOC: ``train_split=None`` picks ``"trainaug"`` when its list exists, else ``"train"``.
+        Digit scenes: ``"train"`` and ``"val"`` are the only splits (``val_split`` may name
+        either: it is the split evaluated).
     num_scenes, val_scenes, image_size : int
         Digit scenes: sizes of the two splits and the side of a scene.
     model : {"tiny", "resnet50", "resnet101", "resnet152"}
@@ -157,11 +160,21 @@ class TrainConfig:
             raise ValueError(f"model must be one of {sorted(_MODELS)}, got {self.model!r}")
         if self.dataset == "voc" and not self.data_root:
             raise ValueError("dataset 'voc' needs data_root, the PASCAL VOC 2012 folder")
+        if self.dataset == "digits":
+            self._check_digit_splits()
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "stop_at"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.eval_scales = tuple(float(s) for s in self.eval_scales)
+
+    def _check_digit_splits(self):
+        for name, allowed in (("train_split", (None, "train")), ("val_split", DIGIT_SPLITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"the digit scenes have two splits, 'train' ({self.num_scenes} scenes) and "
+                    f"'val' ({self.val_scenes} scenes); {name} {getattr(self, name)!r} is not one"
+                )
 
     def to_dict(self) -> dict:
         """Plain-Python form (lists for tuples), for checkpoints and logs."""
@@ -177,10 +190,14 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
 
 
 def build_val_set(config: TrainConfig):
-    """The validation set of ``config`` (``val_scenes`` digit scenes, or VOC ``val_split``)."""
+    """The split ``config.val_split`` evaluates: digit scenes (``val_scenes`` of them, or the
+    ``num_scenes`` training scenes for ``"train"``), or the VOC list of that name."""
     if config.dataset == "digits":
-        return DigitScenes("val", config.val_scenes, config.seed, SceneConfig(config.image_size))
-    return VOCSegmentation(config.data_root, config.val_split)
+        count = config.num_scenes if config.val_split == "train" else config.val_scenes
+        return DigitScenes(config.val_split, count, config.seed, SceneConfig(config.image_size))
+    val_set = VOCSegmentation(config.data_root, config.val_split)
+    val_set.check_labels()  # now, rather than after hours of training
+    return val_set
 
 
 def build_datasets(config: TrainConfig):
@@ -188,10 +205,7 @@ def build_datasets(config: TrainConfig):
     if config.dataset == "digits":
         scenes = SceneConfig(config.image_size)
         return DigitScenes("train", config.num_scenes, config.seed, scenes), build_val_set(config)
-    split = config.train_split
-    if split is None:
-        lists = find_voc_root(config.data_root) / "ImageSets" / "Segmentation"
-        split = "trainaug" if (lists / "trainaug.txt").is_file() else "train"
+    split = config.train_split or default_train_split(config.data_root)
     augmentation = TrainAugmentation(crop_size=config.crop_size)
     train_set = VOCSegmentation(config.data_root, split, transform=augmentation)
     return train_set, build_val_set(config)

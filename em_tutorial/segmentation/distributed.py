@@ -48,7 +48,11 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA GPU")
+        raise ValueError(f"device {name!r} was asked for but torch sees no CUDA GPU "
+                         "(use 'cpu', or 'auto' to take a GPU only when there is one)")  # fmt: skip
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but torch sees only "
+                         f"{torch.cuda.device_count()} CUDA GPU(s)")  # fmt: skip
     return device
 
 

@@ -22,7 +22,6 @@ Reproducibility and safety
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -34,9 +33,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import nn as em_nn
-from .checkpoint import restore_training_state, save_checkpoint, training_state
+from .checkpoint import (
+    remove_stale_temporaries,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from .config import TrainConfig, build_datasets, build_model
-from .data import ResumableSampler
+from .data.sampler import ResumableSampler, resumable_batches
 from .distributed import (
     Process,
     average_norm_statistics,
@@ -46,7 +50,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluation import evaluate
-from .runlog import JsonLog
+from .runlog import JsonLog, read_json, write_json
 
 __all__ = ["TrainingDiverged", "poly_factor", "train"]
 
@@ -100,7 +104,16 @@ class _Run:
     def save(self, iteration: int) -> None:
         if self.process.is_main:
             state = training_state(iteration, unwrap(self.model), self.optimizer, self.config)
-            save_checkpoint(state, self.checkpoint_path)
+            try:
+                save_checkpoint(state, self.checkpoint_path)
+            except ValueError as refused:  # NaN or infinity in the state: keep the last good file
+                raise self.diverged(f"{refused} after iteration {iteration}") from None
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a diverging run, saying which checkpoint is left to use."""
+        kept = f"the last good checkpoint is {self.checkpoint_path}" \
+            if self.checkpoint_path.exists() else "no checkpoint had been written yet"
+        return TrainingDiverged(f"{what}; {kept}. Try a lower learning rate (now {self.config.lr}).")
 
 
 def _train(config: TrainConfig, process: Process) -> dict:
@@ -115,12 +128,12 @@ def _train(config: TrainConfig, process: Process) -> dict:
     train_set, val_set = build_datasets(config)
     model = build_model(config, train_set.num_classes).to(process.device)
     optimizer = _optimizer(model, config)
-    start = 0
-    if config.resume:
-        start = restore_training_state(checkpoint_path, config, model, optimizer)
+    start, recorded = _resume(config, process, checkpoint_path, model, optimizer)
+    if recorded is not None:
+        return {**recorded, "model": model}
     model = wrap_model(model, process, find_unused_parameters=config.head == "emau")
     run = _Run(config, process, model, optimizer, checkpoint_path)
-    batches = _batches(*_loader(train_set, run, per_rank_batch), start, per_rank_batch)
+    batches = resumable_batches(*_loader(train_set, run, per_rank_batch), start, per_rank_batch)
 
     log = JsonLog(out_dir / "log.jsonl", process.is_main)
     log.forget_after(start)
@@ -132,7 +145,8 @@ def _train(config: TrainConfig, process: Process) -> dict:
     summary = {
         "iterations": end,
         "resumed_from": start,
-        "final_loss": loss_value,
+        # a run resumed at its end (killed while evaluating) takes the loss from its log
+        "final_loss": loss_value if end > start else log.value_at("train", end, "loss"),
         "train_seconds": train_seconds,
         "images_per_s": (end - start) * config.batch_size / max(train_seconds, 1e-9),
         "metrics": None,
@@ -148,15 +162,31 @@ def _train(config: TrainConfig, process: Process) -> dict:
         summary["metrics"] = matrix.summary(train_set.class_names)
         log.write(event="eval", iteration=end, split=config.val_split, **summary["metrics"])
         if process.is_main:
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(out_dir / "summary.json", summary)
     summary["model"] = unwrap(model)
     return summary
+
+
+def _resume(config: TrainConfig, process: Process, checkpoint_path: Path, model, optimizer):
+    """Where the run starts (0 unless resuming) and, for a finished run that was evaluated,
+    its recorded summary: evaluating it again would only rewrite its record."""
+    if not config.resume:
+        return 0, None
+    start = restore_training_state(checkpoint_path, config, model, optimizer)
+    if process.is_main:  # said even without a progress bar
+        print(f"resumed from iteration {start} of {config.iterations} ({checkpoint_path})")
+    summary_path = checkpoint_path.with_name("summary.json")
+    recorded = read_json(summary_path) if start == config.iterations else None
+    if recorded is not None and process.is_main:
+        print(f"the run had finished; its results in {summary_path} are kept")
+    return start, recorded
 
 
 def _check_run_setup(config: TrainConfig, process: Process, checkpoint_path: Path) -> int:
     """Create the output folder, refuse to overwrite a run; return the batch of one rank."""
     if process.is_main:
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(checkpoint_path)  # left by a process killed while saving
     if config.batch_size % process.world_size:
         raise ValueError(
             f"batch_size {config.batch_size} must divide evenly over {process.world_size} processes"
@@ -193,21 +223,6 @@ def _loader(train_set, run: _Run, per_rank_batch: int):
         generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, sampler
-
-
-def _batches(loader, sampler, start_iteration: int, per_rank_batch: int):
-    """Endless batches, starting where iteration ``start_iteration`` of a fresh run would be."""
-    batches_per_epoch = sampler.num_samples // per_rank_batch
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"the training set is too small for a batch of {per_rank_batch} per process "
-            f"({sampler.num_samples} samples per process)"
-        )
-    epoch, batch = divmod(start_iteration, batches_per_epoch)
-    while True:
-        sampler.set_position(epoch, batch * per_rank_batch)
-        yield from loader
-        epoch, batch = epoch + 1, 0
 
 
 def _optimise(run: _Run, batches, start: int, end: int, log: JsonLog, ignore_index: int):
@@ -269,12 +284,8 @@ def _step(run: _Run, images, labels, iteration: int, ignore_index: int) -> float
         mean_loss /= process.world_size
     loss_value = float(mean_loss)
     if not math.isfinite(loss_value):
-        kept = f"the last good checkpoint is {run.checkpoint_path}" if run.checkpoint_path.exists() \
-            else "no checkpoint had been written yet"
-        raise TrainingDiverged(
-            f"loss became {loss_value} at iteration {iteration}; training stopped before the "
-            f"weights were updated and {kept}. Try a lower learning rate (now {config.lr})."
-        )
+        raise run.diverged(f"loss became {loss_value} at iteration {iteration}; training stopped "
+                           "before the weights were updated")  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

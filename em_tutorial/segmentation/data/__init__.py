@@ -4,6 +4,7 @@
 * :class:`VOCSegmentation` -- PASCAL VOC 2012 (optionally SBD "trainaug") from a local folder.
 * :class:`TrainAugmentation` -- the official random scale / pad / crop / flip.
 * :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
+* :func:`check_label` -- every reader's check of label values; :func:`find_bad_samples` scans a split.
 
 Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, with ImageNet
 normalisation and 255 as the ignore label, and has ``num_classes``, ``class_names`` and
@@ -11,6 +12,7 @@ normalisation and 255 as the ignore label, and has ``num_classes``, ``class_name
 """
 
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneConfig, render_scene, upscale_glyph
+from .labels import LabelError, check_label, find_bad_samples
 from .sampler import ResumableSampler, sample_seed
 from .transforms import (
     IGNORE_INDEX,
@@ -23,7 +25,7 @@ from .transforms import (
     pad_to_stride_plus_one,
     to_model_input,
 )
-from .voc import VOC_CLASS_NAMES, VOCSegmentation, find_voc_root
+from .voc import VOC_CLASS_NAMES, VOCSegmentation, default_train_split, find_voc_root
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
@@ -31,6 +33,9 @@ __all__ = [
     "SceneConfig",
     "render_scene",
     "upscale_glyph",
+    "LabelError",
+    "check_label",
+    "find_bad_samples",
     "ResumableSampler",
     "sample_seed",
     "IGNORE_INDEX",
@@ -44,5 +49,6 @@ __all__ = [
     "to_model_input",
     "VOC_CLASS_NAMES",
     "VOCSegmentation",
+    "default_train_split",
     "find_voc_root",
 ]

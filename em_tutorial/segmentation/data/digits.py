@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .labels import check_label
 from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
+    "DIGIT_SPLITS",
     "DigitScenes",
     "SceneConfig",
     "digit_pool",
@@ -42,6 +44,7 @@ DIGIT_CLASS_NAMES = ("background",) + tuple(str(d) for d in range(10))
 # in training. Every fifth sample of load_digits is held out (stratified: the set cycles 0..9).
 _HELD_OUT_EVERY = 5
 _SPLIT_CODES = {"train": 0, "val": 1}
+DIGIT_SPLITS = tuple(_SPLIT_CODES)
 
 
 @dataclass(frozen=True)
@@ -292,8 +295,14 @@ class DigitScenes:
         return len(self.images)
 
     def raw(self, index):
-        """The scene as stored: image ``(S, S, 3)`` uint8 and label ``(S, S)`` uint8."""
-        return self.images[index], self.labels[index]
+        """The scene as stored: image ``(S, S, 3)`` uint8 and label ``(S, S)`` uint8.
+
+        The label is checked like a file read from disk (class indices or 255), so every
+        reader keeps the same promise.
+        """
+        where = f"of digit scene {index} of the {self.split!r} split"
+        label = check_label(self.labels[index], self.num_classes, self.ignore_index, where)
+        return self.images[index], label
 
     def __getitem__(self, key):
         # The sampler may pass (index, augmentation seed); digit scenes need no augmentation.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-__all__ = ["ResumableSampler", "sample_seed"]
+__all__ = ["ResumableSampler", "resumable_batches", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
@@ -56,3 +56,19 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self):
         return self.num_samples - self.start
+
+
+def resumable_batches(loader, sampler: ResumableSampler, start_iteration: int, per_rank_batch: int):
+    """Endless batches of ``loader`` (drawing through ``sampler``), starting where iteration
+    ``start_iteration`` of a fresh run would be."""
+    batches_per_epoch = sampler.num_samples // per_rank_batch
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"the training set is too small for a batch of {per_rank_batch} per process "
+            f"({sampler.num_samples} samples per process)"
+        )
+    epoch, batch = divmod(start_iteration, batches_per_epoch)
+    while True:
+        sampler.set_position(epoch, batch * per_rank_batch)
+        yield from loader
+        epoch, batch = epoch + 1, 0

@@ -10,9 +10,12 @@
                                           and trainaug.txt when the SBD set is added)
 
 ``root`` may be ``VOC2012`` itself or a folder holding ``VOCdevkit/VOC2012``. Nothing is
-downloaded. Every file of a split is checked at construction, so a missing file stops the run
-before training starts, with the file's path in the message; an unreadable (corrupt) file does
-the same when it is first read.
+downloaded. Every file of a split is checked at construction, so missing files stop the run
+before training starts, with their paths in the message; an unreadable (corrupt) file, or a
+label holding values other than 0..20 and 255, does the same when it is first read.
+:meth:`VOCSegmentation.check_labels` reads every label of a split at once (training and
+evaluation do so for the split they evaluate, so a bad label there cannot wait until after
+training); ``em-tutorial check-data`` reads whole splits, images included, in advance.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .labels import LabelError, check_label, find_bad_samples
 from .transforms import IGNORE_INDEX, to_model_input
 
-__all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "find_voc_root"]
+__all__ = ["VOC_CLASS_NAMES", "VOCSegmentation", "default_train_split", "find_voc_root"]
 
 VOC_CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -47,6 +51,12 @@ def find_voc_root(root) -> Path:
         f"no PASCAL VOC layout under {root}: expected {root / 'JPEGImages'} (or the same under "
         f"VOC2012/ or VOCdevkit/VOC2012/) beside SegmentationClass/ and ImageSets/Segmentation/"
     )
+
+
+def default_train_split(root) -> str:
+    """``"trainaug"`` when the VOC folder ``root`` has that list (SBD added), else ``"train"``."""
+    lists = find_voc_root(root) / "ImageSets" / "Segmentation"
+    return "trainaug" if (lists / "trainaug.txt").is_file() else "train"
 
 
 def _open_image(path: Path, what: str) -> Image.Image:
@@ -101,7 +111,7 @@ class VOCSegmentation:
         label_dirs = [self.root / "SegmentationClass"]
         if split in _AUGMENTED_SPLITS:
             label_dirs.insert(0, self.root / "SegmentationClassAug")
-        self.image_paths, self.label_paths = [], []
+        self.image_paths, self.label_paths, missing = [], [], []
         for image_id in self.ids:
             image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
             label_path = next(
@@ -110,17 +120,19 @@ class VOCSegmentation:
             )
             for path, what in ((image_path, "image"), (label_path, "label")):
                 if not path.is_file():
-                    raise FileNotFoundError(f"missing {what} file: {path} (listed in {list_file})")
+                    missing.append(f"missing {what} file: {path}")
             self.image_paths.append(image_path)
             self.label_paths.append(label_path)
+        if missing:
+            more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise FileNotFoundError(f"{'; '.join(missing[:5])}{more} (listed in {list_file})")
 
     def __len__(self):
         return len(self.ids)
 
-    def raw(self, index):
-        """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
-        image_path, label_path = self.image_paths[index], self.label_paths[index]
-        image = np.asarray(_open_image(image_path, "image").convert("RGB"))
+    def label(self, index):
+        """Label ``(H, W)`` uint8 of sample ``index``: class indices and 255 (ignore), checked."""
+        label_path = self.label_paths[index]
         label_image = _open_image(label_path, "label")
         if label_image.mode not in ("P", "L"):
             raise ValueError(
@@ -128,6 +140,24 @@ class VOCSegmentation:
                 "or greyscale ('L') PNG whose pixel values are class indices"
             )
         label = np.asarray(label_image)
+        return check_label(label, self.num_classes, self.ignore_index, f"file {label_path}")
+
+    def check_labels(self, progress: bool = False) -> None:
+        """Read every label of the split now, not when first drawn; one error naming the bad ones.
+
+        Labels only (fast): ``em-tutorial check-data`` reads the images too.
+        """
+        problems = find_bad_samples(self, progress, f"labels {self.split}", read=self.label)
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise LabelError(f"{len(problems)} bad label file(s) in the VOC {self.split!r} split: "
+                             f"{'; '.join(problems[:3])}{more}")  # fmt: skip
+
+    def raw(self, index):
+        """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
+        image_path, label_path = self.image_paths[index], self.label_paths[index]
+        image = np.asarray(_open_image(image_path, "image").convert("RGB"))
+        label = self.label(index)
         if label.shape != image.shape[:2]:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} "
