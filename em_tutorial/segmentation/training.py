@@ -1,7 +1,8 @@
 """Training EMANet: the loop, one iteration at a time (counted in iterations, not epochs).
 
     lr_i  = lr_0 * (1 - i / iterations) ** 0.9          poly schedule (biases: 2 * lr_i)
-    loss  = cross_entropy(model(images), labels, ignore_index=255)
+    loss  = cross_entropy(model(images), labels), ignoring label 255, averaged over all pixels
+            of the crops (official) or over the labelled ones (``loss_normalization``)
     SGD step with momentum 0.9, weight decay 1e-4 on convolution weights only
 
 The run's other ideas live beside this module: the settings and recipes in
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import nn as em_nn
@@ -46,6 +46,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluation import evaluate
+from .loss import segmentation_loss
 from .runlog import JsonLog
 
 __all__ = ["TrainingDiverged", "poly_factor", "train"]
@@ -117,8 +118,9 @@ def _train(config: TrainConfig, process: Process) -> dict:
     optimizer = _optimizer(model, config)
     start = 0
     if config.resume:
+        _check_optimizer_fits(checkpoint_path, optimizer)
         start = restore_training_state(checkpoint_path, config, model, optimizer)
-    model = wrap_model(model, process, find_unused_parameters=config.head == "emau")
+    model = wrap_model(model, process)
     run = _Run(config, process, model, optimizer, checkpoint_path)
     batches = _batches(*_loader(train_set, run, per_rank_batch), start, per_rank_batch)
 
@@ -175,6 +177,27 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.SGD:
     for group in groups:
         group["initial_lr"] = group["lr"]  # the poly schedule scales each group's own rate
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def _check_optimizer_fits(checkpoint_path: Path, optimizer) -> None:
+    """Refuse, with the reason, a checkpoint whose optimiser holds other parameter groups.
+
+    Checkpoints written before the EMAU's first convolution was frozen hold its weight and bias
+    in the optimiser's groups; their weights still load, their optimiser state does not.
+    """
+    try:  # mmap: only the group lists are read, not the tensors
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+        saved_sizes = [len(g["params"]) for g in saved["optimizer"]["param_groups"]]
+    except Exception:  # missing or unreadable: restore_training_state says which
+        return
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise ValueError(
+            f"cannot resume {checkpoint_path}: its optimiser holds {saved_sizes} parameters per "
+            f"group where this model trains {sizes}. It was written before the EMAU's first "
+            "convolution was frozen (it was in the optimiser then). Start a new run; its "
+            "weights still load with model.load_state_dict(load_checkpoint(path)['model'])."
+        )
 
 
 def _loader(train_set, run: _Run, per_rank_batch: int):
@@ -262,7 +285,7 @@ def _step(run: _Run, images, labels, iteration: int, ignore_index: int) -> float
         group["lr"] = group["initial_lr"] * factor
 
     logits = run.model(images)  # (B, classes, H, W)
-    loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    loss = segmentation_loss(logits, labels, ignore_index, config.loss_normalization)
     mean_loss = loss.detach().clone()
     if process.world_size > 1:
         dist.all_reduce(mean_loss)  # every rank sees the same value and stops together

@@ -5,8 +5,8 @@
 * :class:`TrainAugmentation` -- the official random scale / pad / crop / flip.
 * :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
 
-Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, with ImageNet
-normalisation and 255 as the ignore label, and has ``num_classes``, ``class_names`` and
+Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, normalised
+(ImageNet's mean and std by default, see :data:`NORMALIZATIONS`) and with 255 as the ignore label, and has ``num_classes``, ``class_names`` and
 ``raw(i)`` (the uint8 image and label, for display).
 """
 
@@ -16,6 +16,7 @@ from .transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZATIONS,
     OFFICIAL_SCALES,
     TrainAugmentation,
     ValidationPadding,
@@ -36,6 +37,7 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NORMALIZATIONS",
     "OFFICIAL_SCALES",
     "TrainAugmentation",
     "ValidationPadding",
