@@ -30,6 +30,7 @@ examples:
   em-tutorial train --dataset voc --data-root ~/data/VOCdevkit/VOC2012 --out runs/voc
   torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ... --out runs/voc
   em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
+  em-tutorial eval --official-weights emanet_voc.pth --data-root ~/data/VOCdevkit/VOC2012
 """
 
 
@@ -131,7 +132,7 @@ def _add_train_command(commands):
                         help="average the loss over all pixels of the crop (official) or the "
                         "labelled ones")  # fmt: skip
     recipe.add_argument("--train-scales", type=_train_scales, metavar="S1,S2,...|uniform",
-                        help="VOC rescaling factors to draw from, or uniform in [0.5, 2]")  # fmt: skip
+                        help="VOC rescaling factors, or uniform in [0.5, 2]")  # fmt: skip
     recipe.add_argument("--normalization", choices=["official", "imagenet"],
                         help="input (x - mean) / mean (official) or (x - mean) / std")  # fmt: skip
     recipe.add_argument("--val-padding", action=argparse.BooleanOptionalAction,
@@ -149,7 +150,7 @@ def _add_eval_command(commands):
     weights = evaluate.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="checkpoint.pt of a training run")
     weights.add_argument("--official-weights", metavar="FILE",
-                         help="a checkpoint of the official EMANet code (its .pth file)")  # fmt: skip
+                         help="a .pth checkpoint of the official EMANet code")  # fmt: skip
     evaluate.add_argument("--model", choices=["resnet50", "resnet101", "resnet152"],
                           default="resnet101",
                           help="backbone of --official-weights (default: %(default)s)")  # fmt: skip

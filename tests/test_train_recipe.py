@@ -124,8 +124,8 @@ def test_eval_official_weights_file(voc_root, tmp_path, capsys):
     official = em_nn.to_official_state_dict(model.state_dict())
     torch.save({"net": official, "step": 30000}, weights)
     output = tmp_path / "metrics.json"
-    assert main(["eval", "--official-weights", str(weights), "--model", "resnet50",
-                 "--data-root", str(voc_root), "--no-progress", "--output", str(output)]) == 0  # fmt: skip
+    assert main(["eval", "--official-weights", str(weights), "--model", "resnet50", "--data-root",
+                 str(voc_root), "--no-progress", "--output", str(output)]) == 0  # fmt: skip
     assert "mIoU" in capsys.readouterr().out
     metrics = json.loads(output.read_text())
     # The same model evaluated directly on the VOC recipe's validation set (official input).
@@ -149,7 +149,8 @@ def test_cli_recipe_switches_reach_the_config(monkeypatch, tmp_path):
 
     monkeypatch.setattr("em_tutorial.segmentation.train", fake_train)
     argv = ["train", "--bn-momentum", "0.01", "--bases-update", "mmseg", "--loss-normalization",
-            "all", "--normalization", "official", "--val-padding", "--out", str(tmp_path)]  # fmt: skip
+            "all", "--normalization", "official", "--val-padding",
+            "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     config = seen["config"]
     assert config.model_kwargs == {**RECIPES["digits"]["model_kwargs"], "bn_momentum": 0.01,

@@ -96,9 +96,8 @@ class TrainAugmentation:
         See :func:`to_model_input`.
     """
 
-    def __init__(
-        self, crop_size=513, scale_range=(0.5, 2.0), flip=True, scales=None, normalization="imagenet"
-    ):
+    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True, scales=None,
+                 normalization="imagenet"):  # fmt: skip
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if not 0 < scale_range[0] <= scale_range[1]:
