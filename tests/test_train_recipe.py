@@ -57,6 +57,8 @@ def test_recipes_official_for_voc_and_unchanged_for_digits():
     assert "bn_momentum" not in digits.model_kwargs and "init" not in digits.model_kwargs
     with pytest.raises(ValueError, match="normalization must be one of"):
         TrainConfig(normalization="std")
+    with pytest.raises(ValueError, match="train_scales must be 'uniform' or factors"):
+        TrainConfig(train_scales="official")
 
 
 def test_voc_recipe_builds_bn_momentum_and_official_init():
@@ -173,6 +175,8 @@ def test_resuming_a_checkpoint_from_before_the_freeze_is_refused(tmp_path):
     model.attention.conv_in.requires_grad_(True)
     old_optimizer = torch.optim.SGD(em_nn.param_groups(model, 0.1, 1e-4), momentum=0.9)
     state["optimizer"] = old_optimizer.state_dict()
+    for name in ("loss_normalization", "train_scales", "normalization", "val_padding"):
+        del state["config"][name]  # nor did its settings have the recipe switches
     torch.save(state, path)
     with pytest.raises(ValueError, match="before the EMAU's first convolution was frozen"):
         train(_config(tmp_path, iterations=2, resume=True))

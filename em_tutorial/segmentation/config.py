@@ -206,6 +206,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         self.eval_scales = tuple(float(s) for s in self.eval_scales)
+        if isinstance(self.train_scales, str) and self.train_scales != "uniform":
+            raise ValueError(f"train_scales must be 'uniform' or factors: {self.train_scales!r}")
         if self.train_scales != "uniform":
             self.train_scales = tuple(float(s) for s in self.train_scales)
 

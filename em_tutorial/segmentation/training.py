@@ -118,7 +118,7 @@ def _train(config: TrainConfig, process: Process) -> dict:
     optimizer = _optimizer(model, config)
     start = 0
     if config.resume:
-        _check_optimizer_fits(checkpoint_path, optimizer)
+        _refuse_checkpoint_before_freeze(checkpoint_path, optimizer)
         start = restore_training_state(checkpoint_path, config, model, optimizer)
     model = wrap_model(model, process)
     run = _Run(config, process, model, optimizer, checkpoint_path)
@@ -179,24 +179,26 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
-def _check_optimizer_fits(checkpoint_path: Path, optimizer) -> None:
-    """Refuse, with the reason, a checkpoint whose optimiser holds other parameter groups.
+def _refuse_checkpoint_before_freeze(checkpoint_path: Path, optimizer) -> None:
+    """Refuse, with the reason, a checkpoint written before the EMAU's first conv was frozen.
 
-    Checkpoints written before the EMAU's first convolution was frozen hold its weight and bias
-    in the optimiser's groups; their weights still load, their optimiser state does not.
+    Its optimiser holds one more weight and one more bias (that convolution's) than this
+    model trains: its weights still load, its optimiser state does not.
     """
     try:  # mmap: only the group lists are read, not the tensors
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-        saved_sizes = [len(g["params"]) for g in saved["optimizer"]["param_groups"]]
+        saved_groups = saved["optimizer"]["param_groups"]
+        saved_sizes = {g.get("name"): len(g["params"]) for g in saved_groups}
     except Exception:  # missing or unreadable: restore_training_state says which
         return
-    sizes = [len(g["params"]) for g in optimizer.param_groups]
-    if saved_sizes != sizes:
+    sizes = {g["name"]: len(g["params"]) for g in optimizer.param_groups}
+    extra = {name: saved_sizes.get(name, 0) - n for name, n in sizes.items()}
+    if {name: n for name, n in extra.items() if n} == {"weights": 1, "biases": 1}:
         raise ValueError(
-            f"cannot resume {checkpoint_path}: its optimiser holds {saved_sizes} parameters per "
-            f"group where this model trains {sizes}. It was written before the EMAU's first "
-            "convolution was frozen (it was in the optimiser then). Start a new run; its "
-            "weights still load with model.load_state_dict(load_checkpoint(path)['model'])."
+            f"cannot resume {checkpoint_path}: it was written before the EMAU's first "
+            "convolution was frozen, and its optimiser state holds that convolution's weight "
+            "and bias. Start a new run; its weights still load with "
+            "model.load_state_dict(load_checkpoint(path)['model'])."
         )
 
 
