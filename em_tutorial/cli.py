@@ -17,6 +17,7 @@ Examples
     em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
     em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
     python -m em_tutorial --version
+    em-tutorial eval --official-weights emanet_voc.pth --data-root ~/data/VOCdevkit/VOC2012
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ examples:
   torchrun --nproc_per_node 4 -m em_tutorial.cli train --dataset voc --data-root ... --out runs/voc
   em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
   em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
+  em-tutorial eval --official-weights emanet_voc.pth --data-root ~/data/VOCdevkit/VOC2012
 """
 
 
@@ -49,6 +51,10 @@ def _scales(text):
     if any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
     return scales
+
+
+def _train_scales(text):
+    return text if text == "uniform" else _scales(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,16 +143,38 @@ def _add_train_command(commands):
                        help="scales of the final evaluation (default: 1)")  # fmt: skip
     train.add_argument("--eval-flip", action="store_true", help="add flips to the final evaluation")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    recipe = train.add_argument_group("recipe switches (default: the data set's recipe; the "
+                                      "official value for voc)")  # fmt: skip
+    recipe.add_argument("--bn-momentum", type=float, help="BatchNorm momentum (official 3e-4)")
+    recipe.add_argument("--init", choices=["official", "kaiming"], help="head initialisation")
+    recipe.add_argument("--bases-update", choices=["official", "mmseg"],
+                        help="the EMAU's moving average of the bases")  # fmt: skip
+    recipe.add_argument("--loss-normalization", choices=["all", "labelled"],
+                        help="average the loss over all pixels of the crop (official) or the "
+                        "labelled ones")  # fmt: skip
+    recipe.add_argument("--train-scales", type=_train_scales, metavar="S1,S2,...|uniform",
+                        help="VOC rescaling factors, or uniform in [0.5, 2]")  # fmt: skip
+    recipe.add_argument("--normalization", choices=["official", "imagenet"],
+                        help="input (x - mean) / mean (official) or (x - mean) / std")  # fmt: skip
+    recipe.add_argument("--val-padding", action=argparse.BooleanOptionalAction,
+                        help="pad validation images to 8k + 1 (official)")  # fmt: skip
 
 
 def _add_eval_command(commands):
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a checkpoint (mIoU, per-class IoU)",
-        description="Evaluate a checkpoint written by `em-tutorial train`. The model and data "
-        "settings are read from the checkpoint; --data-root and --split override them.",
+        description="Evaluate a checkpoint written by `em-tutorial train`, or the authors' "
+        "released weights. The model and data settings are read from the checkpoint; "
+        "--data-root and --split override them. --official-weights uses the VOC recipe.",
     )
-    evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    weights = evaluate.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="checkpoint.pt of a training run")
+    weights.add_argument("--official-weights", metavar="FILE",
+                         help="a .pth checkpoint of the official EMANet code")  # fmt: skip
+    evaluate.add_argument("--model", choices=["resnet50", "resnet101", "resnet152"],
+                          default="resnet101",
+                          help="backbone of --official-weights (default: %(default)s)")  # fmt: skip
     _add_data_arguments(evaluate, defaults_from_checkpoint=True)
     evaluate.add_argument("--split", help="split to evaluate: a VOC list such as val or train, or "
                           "the digit scenes' train or val (default: the run's validation split)")  # fmt: skip
@@ -201,6 +229,15 @@ def _add_data_arguments(parser, defaults_from_checkpoint=False):
                             help="side of a digit scene in pixels (default: %(default)s)")  # fmt: skip
 
 
+def _model_switches(args):
+    """The recipe's model_kwargs with --bn-momentum, --init, --bases-update on top (or None)."""
+    from .segmentation import RECIPES
+
+    flags = {"bn_momentum": args.bn_momentum, "init": args.init, "bases_update": args.bases_update}
+    given = {name: value for name, value in flags.items() if value is not None}
+    return {**RECIPES[args.dataset]["model_kwargs"], **given} if given else None
+
+
 def _run_train(args):
     from .segmentation import TrainConfig, train
 
@@ -214,11 +251,16 @@ def _run_train(args):
         image_size=args.image_size,
         model=args.model,
         head=args.head,
+        model_kwargs=_model_switches(args),
         pretrained_backbone=args.pretrained_backbone,
         iterations=args.iterations,
         batch_size=args.batch_size,
         crop_size=args.crop_size,
         lr=args.lr,
+        loss_normalization=args.loss_normalization,
+        train_scales=args.train_scales,
+        normalization=args.normalization,
+        val_padding=args.val_padding,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         seed=args.seed,
@@ -254,8 +296,12 @@ def _run_eval(args):
     )
     from .segmentation.runlog import write_json
 
-    state = load_checkpoint(args.checkpoint)
-    saved = dict(state["config"])
+    if args.official_weights:  # the VOC recipe: the official normalisation and padding
+        saved = {"dataset": "voc", "model": args.model}
+    else:
+        state = load_checkpoint(args.checkpoint)
+        saved = dict(state["config"])
+        saved.setdefault("normalization", "imagenet")  # written before the official one existed
     saved.update(resume=False, progress=False, stop_at=None)
     for name in ("dataset", "data_root"):
         if getattr(args, name):
@@ -265,8 +311,11 @@ def _run_eval(args):
     config = TrainConfig(**saved)
     device = resolve_device(args.device)
     dataset = build_val_set(config)
+    if args.official_weights:  # emanet_resnet101(num_classes, weights=FILE) and its siblings
+        config.model_kwargs["weights"] = args.official_weights
     model = build_model(config, dataset.num_classes)
-    model.load_state_dict(state["model"])
+    if not args.official_weights:
+        model.load_state_dict(state["model"])
     model.to(device)
     scales = VOC_EVAL_SCALES if args.multi_scale else args.scales
     matrix = evaluate(model, dataset, scales, args.flip, batch_size=1, device=device,
@@ -278,12 +327,14 @@ def _run_eval(args):
         print(f"  {name:>12s}  IoU {_score(iou)}")
     print(f"mIoU {_score(metrics['miou'])}   pixel accuracy {_score(metrics['pixel_accuracy'])}")
     if args.output:
-        write_json(args.output, {"checkpoint": args.checkpoint, "scales": list(scales),
-                                 "flip": args.flip, **metrics})  # fmt: skip
+        write_json(args.output, {"checkpoint": args.checkpoint or args.official_weights,
+                                 "scales": list(scales), "flip": args.flip,
+                                 **metrics})  # fmt: skip
     if args.figure:
         from .segmentation.figures import attention_figure
 
-        attention_figure(model, *dataset[0], args.figure, dataset.class_names)
+        attention_figure(model, *dataset[0], args.figure, dataset.class_names,
+                         normalization=config.normalization)  # fmt: skip
         print(f"attention maps: {args.figure}")
 
 

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from em_tutorial.data import (
+from em_tutorial.segmentation.data import (
     IGNORE_INDEX,
     OFFICIAL_SCALES,
     TrainAugmentation,

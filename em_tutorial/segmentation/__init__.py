@@ -9,6 +9,7 @@ and on PASCAL VOC 2012. One module per idea:
 * :mod:`.config` -- :class:`TrainConfig`, the per-data-set :data:`RECIPES`, and the model and
   data sets a config describes.
 * :mod:`.training` -- the training loop (:func:`train`): poly schedule, SGD, log, checkpoints.
+* :mod:`.loss` -- the cross-entropy averaged over all pixels (official) or the labelled ones.
 * :mod:`.checkpoint` -- atomic save, safe load, the checks before resuming.
 * :mod:`.distributed` -- ``torchrun`` set-up, device choice, BatchNorm averaging, replica check.
 * :mod:`.runlog` -- ``log.jsonl``, one JSON record per line.

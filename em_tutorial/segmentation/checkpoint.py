@@ -40,6 +40,7 @@ __all__ = [
     "check_resumable",
     "content_checksum",
     "load_checkpoint",
+    "refuse_checkpoint_before_freeze",
     "remove_stale_temporaries",
     "restore_training_state",
     "save_checkpoint",
@@ -246,3 +247,26 @@ def restore_training_state(path, config: TrainConfig, model, optimizer) -> int:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["iteration"]
+
+
+def refuse_checkpoint_before_freeze(checkpoint_path: Path, optimizer) -> None:
+    """Refuse, with the reason, a checkpoint written before the EMAU's first conv was frozen.
+
+    Its optimiser holds one more weight and one more bias (that convolution's) than this
+    model trains: its weights still load, its optimiser state does not.
+    """
+    try:  # mmap: only the group lists are read, not the tensors
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+        saved_groups = saved["optimizer"]["param_groups"]
+        saved_sizes = {g.get("name"): len(g["params"]) for g in saved_groups}
+    except Exception:  # missing or unreadable: restore_training_state says which
+        return
+    sizes = {g["name"]: len(g["params"]) for g in optimizer.param_groups}
+    extra = {name: saved_sizes.get(name, 0) - n for name, n in sizes.items()}
+    if {name: n for name, n in extra.items() if n} == {"weights": 1, "biases": 1}:
+        raise ValueError(
+            f"cannot resume {checkpoint_path}: it was written before the EMAU's first "
+            "convolution was frozen, and its optimiser state holds that convolution's weight "
+            "and bias. Start a new run; its weights still load with "
+            "model.load_state_dict(load_checkpoint(path)['model'])."
+        )

@@ -2,22 +2,38 @@
 and the model and data sets a config describes.
 
 Official PASCAL VOC recipe (:data:`RECIPES` ``["voc"]``): ResNet-101 EMANet, 30k iterations,
-batch 16, crop 513, lr 9e-3. The embedded digit scenes get a small recipe that trains the tiny
-EMANet on two CPU cores in a few minutes (``RECIPES["digits"]``).
+batch 16, crop 513, lr 9e-3, BatchNorm momentum 3e-4, the authors' initialisation, the loss
+averaged over all pixels of the crop, discrete training scales, the input divided by the mean
+colour, validation images padded to 8k + 1. The embedded digit scenes get a small recipe that
+trains the tiny EMANet on two CPU cores in a few minutes (``RECIPES["digits"]``); it keeps
+PyTorch's BatchNorm momentum, Kaiming initialisation, ImageNet normalisation and the loss
+averaged over labelled pixels, which suit a short run from scratch.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 
 import torch
 
 from .. import nn as em_nn
-from .data import DigitScenes, SceneConfig, TrainAugmentation, VOCSegmentation, default_train_split
+from .data import (
+    NORMALIZATIONS,
+    OFFICIAL_SCALES,
+    DigitScenes,
+    SceneConfig,
+    TrainAugmentation,
+    ValidationPadding,
+    VOCSegmentation,
+    default_train_split,
+    to_model_input,
+)
 from .data.digits import DIGIT_SPLITS
+from .loss import LOSS_NORMALIZATIONS
 
 __all__ = [
     "RECIPES",
@@ -45,7 +61,11 @@ RECIPES = {
     # The official EMANet recipe for PASCAL VOC 2012.
     "voc": {
         "model": "resnet101",
-        "model_kwargs": {},
+        "model_kwargs": {"bn_momentum": em_nn.OFFICIAL_BN_MOMENTUM, "init": "official"},
+        "loss_normalization": "all",
+        "train_scales": OFFICIAL_SCALES,
+        "normalization": "official",
+        "val_padding": True,
         "iterations": 30_000,
         "batch_size": 16,
         "crop_size": 513,
@@ -57,6 +77,10 @@ RECIPES = {
     "digits": {
         "model": "tiny",
         "model_kwargs": TOUR_MODEL,
+        "loss_normalization": "labelled",
+        "train_scales": "uniform",  # not used: the scenes are not augmented
+        "normalization": "imagenet",
+        "val_padding": False,
         "iterations": 3000,
         "batch_size": 16,
         "crop_size": None,
@@ -93,11 +117,23 @@ class TrainConfig:
     head : {"emau", "nonlocal", "none"}
         The attention block of EMANet ("none" is the ablation without it).
     model_kwargs : dict
-        Extra keyword arguments of the model constructor.
+        Extra keyword arguments of the model constructor (``bn_momentum``, ``init``,
+        ``bases_update`` ...).
     pretrained_backbone : str, optional
         Backbone ``state_dict`` file (ImageNet weights) to start from.
     iterations, batch_size, crop_size, lr, momentum, weight_decay, poly_power
         The optimisation recipe; ``batch_size`` is the total over all processes.
+    loss_normalization : {"all", "labelled"}
+        The loss averaged over all pixels of the crops (official) or over the labelled ones
+        (see :func:`~em_tutorial.segmentation.loss.segmentation_loss`).
+    train_scales : tuple of float or "uniform"
+        VOC: the random rescaling factor drawn from this set (official: ``OFFICIAL_SCALES``),
+        or uniformly from [0.5, 2.0].
+    normalization : {"imagenet", "official"}
+        Input normalisation, ``(x - mean) / std`` or the official ``(x - mean) / mean``.
+    val_padding : bool
+        Pad validation images at the bottom and right to 8k + 1 (official); the padding is
+        labelled 255 and never counts.
     seed : int
     out_dir : str
         Receives ``checkpoint.pt``, ``log.jsonl`` and ``summary.json``.
@@ -133,6 +169,10 @@ class TrainConfig:
     batch_size: int | None = None
     crop_size: int | None = None
     lr: float | None = None
+    loss_normalization: str | None = None
+    train_scales: tuple | str | None = None
+    normalization: str | None = None
+    val_padding: bool | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
@@ -166,7 +206,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        for name, allowed in (("loss_normalization", LOSS_NORMALIZATIONS),
+                              ("normalization", tuple(NORMALIZATIONS))):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         self.eval_scales = tuple(float(s) for s in self.eval_scales)
+        if isinstance(self.train_scales, str) and self.train_scales != "uniform":
+            raise ValueError(f"train_scales must be 'uniform' or factors: {self.train_scales!r}")
+        if self.train_scales != "uniform":
+            self.train_scales = tuple(float(s) for s in self.train_scales)
 
     def _check_digit_splits(self):
         for name, allowed in (("train_split", (None, "train")), ("val_split", DIGIT_SPLITS)):
@@ -189,13 +237,23 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     return _MODELS[config.model](num_classes, head=config.head, **kwargs)
 
 
+def _input_transform(config: TrainConfig, validation: bool):
+    """Normalisation as ``config`` says, and for validation the 8k + 1 padding if asked."""
+    if validation and config.val_padding:
+        stride = config.model_kwargs.get("output_stride", 8)
+        return ValidationPadding(stride, normalization=config.normalization)
+    return functools.partial(to_model_input, normalization=config.normalization)
+
+
 def build_val_set(config: TrainConfig):
     """The split ``config.val_split`` evaluates: digit scenes (``val_scenes`` of them, or the
     ``num_scenes`` training scenes for ``"train"``), or the VOC list of that name."""
+    transform = _input_transform(config, validation=True)
     if config.dataset == "digits":
         count = config.num_scenes if config.val_split == "train" else config.val_scenes
-        return DigitScenes(config.val_split, count, config.seed, SceneConfig(config.image_size))
-    val_set = VOCSegmentation(config.data_root, config.val_split)
+        scenes = SceneConfig(config.image_size)
+        return DigitScenes(config.val_split, count, config.seed, scenes, transform=transform)
+    val_set = VOCSegmentation(config.data_root, config.val_split, transform=transform)
     val_set.check_labels()  # now, rather than after hours of training
     return val_set
 
@@ -204,9 +262,14 @@ def build_datasets(config: TrainConfig):
     """Training and validation sets for ``config`` (training one augmented for VOC)."""
     if config.dataset == "digits":
         scenes = SceneConfig(config.image_size)
-        return DigitScenes("train", config.num_scenes, config.seed, scenes), build_val_set(config)
+        train_set = DigitScenes("train", config.num_scenes, config.seed, scenes,
+                                transform=_input_transform(config, validation=False))  # fmt: skip
+        return train_set, build_val_set(config)
     split = config.train_split or default_train_split(config.data_root)
-    augmentation = TrainAugmentation(crop_size=config.crop_size)
+    scales = None if config.train_scales == "uniform" else config.train_scales
+    augmentation = TrainAugmentation(
+        crop_size=config.crop_size, scales=scales, normalization=config.normalization
+    )
     train_set = VOCSegmentation(config.data_root, split, transform=augmentation)
     return train_set, build_val_set(config)
 

@@ -77,12 +77,11 @@ def setup_process(device: str) -> Process:
     )
 
 
-def wrap_model(model, process: Process, find_unused_parameters: bool):
+def wrap_model(model, process: Process):
     """``DistributedDataParallel`` around ``model`` (SyncBatchNorm on GPU); as is for one process.
 
-    ``find_unused_parameters`` must be true for the EMAU: its input 1x1 convolution gets no
-    gradient, because the EM iterations (and so everything computed from that convolution) run
-    under no_grad, as in the official code; DDP must not wait for its gradient.
+    Every trainable parameter gets a gradient, so DDP need not look for unused ones: the EMAU's
+    first convolution, which the loss does not depend on, is frozen (``requires_grad=False``).
     """
     if process.world_size == 1:
         return model
@@ -91,7 +90,6 @@ def wrap_model(model, process: Process, find_unused_parameters: bool):
     return torch.nn.parallel.DistributedDataParallel(
         model,
         device_ids=[process.device.index] if process.device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters,
     )
 
 

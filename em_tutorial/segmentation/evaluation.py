@@ -81,6 +81,8 @@ def evaluate(
     model : nn.Module
     dataset : a data set of ``(image (3, H, W), label (H, W))`` pairs with ``num_classes``
         and ``ignore_index`` attributes. Images of different sizes need ``batch_size=1``.
+        Pixels labelled ``ignore_index`` never count, the official 8k + 1 padding
+        (:class:`~em_tutorial.segmentation.data.ValidationPadding`) among them.
     scales, flip
         See :func:`predict_probabilities`.
     batch_size, device, num_workers

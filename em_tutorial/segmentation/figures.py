@@ -83,7 +83,9 @@ def _save(figure, path):
 
 
 @torch.no_grad()
-def attention_figure(model, image, label, path=None, class_names=None, max_bases=None):
+def attention_figure(
+    model, image, label, path=None, class_names=None, max_bases=None, normalization="imagenet"
+):
     """Image, truth, prediction, then the attention map of each of the K bases, for one image.
 
     Parameters
@@ -98,6 +100,8 @@ def attention_figure(model, image, label, path=None, class_names=None, max_bases
         For the legend of classes present.
     max_bases : int, optional
         Show only the first ``max_bases`` maps.
+    normalization : {"imagenet", "official"}
+        The image's normalisation (see :func:`~em_tutorial.segmentation.data.to_model_input`).
 
     Returns
     -------
@@ -120,7 +124,7 @@ def attention_figure(model, image, label, path=None, class_names=None, max_bases
     cols = max(3, min(8, num_bases))
     rows = 1 + math.ceil(num_bases / cols)
     figure, axes = _new_figure(rows, cols)
-    picture = denormalize(np.asarray(image))
+    picture = denormalize(np.asarray(image), normalization)
     label = np.asarray(label)
     for ax, shown, title in zip(
         axes[0], (picture, colorize(label), colorize(prediction)), ("image", "truth", "prediction")

@@ -1,7 +1,8 @@
 """Training EMANet: the loop, one iteration at a time (counted in iterations, not epochs).
 
     lr_i  = lr_0 * (1 - i / iterations) ** 0.9          poly schedule (biases: 2 * lr_i)
-    loss  = cross_entropy(model(images), labels, ignore_index=255)
+    loss  = cross_entropy(model(images), labels), ignoring label 255, averaged over all pixels
+            of the crops (official) or over the labelled ones (``loss_normalization``)
     SGD step with momentum 0.9, weight decay 1e-4 on convolution weights only
 
 The run's other ideas live beside this module: the settings and recipes in
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import nn as em_nn
 from .checkpoint import (
+    refuse_checkpoint_before_freeze,
     remove_stale_temporaries,
     restore_training_state,
     save_checkpoint,
@@ -50,6 +51,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluation import evaluate
+from .loss import segmentation_loss
 from .runlog import JsonLog, read_json, write_json
 
 __all__ = ["TrainingDiverged", "poly_factor", "train"]
@@ -131,7 +133,7 @@ def _train(config: TrainConfig, process: Process) -> dict:
     start, recorded = _resume(config, process, checkpoint_path, model, optimizer)
     if recorded is not None:
         return {**recorded, "model": model}
-    model = wrap_model(model, process, find_unused_parameters=config.head == "emau")
+    model = wrap_model(model, process)
     run = _Run(config, process, model, optimizer, checkpoint_path)
     batches = resumable_batches(*_loader(train_set, run, per_rank_batch), start, per_rank_batch)
 
@@ -172,6 +174,7 @@ def _resume(config: TrainConfig, process: Process, checkpoint_path: Path, model,
     its recorded summary: evaluating it again would only rewrite its record."""
     if not config.resume:
         return 0, None
+    refuse_checkpoint_before_freeze(checkpoint_path, optimizer)
     start = restore_training_state(checkpoint_path, config, model, optimizer)
     if process.is_main:  # said even without a progress bar
         print(f"resumed from iteration {start} of {config.iterations} ({checkpoint_path})")
@@ -277,7 +280,7 @@ def _step(run: _Run, images, labels, iteration: int, ignore_index: int) -> float
         group["lr"] = group["initial_lr"] * factor
 
     logits = run.model(images)  # (B, classes, H, W)
-    loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    loss = segmentation_loss(logits, labels, ignore_index, config.loss_normalization)
     mean_loss = loss.detach().clone()
     if process.world_size > 1:
         dist.all_reduce(mean_loss)  # every rank sees the same value and stops together

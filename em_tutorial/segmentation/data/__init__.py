@@ -6,8 +6,8 @@
 * :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
 * :func:`check_label` -- every reader's check of label values; :func:`find_bad_samples` scans a split.
 
-Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, with ImageNet
-normalisation and 255 as the ignore label, and has ``num_classes``, ``class_names`` and
+Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, normalised
+(ImageNet's mean and std by default, see :data:`NORMALIZATIONS`) and with 255 as the ignore label, and has ``num_classes``, ``class_names`` and
 ``raw(i)`` (the uint8 image and label, for display).
 """
 
@@ -18,6 +18,7 @@ from .transforms import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZATIONS,
     OFFICIAL_SCALES,
     TrainAugmentation,
     ValidationPadding,
@@ -41,6 +42,7 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NORMALIZATIONS",
     "OFFICIAL_SCALES",
     "TrainAugmentation",
     "ValidationPadding",

@@ -8,7 +8,8 @@ The official EMANet training augmentation, in order:
    the label with the ignore index 255 so padding never counts in the loss,
 3. random crop to ``crop_size x crop_size``,
 4. random horizontal flip,
-5. ImageNet normalisation and HWC -> CHW.
+5. normalisation per channel and HWC -> CHW: ``(x - mean) / std`` with ImageNet's mean and
+   std, or ``(x - mean) / mean`` as the official code does (``normalization="official"``).
 
 For validation the official code pads each image at the bottom and right to a size of the form
 8k + 1 (:func:`pad_to_stride_plus_one`, :class:`ValidationPadding`).
@@ -27,6 +28,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IGNORE_INDEX",
+    "NORMALIZATIONS",
     "OFFICIAL_SCALES",
     "TrainAugmentation",
     "ValidationPadding",
@@ -40,26 +42,44 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE_INDEX = 255
 #: The discrete training scales of the official EMANet recipe.
 OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+#: The divisor of each input normalisation: ImageNet's std, or its mean (the official code's).
+NORMALIZATIONS = {"imagenet": IMAGENET_STD, "official": IMAGENET_MEAN}
 
 
-def to_model_input(image, label, rng=None):
+def _divisor(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}"
+        )
+    return NORMALIZATIONS[normalization]
+
+
+def to_model_input(image, label, rng=None, normalization="imagenet"):
     """uint8 ``(H, W, 3)`` image and ``(H, W)`` label -> normalised ``(3, H, W)`` float32, int64.
 
-    ``x = (image / 255 - mean) / std`` per channel, with ImageNet's mean and std.
+    ``x = (image / 255 - mean) / d`` per channel, with ImageNet's mean and ``d`` its std
+    (``normalization="imagenet"``) or its mean (``"official"``, as the authors' code, whose
+    released weights expect it).
     """
-    x = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # (H, W, 3)
+    divisor = _divisor(normalization)
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / divisor  # (H, W, 3)
     x = np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
     return x, np.asarray(label, dtype=np.int64)
 
 
-def denormalize(x):
+def denormalize(x, normalization="imagenet"):
     """Invert :func:`to_model_input` for display: ``(3, H, W)`` -> uint8 ``(H, W, 3)``."""
-    x = np.asarray(x, dtype=np.float32).transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    divisor = _divisor(normalization)
+    x = np.asarray(x, dtype=np.float32).transpose(1, 2, 0) * divisor + IMAGENET_MEAN  # (H, W, 3)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
 class TrainAugmentation:
     """The official random scale / pad / crop / flip, then :func:`to_model_input`.
+
+    The factor is rescaled with PIL (rounded sizes, antialiased when shrinking); the official
+    code uses ``F.interpolate(scale_factor=s, align_corners=True)`` (floored sizes, no
+    antialiasing).
 
     Parameters
     ----------
@@ -72,9 +92,12 @@ class TrainAugmentation:
     scales : sequence of float, optional
         A discrete set to draw the factor from, each equally likely, instead of the range;
         the official recipe uses :data:`OFFICIAL_SCALES`.
+    normalization : {"imagenet", "official"}
+        See :func:`to_model_input`.
     """
 
-    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True, scales=None):
+    def __init__(self, crop_size=513, scale_range=(0.5, 2.0), flip=True, scales=None,
+                 normalization="imagenet"):  # fmt: skip
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if not 0 < scale_range[0] <= scale_range[1]:
@@ -85,6 +108,8 @@ class TrainAugmentation:
         if scales is not None and (len(scales) == 0 or min(scales) <= 0):
             raise ValueError(f"scales must be a non-empty set of positive factors, got {scales}")
         self.scales = None if scales is None else tuple(float(s) for s in scales)
+        _divisor(normalization)
+        self.normalization = normalization
 
     def __call__(self, image, label, rng=None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -118,7 +143,7 @@ class TrainAugmentation:
 
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        return to_model_input(image, label)
+        return to_model_input(image, label, normalization=self.normalization)
 
 
 def pad_to_stride_plus_one(image, label, stride=8):
@@ -153,12 +178,16 @@ def pad_to_stride_plus_one(image, label, stride=8):
 
 class ValidationPadding:
     """:func:`to_model_input`, then :func:`pad_to_stride_plus_one`: the official validation
-    transform, with the ``(image, label, rng)`` signature of the data sets' ``transform``."""
+    transform, with the ``(image, label, rng)`` signature of the data sets' ``transform``.
+    ``normalization`` as in :func:`to_model_input`."""
 
-    def __init__(self, stride=8):
+    def __init__(self, stride=8, normalization="imagenet"):
         if stride < 1:
             raise ValueError(f"stride must be positive, got {stride}")
         self.stride = int(stride)
+        _divisor(normalization)
+        self.normalization = normalization
 
     def __call__(self, image, label, rng=None):
-        return pad_to_stride_plus_one(*to_model_input(image, label), stride=self.stride)
+        x, y = to_model_input(image, label, normalization=self.normalization)
+        return pad_to_stride_plus_one(x, y, stride=self.stride)
