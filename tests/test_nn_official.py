@@ -131,6 +131,14 @@ def test_data_parallel_prefix_and_checkpoint_file(tmp_path):
         emanet_tiny(3, weights=path, **TINY_KWARGS)
 
 
+@pytest.mark.parametrize("content", [b"\x00\x01 not a checkpoint", b'{"net": {}}'])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint of the official"):
+        load_official_checkpoint(path)
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [

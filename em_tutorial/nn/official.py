@@ -184,7 +184,15 @@ def load_official_checkpoint(path: str | os.PathLike) -> dict:
     The official training script saves ``{"net": state_dict, "step": int}``; a file holding
     the ``state_dict`` itself is read too. Loaded with ``weights_only=True`` on the CPU.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # random bytes, JSON, a truncated zip, a pickled object
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint of the official EMANet "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
     state_dict = checkpoint.get("net", checkpoint)
