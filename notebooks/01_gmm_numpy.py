@@ -580,16 +580,7 @@ def tied_covariance(X, resp, means):
 
 
 # %% tags=["check"] jupyter={"source_hidden": true}
-def check(name, answer, expected, hint):
-    """Print whether an exercise's answer is right; never raises."""
-    if answer is None:
-        print(f"{name}: not yet. Hint: {hint}")
-    elif np.shape(answer) == np.shape(expected) and np.allclose(answer, expected, rtol=1e-6):
-        print(f"{name}: right.")
-    else:
-        print(f"{name}: not right yet (expected shape {np.shape(expected)}, "
-              f"got {np.shape(answer)}). Hint: {hint}")
-
+from exercises import check
 
 _, _means_1, _tied = gmm.m_step(X, resp, "tied", reg_covar=0.0)
 check("Exercise 1", tied_covariance(X, resp, _means_1), _tied,
