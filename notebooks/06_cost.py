@@ -20,7 +20,8 @@
 # to every other, which costs $O(N^2 C)$ time and an $N \times N$ attention matrix of memory;
 # EM attention lets every pixel attend to $K$ bases, $O(NKC)$ per iteration, with $K$ fixed
 # (64 in the paper). This notebook measures both over feature-map sizes (time, FLOPs and
-# memory) and sets the measurements against the two complexities.
+# memory), sets the measurements against the two complexities and fits the exponents they
+# actually follow. Two exercises close it.
 #
 # The sizes are kept small so that the notebook runs in seconds on a laptop CPU; the
 # benchmarks in `benchmarks/` measure the paper's sizes ($C = 512$, $65 \times 65$ and
