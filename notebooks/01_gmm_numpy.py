@@ -187,8 +187,8 @@ def log_density_by_formula(X, means, covariances):
 
 log_density = gmm.log_gaussian_density(X, means, precisions_cholesky, "full")  # (N, K)
 np.testing.assert_allclose(log_density, log_density_by_formula(X, means, covariances), rtol=1e-12)
-np.testing.assert_allclose(log_density[:, 0], multivariate_normal(means[0], covariances[0]).logpdf(X),
-                           rtol=1e-12)
+scipy_log_density = multivariate_normal(means[0], covariances[0]).logpdf(X)  # (N,) component 0
+np.testing.assert_allclose(log_density[:, 0], scipy_log_density, rtol=1e-12)
 print("eq. (3): package == formula == scipy.stats")
 
 # %% [markdown]

@@ -149,10 +149,12 @@ fig, ax = diagrams.canvas(36, 16, (14, 6.3),
 X_box = diagrams.tensor(ax, 0.5, 2, 3, 10, "$X$", "N × C")
 mu0 = diagrams.tensor(ax, 5.5, 13.2, 3, 1.2, r"$\mu^{(0)}$", "K × C", diagrams.BASES_COLOUR,
                       shape_at="right")
-a_e = diagrams.operation(ax, 8.5, 7, 5.2, 2.2, "A$_E$\n" r"$Z = \mathrm{softmax}_k(\lambda X \mu^\top)$")
+a_e = diagrams.operation(ax, 8.5, 7, 5.2, 2.2,
+                         "A$_E$\n" r"$Z = \mathrm{softmax}_k(\lambda X \mu^\top)$")
 Z_box = diagrams.tensor(ax, 13.2, 2, 1.2, 10, "$Z$", "N × K", diagrams.ATTENTION_COLOUR)
 a_m = diagrams.operation(ax, 19.8, 7, 8.0, 3.0,
-                         "A$_M$\n" r"$\mu_k = \sum_n z_{nk} x_n \,/\, (\epsilon + \sum_n z_{nk})$" "\n"
+                         "A$_M$\n"
+                         r"$\mu_k = \sum_n z_{nk} x_n \,/\, (\epsilon + \sum_n z_{nk})$" "\n"
                          r"$\mu_k \leftarrow \mu_k / \|\mu_k\|$  (back onto the sphere)")
 mu_t = diagrams.tensor(ax, 18.3, 13.2, 3, 1.2, r"$\mu^{(t)}$", "K × C", diagrams.BASES_COLOUR,
                        shape_at="right")

@@ -351,13 +351,13 @@ assert torch.equal(before["conv_in.weight"], unit.conv_in.weight)
 
 # %% [markdown]
 # The EM therefore runs on a **fixed random projection** $X' = W X + b$ of the features, with
-# $W$ drawn once (Kaiming normal) and $b = 0$. It loses nothing in principle: a random square
-# matrix is invertible (if badly conditioned). But it is not a rotation: it stretches some directions and shrinks
-# others, as the spread of its singular values shows, so angles between features, which is
-# what A$_E$ compares, are distorted in a fixed way. What adapts is everything around it:
-# the backbone and the $3\times3$ convolution before the unit learn to produce features
-# whose *projections* group well, and `conv_out` and BatchNorm learn to use the
-# reconstruction. For the paper's $C = 512$:
+# $W$ drawn once (Kaiming normal) and $b = 0$ under the default initialisation. It loses
+# nothing in principle: a random square matrix is invertible (if badly conditioned). But it
+# is not a rotation: it stretches some directions and shrinks others, as the spread of its
+# singular values shows, so angles between features, which is what A$_E$ compares, are
+# distorted in a fixed way. What adapts is everything around it: the backbone and the
+# $3\times3$ convolution before the unit learn to produce features whose *projections* group
+# well, and `conv_out` and BatchNorm learn to use the reconstruction. For the paper's $C = 512$:
 
 # %%
 projection = EMAU(512, num_bases=64).conv_in.weight.detach().reshape(512, 512)  # (C, C)

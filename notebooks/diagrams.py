@@ -49,8 +49,9 @@ def arrow(ax, start, end, text=None, curve=0.0, colour="k", text_offset=(0.0, 0.
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color=colour,
                                  connectionstyle=f"arc3,rad={curve}", lw=1.2))
     if text:
-        middle = ((start[0] + end[0]) / 2 + text_offset[0], (start[1] + end[1]) / 2 + text_offset[1])
-        ax.text(*middle, text, ha="center", va="bottom", fontsize=8.5, color=colour)
+        middle_x = (start[0] + end[0]) / 2 + text_offset[0]
+        middle_y = (start[1] + end[1]) / 2 + text_offset[1]
+        ax.text(middle_x, middle_y, text, ha="center", va="bottom", fontsize=8.5, color=colour)
 
 
 def right_of(box, gap=0.0):
