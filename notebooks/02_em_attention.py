@@ -18,25 +18,29 @@
 #
 # Notebook 1 fitted full Gaussian mixtures. EMANet runs something much leaner on every
 # feature map: three EM iterations with a fixed kernel, no covariances, no mixing weights.
-# This notebook derives that special case from the mixture, looks at its two knobs (the
-# inverse temperature $\lambda$ and the L2 normalisation of the bases), at what the
-# reconstruction with $K$ bases keeps and loses, and at the non-local block as the case
-# where every pixel is a basis.
+# This notebook derives that special case from the mixture, including its L2 normalisation,
+# which turns out to be the M-step under the unit-length constraint the derivation assumes
+# (EM for a von Mises-Fisher mixture). It then looks at the two knobs (the inverse
+# temperature $\lambda$ and that normalisation), at what the reconstruction with $K$ bases
+# keeps and loses, with sliders to explore, and at the non-local block as the case where
+# every pixel is a basis. Three exercises close it.
 
 # %%
-import inspect
-
+import ipywidgets
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
+from scipy.special import softmax
 from sklearn.datasets import load_sample_image
 from sklearn.decomposition import PCA
 
+import diagrams
 from em_tutorial import ema, gmm, non_local
 
 rng = np.random.default_rng(0)
 
 # %% [markdown]
-# ## The derivation
+# ## The E-step: a softmax of dot products
 #
 # Start from the mixture's E-step (5) and make three choices: spherical covariances
 # $\Sigma_k = \sigma^2 I$, uniform mixing weights $\pi_k = 1/K$, and unit-length pixels
@@ -53,23 +57,16 @@ rng = np.random.default_rng(0)
 # denominator of (5). What is left is a softmax over the bases of a dot product:
 #
 # $$
-# z_{nk} = \frac{\exp(\lambda\, x_n^\top \mu_k)}{\sum_{j=1}^{K} \exp(\lambda\, x_n^\top \mu_j)},
+# \text{A}_E:\quad z_{nk} = \frac{\exp(\lambda\, x_n^\top \mu_k)}{\sum_{j=1}^{K} \exp(\lambda\, x_n^\top \mu_j)},
 # \qquad \lambda = \frac{1}{\sigma^2}.
 # $$
 #
-# That is EM attention's E-step, A$_E$. In the package it is one matrix product and one
-# softmax:
-
-# %%
-print(inspect.getsource(ema.attention_e_step))
-
-# %% [markdown]
-# The claim is checkable: `ema.spherical_gmm_parameters` writes down the mixture (means
-# $\mu$, precision $1/\sigma = \sqrt{\lambda}$ for every component, uniform weights), and the
-# general E-step of `em_tutorial.gmm` on that mixture gives the same responsibilities as
-# A$_E$. Unit-length pixels are more than it needs: $\lVert x_n \rVert^2$ is the same for every
-# $k$ and cancels whatever it is; the bases must share one length, or
-# $-\lambda \lVert \mu_k \rVert^2 / 2$ stays in the logits.
+# Two checks: the formula in two lines of NumPy equals the package's A$_E$, and the general
+# E-step of `em_tutorial.gmm` on the spherical mixture that `ema.spherical_gmm_parameters`
+# writes down (means $\mu$, precision $\sqrt{\lambda}$, uniform weights) gives the same
+# responsibilities. Unit-length pixels are more than it needs: $\lVert x_n \rVert^2$ is the
+# same for every $k$ and cancels whatever it is; the bases must share one length, or
+# $-\lambda \lVert \mu_k \rVert^2 / 2$ stays in the logits (exercise 1).
 
 # %%
 N, C, K, lam = 500, 16, 8, 4.0
@@ -78,13 +75,29 @@ x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit-length pixels
 mu = rng.standard_normal((K, C))
 mu /= np.linalg.norm(mu, axis=1, keepdims=True)  # unit-length bases
 
-z_attention = ema.attention_e_step(x, mu, lam)
-z_mixture = gmm.e_step(x, **ema.spherical_gmm_parameters(mu, lam))
-print("largest difference, mixture E-step vs A_E:", np.max(np.abs(z_mixture - z_attention)))
+z = softmax(lam * x @ mu.T, axis=1)  # (N, C) @ (C, K) -> (N, K): A_E by its formula
+np.testing.assert_allclose(ema.attention_e_step(x, mu, lam), z, rtol=1e-12)
+np.testing.assert_allclose(gmm.e_step(x, **ema.spherical_gmm_parameters(mu, lam)), z, rtol=1e-9)
+print("A_E: formula == ema.attention_e_step == gmm.e_step on the spherical mixture")
 
 # %% [markdown]
-# The M-step (7) keeps only its mean update, followed by a step the mixture does not have,
-# the L2 normalisation that puts each basis back on the unit sphere:
+# ## The M-step: a mean, then back onto the sphere
+#
+# The mixture's M-step (7) keeps only its mean update, since covariances and weights are
+# fixed. But the derivation above *assumed* $\lVert \mu_k \rVert = 1$, so the M-step must
+# maximise $Q$ over unit vectors only. The part of $Q$ that depends on $\mu_k$ is, with unit
+# bases, $\lambda \sum_n z_{nk}\, x_n^\top \mu_k$ (plus constants); with a Lagrange multiplier
+# $\beta_k$ for the constraint $\mu_k^\top \mu_k = 1$,
+#
+# $$
+# \frac{\partial}{\partial \mu_k}\Big[\lambda \sum_n z_{nk}\, x_n^\top \mu_k - \beta_k(\mu_k^\top \mu_k - 1)\Big]
+# = \lambda \sum_n z_{nk}\, x_n - 2\beta_k\, \mu_k = 0
+# \quad\Longrightarrow\quad
+# \mu_k = \frac{\sum_n z_{nk}\, x_n}{\big\lVert \sum_n z_{nk}\, x_n \big\rVert}.
+# $$
+#
+# The weighted mean, then divided by its length: dividing by $N_k = \sum_n z_{nk}$ first
+# changes nothing in the direction. That is exactly EMANet's A$_M$ with its L2 normalisation,
 #
 # $$
 # \text{A}_M:\quad \mu_k = \frac{\sum_n z_{nk}\, x_n}{\epsilon + \sum_n z_{nk}},
@@ -92,22 +105,90 @@ print("largest difference, mixture E-step vs A_E:", np.max(np.abs(z_mixture - z_
 # \qquad \epsilon = 10^{-6}.
 # $$
 #
-# After $T$ iterations the reconstruction (8) re-expresses every pixel with the bases,
-# A$_R$: $\tilde x_n = \sum_k z_{nk}\, \mu_k$. The whole of EM attention:
+# So the L2 step is not an addition to EM: it is the M-step of the constrained model. With
+# unit-length data this model is a mixture of **von Mises-Fisher** distributions on the
+# sphere, $p(x \mid \mu_k) \propto \exp(\kappa\, \mu_k^\top x)$, with one shared, fixed
+# concentration $\kappa = \lambda$; its EM (Banerjee et al., JMLR 2005) has precisely these
+# two steps. The check: the constrained maximiser equals the package's A$_M$ (up to
+# $\epsilon$), and no unit vector among 20 000 random ones scores a higher $Q$.
 
 # %%
-print(inspect.getsource(ema.em_iterations))
-print(inspect.getsource(ema.attention_m_step))
+weighted_sum = z.T @ x  # (K, N) @ (N, C) -> (K, C): sum_n z_nk x_n
+constrained = weighted_sum / np.linalg.norm(weighted_sum, axis=1, keepdims=True)  # (K, C)
+package = ema.l2_normalize(ema.attention_m_step(x, z))
+np.testing.assert_allclose(package, constrained, rtol=1e-5)
+
+candidates = ema.l2_normalize(rng.standard_normal((20_000, C)))  # (M, C), random unit vectors
+q_candidates = weighted_sum @ candidates.T  # (K, M): sum_n z_nk x_n^T mu for every candidate
+q_ours = np.sum(weighted_sum * constrained, axis=1)  # (K,)
+assert np.all(q_ours >= q_candidates.max(axis=1))
+print("A_M + L2 == the constrained maximiser of Q; best random unit vector reaches "
+      f"{np.mean(q_candidates.max(axis=1) / q_ours):.0%} of its Q (mean over bases)")
 
 # %% [markdown]
+# After $T$ iterations the reconstruction (8) re-expresses every pixel with the bases,
+# A$_R$: $\tilde x_n = \sum_k z_{nk}\, \mu_k$. The whole of EM attention, written out and
+# checked against `ema.em_attention`, and drawn with the tensors at their shapes:
+
+# %%
+def em_attention_by_formula(x, mu, n_iter=3, lam=1.0, eps=1e-6):
+    for _ in range(n_iter):
+        z = softmax(lam * x @ mu.T, axis=-1)  # A_E: (N, K)
+        mu = z.T @ x / (eps + z.sum(axis=0)[:, None])  # A_M: (K, N) @ (N, C) -> (K, C)
+        mu = mu / (eps + np.linalg.norm(mu, axis=1, keepdims=True))  # back onto the sphere
+    return z, mu, z @ mu  # A_R: (N, K) @ (K, C) -> (N, C)
+
+
+for ours, theirs in zip(em_attention_by_formula(x, mu, lam=lam), ema.em_attention(x, mu, lam=lam)):
+    np.testing.assert_allclose(theirs, ours, rtol=1e-10, atol=1e-14)
+print("EM attention: formula == ema.em_attention")
+
+# %%
+fig, ax = diagrams.canvas(36, 16, (14, 6.3),
+                          r"EM attention: T iterations of A$_E$ and A$_M$, then A$_R$")
+X_box = diagrams.tensor(ax, 0.5, 2, 3, 10, "$X$", "N × C")
+mu0 = diagrams.tensor(ax, 5.5, 13.2, 3, 1.2, r"$\mu^{(0)}$", "K × C", diagrams.BASES_COLOUR,
+                      shape_at="right")
+a_e = diagrams.operation(ax, 8.5, 7, 5.2, 2.2,
+                         "A$_E$\n" r"$Z = \mathrm{softmax}_k(\lambda X \mu^\top)$")
+Z_box = diagrams.tensor(ax, 13.2, 2, 1.2, 10, "$Z$", "N × K", diagrams.ATTENTION_COLOUR)
+a_m = diagrams.operation(ax, 19.8, 7, 8.0, 3.0,
+                         "A$_M$\n"
+                         r"$\mu_k = \sum_n z_{nk} x_n \,/\, (\epsilon + \sum_n z_{nk})$" "\n"
+                         r"$\mu_k \leftarrow \mu_k / \|\mu_k\|$  (back onto the sphere)")
+mu_t = diagrams.tensor(ax, 18.3, 13.2, 3, 1.2, r"$\mu^{(t)}$", "K × C", diagrams.BASES_COLOUR,
+                       shape_at="right")
+a_r = diagrams.operation(ax, 27.6, 7, 3.8, 2.0, "A$_R$\n" r"$\tilde X = Z \mu^{(T)}$")
+X_tilde = diagrams.tensor(ax, 32, 2, 3, 10, r"$\tilde X$", "N × C")
+diagrams.arrow(ax, diagrams.right_of(X_box), diagrams.left_of(a_e, 0.1))
+diagrams.arrow(ax, diagrams.bottom_of(mu0), diagrams.top_of(a_e, 0.1))
+diagrams.arrow(ax, diagrams.right_of(a_e, 0.1), diagrams.left_of(Z_box))
+diagrams.arrow(ax, diagrams.right_of(Z_box), diagrams.left_of(a_m, 0.1))
+diagrams.arrow(ax, (3.5, 2.5), diagrams.bottom_of(a_m, 0.1), curve=0.25, text="$X$",
+               text_offset=(0, -2.6))
+diagrams.arrow(ax, diagrams.top_of(a_m, 0.1), diagrams.bottom_of(mu_t))
+diagrams.arrow(ax, diagrams.left_of(mu_t), (10, 8.3), curve=0.25, colour="tab:red",
+               text="repeat T times\n(under no-grad in EMANet)", text_offset=(-0.5, 2.3))
+diagrams.arrow(ax, diagrams.right_of(mu_t, 1.6), diagrams.top_of(a_r, 0.1), curve=-0.3,
+               text=r"$\mu^{(T)}$", text_offset=(1.0, 0.3))
+diagrams.arrow(ax, (14.4, 3), diagrams.bottom_of(a_r, 0.1), curve=0.2, text="$Z$",
+               text_offset=(0, -2.3))
+diagrams.arrow(ax, diagrams.right_of(a_r, 0.1), diagrams.left_of(X_tilde))
+plt.show()
+
+# %% [markdown]
+# The $N \times K$ matrix $Z$ is the only large thing EM attention creates; compare the
+# $N \times N$ of the non-local block at the end of this notebook.
+#
 # ## The inverse temperature $\lambda$
 #
-# $\lambda = 1/\sigma^2$ sets how sharply a pixel chooses among the bases. Small $\lambda$
-# (wide Gaussians) shares every pixel among all of them; large $\lambda$ gives each pixel to
-# its nearest basis alone, the hard assignment of k-means. Below, points on the unit circle
-# and $K = 3$ bases; each point is coloured by its responsibilities $(z_{n1}, z_{n2}, z_{n3})$
-# read as red, green and blue, so pure colours mean hard assignments and grey means
-# "undecided". The bases are run through $T = 3$ iterations of EM attention.
+# $\lambda = 1/\sigma^2$ (or $\kappa$ of the vMF) sets how sharply a pixel chooses among the
+# bases. Small $\lambda$ (wide Gaussians) shares every pixel among all of them; large
+# $\lambda$ gives each pixel to its nearest basis alone, the hard assignment of spherical
+# k-means. Below, points on the unit circle and $K = 3$ bases; each point is coloured by its
+# responsibilities $(z_{n1}, z_{n2}, z_{n3})$ read as red, green and blue, so pure colours
+# mean hard assignments and grey means "undecided". The bases are run through $T = 3$
+# iterations of EM attention.
 
 # %%
 angles = np.concatenate([rng.normal(a, 0.35, 150) for a in (0.3, 2.4, 4.3)])
@@ -115,15 +196,15 @@ circle = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (N, 2), unit leng
 bases_0 = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # (K, 2)
 
 lams = (0.5, 2.0, 8.0, 50.0)
-fig, axes = plt.subplots(1, len(lams), figsize=(3.2 * len(lams), 3.3))
+fig, axes = plt.subplots(1, len(lams), figsize=(3.2 * len(lams), 3.4))
 for ax, lam in zip(axes, lams):
     z, bases, _ = ema.em_attention(circle, bases_0, n_iter=3, lam=lam)
     ax.scatter(*circle.T, c=z, s=12)
     ax.scatter(*bases.T, c="k", marker="x", s=80)
-    ax.set_title(f"$\\lambda$ = {lam}")
-    ax.set_aspect("equal")
-    ax.axis("off")
-fig.suptitle("responsibilities as colours; crosses = bases after T = 3", y=1.02)
+    ax.set(title=f"$\\lambda$ = {lam}", aspect="equal", xlabel="$x_1$")
+axes[0].set_ylabel("$x_2$")
+fig.suptitle("responsibilities as colours (red, green, blue = bases 1, 2, 3); "
+             "crosses = bases after T = 3", y=1.02)
 plt.show()
 
 # %% [markdown]
@@ -138,12 +219,12 @@ def mean_entropy(z):
 lam_grid = np.geomspace(0.1, 300, 30)
 entropies = [mean_entropy(ema.em_attention(circle, bases_0, n_iter=3, lam=lam)[0])
              for lam in lam_grid]
-plt.figure(figsize=(5, 3))
-plt.semilogx(lam_grid, entropies)
-plt.axhline(np.log(3), color="grey", ls=":", label="$\\ln K$ (uniform)")
-plt.xlabel("$\\lambda$")
-plt.ylabel("mean entropy of $z_{n\\cdot}$")
-plt.legend()
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.semilogx(lam_grid, entropies, label="after T = 3")
+ax.axhline(np.log(3), color="grey", ls=":", label="$\\ln K$ (uniform)")
+ax.set(xlabel="$\\lambda$", ylabel="mean entropy of $z_{n\\cdot}$ (nats)",
+       title="how soft the assignments are")
+ax.legend()
 plt.show()
 
 # %% [markdown]
@@ -151,21 +232,26 @@ plt.show()
 # **not** normalised, only its bases are, so the logit $\lambda x_n^\top \mu_k$ has the scale
 # of $\lambda \lVert x_n \rVert$. A backbone that makes its features longer makes the
 # assignments harder; the length of a feature is a per-pixel temperature the network learns.
+# (The constrained M-step above still holds for such pixels: it never used
+# $\lVert x_n \rVert = 1$.)
 #
-# ## What the L2 normalisation prevents
+# ## What the constraint changes, measured
 #
-# Without it the bases take the scale of the features, and the logits $x_n^\top \mu_k$ scale
-# with its *square*. Multiply toy features (eight clusters, mean length 1) by $s$ and run
-# $T = 3$ iterations both ways. With normalised bases the logits grow like $s$ and the
-# assignments sharpen gradually. Without, short features make short bases (the mean of
-# softly shared pixels), every pixel stays shared by all bases and the grouping is lost;
-# long features make long bases and the softmax snaps to one-hot at the first step, so the
-# first, random assignment is frozen in. The un-normalised variant below is the package's own
-# A$_E$ and A$_M$ steps, with the `l2_normalize` step left out.
-
-# %%
-print(inspect.getsource(ema.l2_normalize))
-
+# Drop the L2 step and the bases are plain weighted means: they take the scale of the
+# features, and the logits $x_n^\top \mu_k$ then scale with its *square*. The E-step is also
+# no longer the posterior of any spherical mixture, since the bases' lengths now differ and
+# $-\lambda\lVert\mu_k\rVert^2/2$ is missing from the logits (longer bases take more pixels).
+# Toy features with eight known clusters (mean length 1) are multiplied by a scale $s$, and
+# $T = 3$ iterations run both ways from the same random bases. Three measurements:
+#
+# - **purity** of the grouping: give every point to its most responsible basis, and count
+#   the points that share their basis with the majority of their own cluster (1 is a perfect
+#   grouping; the grey line is the purity of the first, random assignment, from
+#   $\mu^{(0)}$);
+# - **hardness**: the mean of $\max_k z_{nk}$ (1 is one-hot, $1/K$ uniform);
+# - the mean **length** of the bases.
+#
+# Blue is always "with L2 (EMANet)", orange "without".
 
 # %%
 def iterate_without_l2(x, mu, n_iter=3):
@@ -175,37 +261,61 @@ def iterate_without_l2(x, mu, n_iter=3):
     return z, mu
 
 
+def purity(z, labels):
+    """Fraction of points whose most responsible basis is held by their cluster's majority."""
+    hard = z.argmax(axis=1)  # (N,)
+    return sum(np.bincount(labels[hard == k]).max() for k in np.unique(hard)) / len(labels)
+
+
 clusters = rng.standard_normal((K, C))  # (K, C) centres of the toy features
-features = clusters[rng.integers(0, K, N)] + 0.7 * rng.standard_normal((N, C))  # (N, C)
+labels = rng.integers(0, K, N)  # (N,) the true cluster of every point
+features = clusters[labels] + 0.7 * rng.standard_normal((N, C))  # (N, C)
 features /= np.linalg.norm(features, axis=1).mean()  # mean length 1
 bases_0 = ema.l2_normalize(rng.standard_normal((K, C)))
 
 scales = np.geomspace(0.3, 30, 15)
-with_l2, without_l2, base_norms = [], [], []
+runs = {"with L2 (EMANet)": [], "without": []}
 for s in scales:
-    z, _, _ = ema.em_attention(s * features, bases_0, n_iter=3)
-    with_l2.append(mean_entropy(z))
+    z, mu_l2, _ = ema.em_attention(s * features, bases_0, n_iter=3)
+    runs["with L2 (EMANet)"].append((purity(z, labels), z.max(axis=1).mean(), 1.0))
     z, mu_raw = iterate_without_l2(s * features, bases_0)
-    without_l2.append(mean_entropy(z))
-    base_norms.append(np.linalg.norm(mu_raw, axis=1).mean())
+    runs["without"].append((purity(z, labels), z.max(axis=1).mean(),
+                            np.linalg.norm(mu_raw, axis=1).mean()))
+first_purity = purity(ema.attention_e_step(features, bases_0), labels)  # the same at every s
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
-left.semilogx(scales, with_l2, label="with L2 normalisation (EMANet)")
-left.semilogx(scales, without_l2, label="without")
-left.axhline(np.log(K), color="grey", ls=":", label="$\\ln K$")
-left.set(xlabel="feature scale $s$", ylabel="mean entropy of $z$",
-         title="how soft the assignments stay")
-left.legend()
-right.loglog(scales, base_norms, label="without: $\\|\\mu_k\\|$ follows $s$")
-right.loglog(scales, np.ones_like(scales), label="with: $\\|\\mu_k\\| = 1$")
-right.set(xlabel="feature scale $s$", ylabel="mean $\\|\\mu_k\\|$", title="length of the bases")
-right.legend()
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+for (name, values), colour in zip(runs.items(), ("tab:blue", "tab:orange")):
+    for ax, column in zip(axes, np.array(values).T):
+        ax.semilogx(scales, column, "o-", ms=3, color=colour, label=name)
+axes[0].axhline(first_purity, color="grey", ls=":", label="first assignment")
+axes[1].axhline(1 / K, color="grey", ls=":", label="uniform, $1/K$")
+axes[2].set_yscale("log")
+for ax, ylabel, title in zip(axes, ("purity after T = 3", r"mean $\max_k z_{nk}$",
+                                    r"mean $\|\mu_k\|$"),
+                             ("grouping", "hardness of the assignments", "length of the bases")):
+    ax.set(xlabel="feature scale $s$", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
+for name, values in runs.items():
+    print(f"{name:17s} purity at s = 0.3: {values[0][0]:.2f},  at s = 30: {values[-1][0]:.2f}")
 
 # %% [markdown]
-# The normalisation also makes the bases comparable across images and batches, which is what
-# lets EMANet keep a moving average of them (notebook 4).
+# What the measurements say, and what they do not:
+#
+# - The **temperature** is where the two differ. With the constraint the hardness grows
+#   gradually with $s$ (logits $\propto s$); without it, it swings from nearly uniform to
+#   one-hot over a much shorter range of scales (logits $\propto s^2$), because the bases'
+#   length follows $s$ (right panel).
+# - The **grouping** itself is not ruined by dropping the step on these well-separated toy
+#   clusters: at large $s$ both runs end far above the first, random assignment (the
+#   constrained one somewhat higher), so nothing is "frozen in": a one-hot E-step is hard EM
+#   (k-means), which still moves its assignments. At small $s$ both stay near the first assignment: soft assignments shared
+#   by all bases pull every basis towards the same global mean.
+#
+# The normalisation matters for two other reasons: it keeps the E-step a true posterior (the
+# model the derivation is about), and it makes the bases of different images comparable,
+# which is what lets EMANet keep a moving average of them (notebook 4).
 #
 # ## Reconstruction with $K$ bases
 #
@@ -224,26 +334,32 @@ photo = load_sample_image("china.jpg")[::8, ::8] / 255.0  # (H, W, 3) in [0, 1]
 H, W, _ = photo.shape
 whitening = PCA(n_components=3, whiten=True).fit(photo.reshape(-1, 3))
 colours = whitening.transform(photo.reshape(-1, 3))  # (N, 3), whitened colours
-print(f"{H} x {W} = {H * W} pixels, "
-      f"mean feature length {np.linalg.norm(colours, axis=1).mean():.2f}")
+lengths = np.linalg.norm(colours, axis=1, keepdims=True)  # (N, 1)
+print(f"{H} x {W} = {H * W} pixels, mean feature length {lengths.mean():.2f}")
 
 
-def random_pixels(k):
+def random_pixels(k, seed=0):
     """k distinct pixels, L2-normalised: the initial bases."""
-    return ema.l2_normalize(colours[rng.choice(len(colours), k, replace=False)])
+    chosen = np.random.default_rng(seed).choice(len(colours), k, replace=False)
+    return ema.l2_normalize(colours[chosen])
 
 
 K_maps, lam_photo = 6, 5.0
 z, bases, x_tilde = ema.em_attention(colours, random_pixels(K_maps), n_iter=3, lam=lam_photo)
 
-fig, axes = plt.subplots(1, K_maps + 1, figsize=(2.2 * (K_maps + 1), 2))
+fig, axes = plt.subplots(2, 4, figsize=(14, 5.4), layout="constrained")
+axes = axes.ravel()
 axes[0].imshow(photo)
 axes[0].set_title("image")
 for k in range(K_maps):
-    axes[k + 1].imshow(z[:, k].reshape(H, W), cmap="viridis", vmin=0, vmax=1)
-    axes[k + 1].set_title(f"basis {k}")
+    shown = axes[k + 1].imshow(z[:, k].reshape(H, W), cmap="viridis", vmin=0, vmax=1)
+    axes[k + 1].set_title(f"basis {k}: $z_{{\\cdot {k}}}$")
+axes[-1].imshow(z.argmax(axis=1).reshape(H, W), cmap="tab10", vmin=0, vmax=9,
+                interpolation="nearest")
+axes[-1].set_title(r"most responsible basis")
 for ax in axes:
     ax.axis("off")
+fig.colorbar(shown, ax=axes.tolist(), shrink=0.6, label="responsibility $z_{nk}$")
 plt.show()
 
 # %% [markdown]
@@ -258,36 +374,91 @@ plt.show()
 #   nearest mixture of common ones, which is the *denoising* effect the paper describes.
 #
 # The reconstructions below are turned back into colours by giving each $\tilde x_n$ the
-# length of $x_n$ and undoing the whitening, for display only. The curve measures how well the
-# direction is kept: the mean cosine similarity between $x_n$ and $\tilde x_n$. EM has
-# nothing that pushes bases apart, so once $K$ exceeds the number of distinct directions in
-# the data some bases merge, and each extra basis pays less.
+# length of $x_n$ and undoing the whitening, for display only. The last panel measures how
+# well the direction is kept: the mean cosine similarity between $x_n$ and $\tilde x_n$. EM
+# has nothing that pushes bases apart, so once $K$ exceeds the number of distinct directions
+# in the data some bases merge, and each extra basis pays less.
 
 # %%
+def reconstruction(k, n_iter=3, lam=lam_photo):
+    """The photo as A_R paints it with k bases, and the mean cos(x_n, x~_n)."""
+    _, _, x_tilde = ema.em_attention(colours, random_pixels(k), n_iter=n_iter, lam=lam)
+    directions = x_tilde / np.linalg.norm(x_tilde, axis=1, keepdims=True)  # (N, 3)
+    cosine = float(np.mean(np.sum(directions * colours / lengths, axis=1)))
+    shown = whitening.inverse_transform(directions * lengths)  # display only
+    return np.clip(shown.reshape(H, W, 3), 0, 1), cosine
+
+
 Ks = (2, 3, 4, 6, 8, 16)
-lengths = np.linalg.norm(colours, axis=1, keepdims=True)  # (N, 1)
-fig, axes = plt.subplots(1, len(Ks) + 1, figsize=(2.2 * (len(Ks) + 1), 2))
+fig, axes = plt.subplots(2, 4, figsize=(14, 5.6))
+axes = axes.ravel()
 axes[0].imshow(photo)
 axes[0].set_title("image")
 cosines = []
 for ax, k in zip(axes[1:], Ks):
-    _, _, x_tilde = ema.em_attention(colours, random_pixels(k), n_iter=3, lam=lam_photo)
-    directions = x_tilde / np.linalg.norm(x_tilde, axis=1, keepdims=True)  # (N, 3)
-    cosines.append(float(np.mean(np.sum(directions * colours / lengths, axis=1))))
-    shown = whitening.inverse_transform(directions * lengths)  # display only
-    ax.imshow(np.clip(shown.reshape(H, W, 3), 0, 1))
-    ax.set_title(f"K = {k}")
-for ax in axes:
+    image, cosine = reconstruction(k)
+    cosines.append(cosine)
+    ax.imshow(image)
+    ax.set_title(f"$\\tilde x$ with K = {k}")
+for ax in axes[:-1]:
     ax.axis("off")
-plt.show()
-
-plt.figure(figsize=(4.5, 3))
-plt.plot(Ks, cosines, "o-")
-plt.xlabel("K")
-plt.ylabel("mean cos$(x_n, \\tilde x_n)$")
+axes[-1].plot(Ks, cosines, "o-")
+axes[-1].set(xlabel="K", ylabel=r"mean cos$(x_n, \tilde x_n)$", title="direction kept")
+plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ### Explore: $\lambda$, $K$ and $T$
+#
+# The three knobs on the photo at once: the hard segmentation, how sure each pixel is
+# ($\max_k z_{nk}$), and the reconstruction. The figure below is drawn for $\lambda = 5$,
+# $K = 6$, $T = 3$; in a live notebook the sliders under it redraw a copy with other values
+# (a headless run, such as the tests, shows the static figure only).
+
+# %%
+def explore(lam=5.0, K=6, T=3):
+    z, _, _ = ema.em_attention(colours, random_pixels(K), n_iter=T, lam=lam)
+    image, cosine = reconstruction(K, n_iter=T, lam=lam)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    axes[0].imshow(z.argmax(axis=1).reshape(H, W), cmap="tab20", vmin=0, vmax=19,
+                   interpolation="nearest")
+    axes[0].set_title(r"segmentation, $\arg\max_k z_{nk}$")
+    confident = axes[1].imshow(z.max(axis=1).reshape(H, W), cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title(r"confidence, $\max_k z_{nk}$")
+    fig.colorbar(confident, ax=axes[1], shrink=0.8)
+    axes[2].imshow(image)
+    axes[2].set_title(f"reconstruction (mean cos {cosine:.3f})")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"$\\lambda$ = {lam:g}, K = {K}, T = {T}")
+    plt.show()
+
+
+explore()
+sliders = {
+    "lam": ipywidgets.FloatLogSlider(value=5.0, base=10, min=-1, max=2, description="λ"),
+    "K": ipywidgets.IntSlider(value=6, min=2, max=16, description="K"),
+    "T": ipywidgets.IntSlider(value=3, min=1, max=12, description="T"),
+}
+live = ipywidgets.Output()
+
+
+def redraw(_change):
+    with live:
+        live.clear_output(wait=True)
+        explore(**{name: slider.value for name, slider in sliders.items()})
+
+
+for slider in sliders.values():
+    slider.observe(redraw, names="value")
+display(ipywidgets.HBox(list(sliders.values())), live)
+
+# %% [markdown]
+# Things to try: $\lambda = 0.1$ (every pixel undecided, the reconstruction collapses to a
+# single colour), $\lambda = 100$ (hard, k-means-like segments), $T = 1$ against $T = 12$
+# with $K = 16$ (more iterations let bases merge: count the distinct colours in the
+# segmentation).
+#
 # The rank bound on features with many channels ($C = 64$, $K = 8$): the features themselves
 # have full rank 64, their reconstruction rank 8.
 
@@ -336,3 +507,58 @@ for side in (33, 65, 97):
     n = side * side
     print(f"{side}x{side}: N x N = {n * n * 4 / 2**20:7.1f} MiB,  "
           f"N x K (K=64) = {n * 64 * 4 / 2**20:5.2f} MiB  (float32)")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
+# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right* or
+# *not right* once there is one.
+#
+# **Exercise 1: bases of different lengths.** Without the unit-length constraint the
+# spherical mixture's E-step keeps the term $-\lambda\lVert\mu_k\rVert^2/2$. Write that E-step
+# (a softmax over $k$) for bases of any length.
+
+# %% tags=["exercise"]
+def e_step_any_length(x, mu, lam):
+    """z_nk of the spherical mixture with means mu (K, C) of any length; x (N, C)."""
+    return None  # your answer here
+
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+from exercises import check
+
+_mu_long = rng.standard_normal((K, C)) * rng.uniform(0.5, 2.0, (K, 1))  # lengths differ
+check("Exercise 1", e_step_any_length(x, _mu_long, 2.0),
+      gmm.e_step(x, **ema.spherical_gmm_parameters(_mu_long, 2.0)),
+      "softmax over k of lam * (x_n . mu_k - |mu_k|^2 / 2).")
+
+# %% [markdown]
+# **Exercise 2: spherical k-means as the limit.** As $\lambda \to \infty$ the E-step becomes a
+# hard assignment. Write it: $z_{nk} = 1$ for the basis with the largest $x_n^\top\mu_k$, 0
+# for the others.
+
+# %% tags=["exercise"]
+def hard_e_step(x, mu):
+    """One-hot z (N, K): each pixel to the basis of largest dot product."""
+    return None  # your answer here
+
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+check("Exercise 2", hard_e_step(x, mu), ema.attention_e_step(x, mu, lam=1e6), atol=1e-9,
+      hint="np.eye(K)[np.argmax(x @ mu.T, axis=1)].")
+
+# %% [markdown]
+# **Exercise 3: the transformer's temperature.** Scaled dot-product attention divides the
+# logits by $\sqrt{C}$. Which $\lambda$ makes the non-local attention above (A$_E$ with
+# $\mu = X$) equal to $\mathrm{softmax}_j(x_i^\top x_j / \sqrt{C})$ on the crop, whose $C$ is
+# `crop.shape[1]`?
+
+# %% tags=["exercise"]
+lam_scaled = None  # your answer here: a number
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+_scaled = softmax(crop @ crop.T / np.sqrt(crop.shape[1]), axis=1)  # (N, N)
+check("Exercise 3",
+      None if lam_scaled is None else ema.attention_e_step(crop, crop, lam=lam_scaled), _scaled,
+      "lambda multiplies x_i . x_j; the transformer divides it by sqrt(C).")

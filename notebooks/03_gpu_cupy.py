@@ -14,27 +14,25 @@
 # ---
 
 # %% [markdown]
-# # 3. To the GPU with CuPy
+# # 3. Towards the GPU: one code path, and what fusion saves
 #
 # Two lessons. First, the NumPy code of notebooks 1 and 2 runs on a GPU *unchanged*: hand it
 # CuPy arrays and the same lines execute there. Second, "runs on the GPU" is not "fast on the
 # GPU": between its matrix products, EM attention is a chain of small element-wise steps,
-# each a separate pass over memory, and fusing them into custom kernels is where the time is.
-#
-# Cells that need a GPU carry the tag `gpu` and check `gpu_available()` first; on a machine
-# without one they say so and move on, and the last section shows the GPU figures recorded in
-# `benchmarks/RESULTS.md` instead.
+# each a separate pass over memory, and *fusing* them, so that the data crosses the memory
+# bus once instead of many times, is where the time is. That second lesson is measured here
+# on the CPU, where the same arithmetic of bytes holds; the GPU versions follow in cells
+# tagged `gpu`, which run only where a GPU is present.
 
 # %%
-import inspect
-from pathlib import Path
+import os
+import time
 
 import array_api_strict
+import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import Markdown, display
 
 from em_tutorial import backend, ema, gmm, gpu
-from em_tutorial.gpu import fused_ema, kernels
 
 rng = np.random.default_rng(0)
 print("GPU available:", backend.gpu_available())
@@ -43,30 +41,36 @@ print("GPU available:", backend.gpu_available())
 # ## One code path: the `xp` idiom
 #
 # Every numerical function in the package starts by asking its arguments which array library
-# they belong to, and then calls that library's functions by the names the
-# [Python array API standard](https://data-apis.org/array-api/) gives them (`xp.matmul`,
-# `xp.exp`, `xp.sum(..., axis=)`, ...). NumPy arrays get NumPy, CuPy arrays get CuPy:
+# they belong to, `xp = backend.get_array_module(x, mu)`, and then calls that library's
+# functions by the names the [Python array API standard](https://data-apis.org/array-api/)
+# gives them (`xp.matmul`, `xp.exp`, `xp.sum(..., axis=)`, ...). NumPy arrays get NumPy, CuPy
+# arrays get CuPy. A$_E$ written that way, never naming NumPy:
 
 # %%
-print(inspect.getsource(backend.get_array_module))
+def attention_e_step_xp(x, mu, lam=1.0):
+    """z = softmax_k(lambda x mu^T) on any array library."""
+    xp = backend.get_array_module(x, mu)
+    logits = lam * xp.matmul(x, xp.matrix_transpose(mu))  # (..., N, C) @ (C, K) -> (..., N, K)
+    logits = logits - xp.max(logits, axis=-1, keepdims=True)  # stable: the largest is 0
+    e = xp.exp(logits)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+x = rng.standard_normal((2, 400, 32))  # (B, N, C)
+mu = ema.l2_normalize(rng.standard_normal((8, 32)))  # (K, C)
+for name, convert in (("numpy", np.asarray), ("array_api_strict", array_api_strict.asarray)):
+    z = attention_e_step_xp(convert(x), convert(mu))
+    print(f"{name:17s} -> {type(z).__module__}.{type(z).__name__}")
+    np.testing.assert_allclose(np.asarray(z), ema.attention_e_step(x, mu), rtol=1e-12)
+print("both equal ema.attention_e_step")
 
 # %% [markdown]
-# A$_E$ of EM attention, for instance, never names NumPy:
-
-# %%
-print(inspect.getsource(ema.attention_e_step))
-print(inspect.getsource(ema.softmax))
-
-# %% [markdown]
-# How do we know no NumPy-only call slipped in, on a machine without a GPU?
-# `array_api_strict` is a CPU library that implements the standard and *nothing else*:
-# any call CuPy might not have fails there. The whole EM attention runs on its arrays and
+# How do we know no NumPy-only call slipped into the package, on a machine without a GPU?
+# `array_api_strict` is a CPU library that implements the standard and *nothing else*: any
+# call CuPy might not have fails there. The whole of EM attention runs on its arrays and
 # gives NumPy's numbers.
 
 # %%
-x = rng.standard_normal((2, 400, 32))  # (B, N, C)
-mu = ema.l2_normalize(rng.standard_normal((8, 32)))  # (K, C)
-
 z_numpy, mu_numpy, x_tilde_numpy = ema.em_attention(x, mu)
 z_strict, mu_strict, x_tilde_strict = ema.em_attention(array_api_strict.asarray(x),
                                                        array_api_strict.asarray(mu))
@@ -85,11 +89,9 @@ except TypeError as error:
     print("TypeError:", error)
 
 # %% [markdown]
-# ## The port, and the check that the numbers are equal
-#
-# On a GPU the drop-in port is two lines: move the arrays, call the same function. The
-# results stay on the device; `to_numpy` brings them back. In float64 the GPU agrees with
-# NumPy to rounding; in float32 (the GPU stage's default) to about $10^{-6}$ relative.
+# On a GPU the port is two lines: move the arrays, call the same function. The results stay
+# on the device; `to_numpy` brings them back. In float64 the GPU agrees with NumPy to
+# rounding; in float32 (the GPU stage's default) to about $10^{-6}$ relative.
 
 # %% tags=["gpu"]
 if backend.gpu_available():
@@ -121,35 +123,162 @@ print(f"float32, E[x^2] - mu^2:   {naive:.6f}")
 print(f"float32, gmm.m_step:      {variance[0, 0]:.6f}")
 
 # %% [markdown]
-# ## Making it fast: the fused kernel
+# ## What fusion saves: memory traffic, counted and timed on the CPU
 #
-# The plain CuPy version launches one kernel per array operation. Between the two matrix
-# products of an iteration, the $(B, N, K)$ responsibility matrix is read and written again
-# and again: scale by $\lambda$, row maximum, subtract, exponentiate, row sum, divide, column
-# sum, divide by $\epsilon + N_k$. The fused version does all of that in one kernel that holds
-# each row in registers, and folds the A$_M$ normalisation and the L2 norm into a second
-# kernel on the small $(K, C)$ matrix:
+# Between the two matrix products of an iteration, EM attention works on the $(B, N, K)$
+# matrix of logits and responsibilities: scale by $\lambda$, take each row's maximum,
+# subtract it, exponentiate, sum each row, divide, and sum each column for
+# $N_k = \sum_n z_{nk}$. Written as array operations, as `ema.softmax` and
+# `ema.attention_m_step` are, each step is one pass that reads its inputs from memory and
+# writes its result back. Little arithmetic is done per byte, so when the matrix is larger
+# than the processor's caches the time goes into moving bytes, not into computing.
+#
+# EMANet's feature map during training: a batch of $B = 16$ crops of $97 \times 97$ pixels
+# ($N = 9409$) and $K = 64$ bases. In float32 the matrix is 37 MiB, more than the caches of
+# most processors. Below, the chain one NumPy operation per step, each step logging the bytes
+# it reads and writes:
 
 # %%
-print(fused_ema.__doc__)
+B, N, K, lam = 16, 97 * 97, 64, 1.0
+logits = rng.standard_normal((B, N, K), dtype=np.float32)  # (B, N, K), as x mu^T leaves it
+print(f"logits: {logits.nbytes / 2**20:.1f} MiB")
+
+
+def unfused_chain(logits, lam, log=None):
+    """The element-wise steps of A_E and the counts N_k, one array operation (one pass) each."""
+    def step(name, result, *inputs):
+        if log is not None:
+            log.append((name, sum(a.nbytes for a in inputs), result.nbytes))
+        return result
+
+    scaled = step("scale by lambda", lam * logits, logits)
+    peak = step("row maximum", scaled.max(axis=-1, keepdims=True), scaled)  # (B, N, 1)
+    shifted = step("subtract the maximum", scaled - peak, scaled, peak)
+    e = step("exp", np.exp(shifted), shifted)
+    total = step("row sum", e.sum(axis=-1, keepdims=True), e)  # (B, N, 1)
+    z = step("divide by the sum", e / total, e, total)  # (B, N, K)
+    counts = step("column sum N_k", z.sum(axis=-2), z)  # (B, K)
+    return z, counts
+
+
+log = []
+z, counts = unfused_chain(logits, lam, log)
+np.testing.assert_allclose(z, ema.softmax(lam * logits), rtol=1e-6)
+unfused_bytes = sum(read + written for _, read, written in log)
+print(f"{'step':22s} {'read MiB':>9s} {'written MiB':>12s}")
+for name, read, written in log:
+    print(f"{name:22s} {read / 2**20:9.1f} {written / 2**20:12.1f}")
+print(f"{'total':22s} {unfused_bytes / 2**20:22.1f} MiB = {unfused_bytes / logits.nbytes:.1f} "
+      "passes over the matrix")
 
 # %% [markdown]
-# The first kernel, one warp per row $n$: the maximum and the sum of the softmax are warp
-# reductions, and each lane adds its $z_{nk}$ to per-warp column sums in shared memory, which
-# is $N_k = \sum_n z_{nk}$ computed without another pass over $Z$.
+# Seven passes read the matrix and four write it: eleven trips over the memory bus for data
+# that a single pass could handle. The fused formulation runs *all* the steps on a block of
+# rows while that block sits in the cache, then moves on to the next block. The logits are
+# read once and $z$ written once: two passes. On the GPU that is one kernel in which each
+# warp owns a row (below); on the CPU it is a loop over blocks of rows, each small enough for
+# the cache (1024 rows of $K = 64$ float32 are 256 KiB).
 
 # %%
-source = kernels.CUDA_SOURCE
-start = source.rfind("template", 0, source.index("__global__ void ema_softmax_colsum"))
-print(source[start : source.index("\n}\n", start) + 2])  # up to the kernel's closing brace
+def fused_chain(logits, lam, rows_per_block=1024):
+    """The same steps, a block of rows at a time: each block stays in cache through all of them."""
+    z = np.empty_like(logits)
+    counts = np.zeros(logits.shape[:-2] + logits.shape[-1:], logits.dtype)  # (B, K)
+    for b in range(logits.shape[0]):
+        for start in range(0, logits.shape[1], rows_per_block):
+            rows = slice(start, start + rows_per_block)
+            block = z[b, rows]  # a view into z: (rows, K)
+            np.multiply(logits[b, rows], lam, out=block)  # the one read of the logits
+            block -= block.max(axis=-1, keepdims=True)
+            np.exp(block, out=block)
+            block /= block.sum(axis=-1, keepdims=True)
+            counts[b] += block.sum(axis=0)  # N_k, while the block is still in cache
+    return z, counts
+
+
+z_fused, counts_fused = fused_chain(logits, lam)
+np.testing.assert_allclose(z_fused, z, rtol=1e-6)
+np.testing.assert_allclose(counts_fused, counts, rtol=1e-4)
+fused_bytes = logits.nbytes + z_fused.nbytes  # one read, one write
+print(f"fused: same z and N_k; {fused_bytes / 2**20:.1f} MiB moved, "
+      f"{unfused_bytes / fused_bytes:.1f}x less than unfused")
 
 # %% [markdown]
-# The Python side launches it between the two matrix products, which stay with cuBLAS:
+# Does the byte count predict the time? Measure how fast this machine moves memory (a plain
+# copy of a 64 MiB array reads and writes it once), time both chains (medians of seven runs:
+# the machine may be shared), and compare the time the fused chain saves with the time its
+# saved bytes take at that speed.
 
 # %%
-print(inspect.getsource(fused_ema._fused_iterations))
+def median_seconds(function, repeats=7):
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+source = np.ones(2**24, dtype=np.float32)  # 64 MiB
+target = np.empty_like(source)
+bandwidth = 2 * source.nbytes / median_seconds(lambda: np.copyto(target, source))  # bytes / s
+seconds = {"unfused": median_seconds(lambda: unfused_chain(logits, lam)),
+           "fused": median_seconds(lambda: fused_chain(logits, lam))}
+saved = seconds["unfused"] - seconds["fused"]
+predicted = (unfused_bytes - fused_bytes) / bandwidth
+print(f"copy bandwidth of this machine: {bandwidth / 1e9:.1f} GB/s")
+for name, moved in (("unfused", unfused_bytes), ("fused", fused_bytes)):
+    print(f"{name:8s} {1e3 * seconds[name]:7.1f} ms; its bytes alone, at copy speed, "
+          f"take {1e3 * moved / bandwidth:6.1f} ms")
+print(f"time saved by fusing: {1e3 * saved:.1f} ms measured, {1e3 * predicted:.1f} ms predicted "
+      "by the bytes saved")
+
+# %%
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+bottom = 0.0
+for (name, read, written), colour in zip(log, plt.cm.tab10.colors):
+    left.bar("unfused", (read + written) / 2**20, bottom=bottom, color=colour, label=name)
+    bottom += (read + written) / 2**20
+left.bar("fused", fused_bytes / 2**20, color="grey", label="fused: read once, write once")
+left.set(ylabel="MiB moved", title=f"bytes over the memory bus (B={B}, N={N}, K={K})")
+left.legend(fontsize=7, loc="upper right")
+names = list(seconds)
+right.bar(names, [1e3 * seconds[n] for n in names], color=["tab:orange", "tab:blue"],
+          label="measured (median)")
+right.scatter(names, [1e3 * b / bandwidth for b in (unfused_bytes, fused_bytes)], color="k",
+              marker="_", s=900, zorder=3, label="bytes / copy bandwidth")
+right.set(ylabel="ms", title="time of the chain")
+right.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
+# How to read the result on the machine that ran this notebook (the numbers change with the
+# machine and with whatever else runs on it):
+#
+# - the black marks are the time the bytes alone need at copy speed: a floor no
+#   implementation of that formulation can beat. The unfused chain's floor is several times
+#   the fused one's;
+# - the fused chain's time sits well above its own floor: with the traffic gone, what is
+#   left is arithmetic (mostly the 9.6 million exponentials) and NumPy's per-call overhead,
+#   which fusion does not remove;
+# - the time saved is of the order of the bytes saved divided by the bandwidth: fusion pays
+#   exactly because these steps are limited by memory, not by arithmetic. When the matrix
+#   fits in the cache (try `B = 1`), the unfused chain's extra passes are cheap and the gain
+#   shrinks.
+#
+# A GPU moves memory 20 to 50 times faster than this CPU, but it computes even faster than
+# that, so its element-wise steps are just as limited by memory, and each unfused step also
+# costs a kernel launch. The package's fused version does on the GPU what `fused_chain` does
+# here: the first kernel gives one warp (32 threads) to each row of $K$ logits, computes the
+# row's maximum and sum as warp reductions, writes $z$, and adds each row to per-block
+# column sums in shared memory, which is $N_k$ without another pass; a second kernel fuses
+# A$_M$'s division and the L2 normalisation on the small $(K, C)$ matrix. The matrix products
+# stay with cuBLAS. The CUDA source is `em_tutorial/gpu/kernels.py`.
+#
+# ## The fused kernels on the GPU
+#
 # Same numbers as the plain port (and so as NumPy):
 
 # %% tags=["gpu"]
@@ -165,17 +294,13 @@ else:
     print("No GPU here: cell skipped.")
 
 # %% [markdown]
-# ## Timing
-#
-# EMANet's feature map: a 769-pixel crop at output stride 8 is $97 \times 97$, so
-# $N = 9409$, with $C = 512$ channels, $K = 64$ bases and $T = 3$ iterations, float32.
-# `cupyx.profiler.benchmark` times GPU work correctly (with CUDA events, after a warm-up);
-# the CPU column is NumPy on this machine.
+# Timing at EMANet's size, float32: $B = 4$ feature maps of $97 \times 97$ pixels,
+# $C = 512$ channels, $K = 64$ bases, $T = 3$ iterations. `cupyx.profiler.benchmark` times
+# GPU work correctly (with CUDA events, after a warm-up); the CPU column is NumPy on the same
+# machine.
 
 # %% tags=["gpu"]
 if backend.gpu_available():
-    import time
-
     from cupyx.profiler import benchmark
 
     B, N, C, K = 4, 97 * 97, 512, 64
@@ -183,34 +308,88 @@ if backend.gpu_available():
     mu_big = ema.l2_normalize(rng.standard_normal((K, C), dtype=np.float32))
     x_big_gpu, mu_big_gpu = gpu.to_gpu(x_big, mu_big)
 
-    start = time.perf_counter()
-    ema.em_attention(x_big, mu_big)
-    seconds = {"NumPy (CPU)": time.perf_counter() - start}
+    timings = {"NumPy (CPU)": median_seconds(lambda: ema.em_attention(x_big, mu_big), repeats=3)}
     for name, function in (("plain CuPy", ema.em_attention), ("fused", gpu.em_attention_fused)):
         result = benchmark(function, (x_big_gpu, mu_big_gpu), n_repeat=20, n_warmup=3)
-        seconds[name] = float(np.median(result.gpu_times[0]))
+        timings[name] = float(np.median(result.gpu_times[0]))
     flops = (4 * 3 + 2) * B * N * K * C  # two (N, K, C) products per iteration + A_R
     print(f"B={B}, N={N}, C={C}, K={K}, T=3, float32")
-    for name, s in seconds.items():
+    for name, s in timings.items():
         print(f"{name:12s} {1e3 * s:9.2f} ms  {flops / s / 1e9:8.1f} GFLOP/s  "
-              f"x{seconds['NumPy (CPU)'] / s:7.1f} vs NumPy")
+              f"x{timings['NumPy (CPU)'] / s:7.1f} vs NumPy")
 else:
     print("No GPU here: cell skipped.")
 
 # %% [markdown]
-# ## Recorded GPU results
+# ## One estimator for the mixture, on any array library
 #
-# The benchmark `benchmarks/bench_gpu.py` (run by `scripts/gpu_check.sh`) measures the
-# paper-sized case ($B = 16$) and the Gaussian-mixture fit against scikit-learn, beside the
-# GPU's own matmul rate and memory bandwidth. What it printed last time on a GPU is kept in
-# `benchmarks/RESULTS.md`:
+# The Gaussian mixture of notebook 1 follows scikit-learn's array API support: inside
+# `sklearn.config_context(array_api_dispatch=True)`, `gmm.GaussianMixture` fits the array it
+# is given where it lives, a CuPy array on the GPU, and its fitted attributes stay there.
+# The same data fitted on the CPU for comparison:
 
-# %%
-repository = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "benchmarks").is_dir())
-results = (repository / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
-start = results.find("## GPU")
-end = results.find("\n## ", start + 1)
-if start == -1:  # no GPU section: show the whole page
-    display(Markdown(results))
+# %% tags=["gpu"]
+if backend.gpu_available():
+    import sklearn
+
+    centres = 4 * rng.standard_normal((16, 16))  # (K, d)
+    X_mix = (centres[rng.integers(0, 16, 100_000)]
+             + rng.standard_normal((100_000, 16))).astype(np.float32)  # (n, d)
+    X_gpu = backend.to_device(X_mix)
+    settings = {"n_components": 16, "covariance_type": "full", "max_iter": 20, "random_state": 0}
+    start = time.perf_counter()
+    # One estimator for NumPy, CuPy and torch arrays: array_api_dispatch keeps the fit on the GPU.
+    with sklearn.config_context(array_api_dispatch=True):
+        on_gpu = gmm.GaussianMixture(**settings).fit(X_gpu)
+    gpu_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    on_cpu = gmm.GaussianMixture(**settings).fit(X_mix)
+    cpu_seconds = time.perf_counter() - start
+    print(f"GPU: {gpu_seconds:.2f} s, means_ is a {type(on_gpu.means_).__module__} array, "
+          f"lower bound {float(on_gpu.lower_bound_):.4f}")
+    print(f"CPU: {cpu_seconds:.2f} s, lower bound {float(on_cpu.lower_bound_):.4f}")
 else:
-    display(Markdown(results[start:] if end == -1 else results[start:end]))
+    print("No GPU here: cell skipped.")
+
+# %% [markdown]
+# Measured GPU figures, when a GPU has been available to run `benchmarks/bench_gpu.py`
+# (through `scripts/gpu_check.sh`), are kept in `benchmarks/RESULTS.md`.
+#
+# ## Exercises
+#
+# Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
+# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right* or
+# *not right* once there is one.
+#
+# **Exercise 1: count the bytes.** Without running anything, write the number of bytes the
+# unfused chain moves for a float32 matrix of shape $(B, N, K)$, counting as the log above
+# does (the $(B, N, 1)$ row maxima and sums, and the $(B, K)$ counts, included).
+
+# %% tags=["exercise"]
+def unfused_bytes_formula(B, N, K):
+    """Bytes read plus bytes written by unfused_chain on float32 logits of shape (B, N, K)."""
+    return None  # your answer here
+
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+from exercises import check
+
+_small_log = []
+unfused_chain(np.zeros((3, 50, 7), np.float32), 1.0, _small_log)
+_answer = unfused_bytes_formula(3, 50, 7)
+check("Exercise 1", _answer, sum(r + w for _, r, w in _small_log),
+      "4 bytes each: 7 reads and 4 writes of B N K, plus the (B, N, 1) maxima and sums "
+      "(written once, read once each), plus the (B, K) counts.")
+
+# %% [markdown]
+# **Exercise 2: a float32 variance that keeps its digits.** Compute the variance of
+# `offset_data` in float32 without centring on the mean first: subtract any one sample (say
+# the first) before squaring, which is enough to remove the large common offset. It should
+# agree with the float64 reference to three digits.
+
+# %% tags=["exercise"]
+shifted_variance = None  # your answer here: a float32 number
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+check("Exercise 2", shifted_variance, offset_data.astype(np.float64).var(), rtol=1e-3,
+      hint="d = offset_data - offset_data[0]; then mean(d**2) - mean(d)**2, all in float32.")

@@ -20,7 +20,8 @@
 # to every other, which costs $O(N^2 C)$ time and an $N \times N$ attention matrix of memory;
 # EM attention lets every pixel attend to $K$ bases, $O(NKC)$ per iteration, with $K$ fixed
 # (64 in the paper). This notebook measures both over feature-map sizes (time, FLOPs and
-# memory) and sets the measurements against the two complexities.
+# memory), sets the measurements against the two complexities and fits the exponents they
+# actually follow. Two exercises close it.
 #
 # The sizes are kept small so that the notebook runs in seconds on a laptop CPU; the
 # benchmarks in `benchmarks/` measure the paper's sizes ($C = 512$, $65 \times 65$ and
@@ -85,18 +86,21 @@ for side in (65, 97):
 # The PyTorch modules `EMAU` (notebook 4) and `NonLocal2d` (`em_tutorial.nn`), on one feature
 # map in evaluation mode without gradients. PyTorch's `FlopCounterMode` counts the FLOPs of
 # every matrix product and convolution the forward pass actually runs (element-wise work such
-# as the softmax is not counted). Times are the best of several runs on this machine.
+# as the softmax is not counted). Each time is the **median** of at least seven runs (and
+# of enough runs to fill 0.2 s), with the spread between the fastest and the slowest quarter
+# of the runs kept for the error bars: on a shared machine single runs jump, the median of
+# many does not.
 
 # %%
-def best_seconds(function, min_repeats=5, min_total=0.2):
-    """The fastest of several runs: other work on the machine only ever adds time."""
+def timed_runs(function, min_repeats=7, min_total=0.2):
+    """Seconds of repeated runs after a warm-up: at least min_repeats, and min_total in all."""
     function()  # warm-up
     times = []
     while len(times) < min_repeats or sum(times) < min_total:
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return np.array(times)
 
 
 def counted_flops(module, x):
@@ -106,13 +110,16 @@ def counted_flops(module, x):
 
 
 blocks = {"EMAU": EMAU(C, num_bases=K, num_stages=T).eval(), "NonLocal2d": NonLocal2d(C).eval()}
-seconds = {name: [] for name in blocks}
+seconds = {name: [] for name in blocks}  # medians
+quartiles = {name: [] for name in blocks}  # (25 %, 75 %) of the runs
 flops = {name: [] for name in blocks}
 with torch.no_grad():
     for side in sides:
         x = torch.randn(1, C, side, side)  # (B, C, H, W)
         for name, block in blocks.items():
-            seconds[name].append(best_seconds(lambda: block(x)))
+            runs = timed_runs(lambda: block(x))
+            seconds[name].append(float(np.median(runs)))
+            quartiles[name].append(np.percentile(runs, [25, 75]))
             flops[name].append(counted_flops(block, x))
 
 print(f"{'map':>7s} {'N':>6s} | {'EMAU ms':>8s} {'NonLocal ms':>11s} | "
@@ -169,7 +176,7 @@ def reference(values, power):
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 panels = (
-    ("time (s)", seconds, ("EMAU", "NonLocal2d")),
+    ("time (s), median of runs", seconds, ("EMAU", "NonLocal2d")),
     ("FLOPs (counted)", flops, ("EMAU", "NonLocal2d")),
     ("peak extra memory (bytes)", memory, ("EM attention", "non-local")),
 )
@@ -179,6 +186,9 @@ for ax, (label, measured, (linear_name, quadratic_name)) in zip(axes, panels):
         ax.loglog(Ns, values, "o-", color=colour, label=name)
         ax.loglog(Ns, reference(values, power), "--", color=colour, alpha=0.6,
                   label=f"$\\propto N^{power}$")
+        if measured is seconds:  # the middle half of the runs
+            spread = np.array(quartiles[name])  # (sizes, 2)
+            ax.fill_between(Ns, spread[:, 0], spread[:, 1], color=colour, alpha=0.25)
     ax.set(xlabel="feature map (N = H W pixels)", ylabel=label)
 axes[1].loglog(Ns, em_attention_flops(Ns), ":", color="tab:blue", label="$(4T+2)NKC$")
 axes[1].loglog(Ns, non_local_flops(Ns), ":", color="tab:orange", label="$4N^2C'$")
@@ -191,13 +201,43 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## The slopes, fitted
+#
+# A straight line fitted to $\ln(\text{cost})$ against $\ln N$ gives the exponent the
+# measurements actually follow. It is fitted over the four largest maps ($24\times24$ to
+# $64\times64$), where fixed overheads no longer dominate. The counted FLOPs give the exact
+# local exponent of each block's work over the same range; the non-local block's is a little
+# under 2 there because its $O(NC^2)$ convolutions still count.
+
+# %%
+FITTED = Ns >= 24 * 24
+
+
+def fitted_slope(values):
+    """The exponent p of cost ~ c N^p, least squares on the log-log points of FITTED."""
+    return float(np.polyfit(np.log(Ns[FITTED]), np.log(np.asarray(values, float)[FITTED]), 1)[0])
+
+
+slopes = {}
+print(f"fitted over N = {Ns[FITTED][0]} .. {Ns[FITTED][-1]}")
+print(f"{'block':12s} {'time':>6s} {'FLOPs':>6s} {'memory':>7s}   complexity of the attention")
+for block, array_name, complexity in (("EMAU", "EM attention", "O(NKC):  slope 1"),
+                                      ("NonLocal2d", "non-local", "O(N^2 C): slope 2")):
+    slopes[block] = [fitted_slope(seconds[block]), fitted_slope(flops[block]),
+                     fitted_slope(memory[array_name])]
+    print(f"{block:12s} {slopes[block][0]:6.2f} {slopes[block][1]:6.2f} {slopes[block][2]:7.2f}"
+          f"   {complexity}")
+
+# %% [markdown]
 # What the figure shows:
 #
 # - **FLOPs** follow the formulas closely: the EMAU's grow like $N$, the non-local block's
 #   like $N^2$ once $N$ passes a few hundred pixels (below that its $O(NC^2)$ convolutions
 #   dominate). The curves cross near the $N^*$ computed above.
-# - **Time** follows FLOPs at the larger sizes; at the smallest ones fixed per-call overheads
-#   flatten both curves, which is why small benchmarks say little about complexity. Once the
+# - **Time** follows FLOPs at the larger sizes (compare the fitted time and FLOPs slopes); at
+#   the smallest ones fixed per-call overheads flatten both curves, which is why small
+#   benchmarks say little about complexity. The shaded bands are the middle half of the
+#   runs: where they are wide, the machine was busy, and only the median is worth reading. Once the
 #   $N \times N$ matrix no longer fits in the CPU's caches, the non-local block's time can
 #   grow even faster than its FLOPs.
 # - **Memory** of the non-local operation is the $N \times N$ matrix: at $64 \times 64$ it is
@@ -208,3 +248,36 @@ plt.show()
 # Extrapolating along the two slopes to EMANet's setting ($97 \times 97$, $C = 512$, batch
 # 16 during training) is what makes the non-local block impractical there and EM attention
 # cheap; `benchmarks/bench_nn.py` and `benchmarks/bench_ema.py` measure those sizes directly.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
+# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right* or
+# *not right* once there is one.
+#
+# **Exercise 1: predict the cost at $N = 256^2$.** A $256\times256$ feature map is what an
+# image of about 2000 pixels gives at output stride 8. With this notebook's $C$, $K$ and $T$,
+# by what factor does the non-local attention need more FLOPs than EM attention there? Use
+# the two formulas, not a measurement.
+
+# %% tags=["exercise"]
+flop_ratio_256 = None  # your answer here: a number
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+from exercises import check
+
+check("Exercise 1", flop_ratio_256, non_local_flops(256**2) / em_attention_flops(256**2),
+      "4 N^2 C' / ((4T + 2) N K C) with N = 65536 and C' = C / 2.")
+
+# %% [markdown]
+# **Exercise 2: the memory wall.** How many GiB does one float32 $N \times N$ attention matrix
+# take at $N = 256^2$, and how many GiB the $N \times K$ responsibilities of EM attention?
+# Give both, as a pair.
+
+# %% tags=["exercise"]
+gib_256 = None  # your answer here: (non-local GiB, EM attention GiB)
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+check("Exercise 2", gib_256, (4 * (256**2) ** 2 / 2**30, 4 * 256**2 * K / 2**30),
+      "4 bytes per float32; 1 GiB = 2**30 bytes.")

@@ -83,3 +83,35 @@ def test_gpu_cells_are_tagged_and_guarded(script):
         if "gpu" in tags or touches_gpu:
             assert "gpu" in tags, f"{script.name}: untagged GPU cell:\n{source}"
             assert "gpu_available()" in source, f"{script.name}: unguarded GPU cell:\n{source}"
+
+
+def _cell_metadata(path):
+    return [(cell.cell_type, cell.metadata) for cell in jupytext.read(path).cells]
+
+
+# The lessons; the training notebook (05) is a run, with its own conventions.
+LESSONS = [p for p in SCRIPTS if not p.name.startswith("05_")]
+
+
+@pytest.mark.parametrize("script", LESSONS, ids=lambda p: p.stem)
+def test_exercises_come_with_hidden_checks(script):
+    """Two or three exercises, each followed by a check cell whose source is hidden."""
+    cells = _cell_metadata(script)
+    exercises = [i for i, (_, meta) in enumerate(cells) if "exercise" in meta.get("tags", ())]
+    assert 2 <= len(exercises) <= 3, f"{script.name}: {len(exercises)} exercise cells, want 2-3"
+    for index in exercises:
+        following = [meta for kind, meta in cells[index + 1 :] if kind == "code"][:1]
+        assert following and "check" in following[0].get("tags", ()), (
+            f"{script.name}: exercise cell {index} is not followed by a code cell tagged 'check'"
+        )
+        assert following[0].get("jupyter", {}).get("source_hidden") is True, (
+            f"{script.name}: the check after exercise cell {index} is not hidden"
+        )
+
+
+@pytest.mark.parametrize("script", LESSONS, ids=lambda p: p.stem)
+def test_no_source_listings(script):
+    """Equations are written inline and asserted equal to the package, not printed as source."""
+    for cell_type, source, _ in _cells(script):
+        if cell_type == "code":
+            assert "inspect.getsource" not in source, f"{script.name} prints source:\n{source}"
