@@ -142,7 +142,7 @@ print(inspect.getsource(gmm.log_likelihood))
 # collapsing to a singular covariance.
 
 # %%
-print(inspect.getsource(gmm._m_step._counts_weights_means))
+print(inspect.getsource(gmm._m_step.counts_weights_means))
 print(inspect.getsource(gmm.m_step))
 
 # %% [markdown]

@@ -24,10 +24,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace, to_numpy
-from em_tutorial.gmm._density import BLOCK_SIZE, log_gaussian_density_blocked
+from em_tutorial.gmm._blocks import BLOCK_SIZE
 from em_tutorial.gmm._e_step import log_softmax, weighted_log_density
-from em_tutorial.gmm._em_step import em_step_blocked
-from em_tutorial.gmm._m_step import m_step_blocked
+from em_tutorial.gmm._fast import em_step_blocked, log_gaussian_density_blocked, m_step_blocked
 from em_tutorial.gmm._precision import (
     COVARIANCE_TYPES,
     collapse_error,
