@@ -41,6 +41,12 @@ def over_blocks(sums_over, n_samples, block_size, n_threads):
     return tuple(sum(part) for part in zip(*parts))
 
 
+def reference_point(X, block_size):
+    """c, the mean of the first block, shape (1, d): a point inside the data to centre on."""
+    xp = get_array_module(X)
+    return xp.mean(X[: min(block_size, X.shape[0]), :], axis=0, keepdims=True)
+
+
 def responsibilities(log_joint, axis, log_floor):
     """z_nk (eq. 5) from the log-joint ln pi_k N_nk, and the block's sum_n ln p(x_n).
 

@@ -43,6 +43,7 @@ from em_tutorial.gmm._blocks import BLOCK_SIZE, block_slices
 from em_tutorial.gmm._density import check_parameter_shapes, log_density_from_mahalanobis
 from em_tutorial.gmm._fast_diagonal import diagonal_mahalanobis_all, diagonal_step
 from em_tutorial.gmm._fast_full import full_em_sums, full_mahalanobis, full_step_scatter
+from em_tutorial.gmm._fast_tied import tied_mahalanobis_all, tied_step
 from em_tutorial.gmm._m_step import counts_weights_means, covariances_from_scatter
 from em_tutorial.gmm._precision import check_covariance_type, log_det_cholesky
 
@@ -73,9 +74,10 @@ def log_gaussian_density_blocked(
     if covariance_type in DIAGONAL_TYPES:
         mahalanobis = diagonal_mahalanobis_all(
             X, means, precisions_cholesky, covariance_type, block_size)  # trick 3
+    elif covariance_type == "tied":
+        mahalanobis = tied_mahalanobis_all(X, means, precisions_cholesky, block_size)  # trick 3
     else:
-        mahalanobis = full_mahalanobis(
-            X, means, precisions_cholesky, covariance_type, block_size)  # trick 2
+        mahalanobis = full_mahalanobis(X, means, precisions_cholesky, block_size)  # trick 2
     log_det = log_det_cholesky(precisions_cholesky, covariance_type, X.shape[1])
     return log_density_from_mahalanobis(mahalanobis, log_det, X.shape[1])
 
@@ -127,12 +129,14 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
         counts, new_means, scatter, total_log_norm = diagonal_step(
             X, weights, means, precisions_cholesky, covariance_type, seed_form, block_size,
             n_threads)
+    elif covariance_type == "tied":
+        counts, new_means, scatter, total_log_norm = tied_step(
+            X, weights, means, precisions_cholesky, seed_form, block_size, n_threads)
     else:
         counts, weighted_sums, scatter, total_log_norm = full_em_sums(
-            X, weights, means, precisions_cholesky, covariance_type, block_size, n_threads)
-        scatter = full_step_scatter(X, weights, means, precisions_cholesky, covariance_type,
-                                    counts, weighted_sums, scatter, seed_form, block_size,
-                                    n_threads)
+            X, weights, means, precisions_cholesky, block_size, n_threads)
+        scatter = full_step_scatter(X, weights, means, precisions_cholesky, counts,
+                                    weighted_sums, scatter, seed_form, block_size, n_threads)
         counts = counts + 10 * xp.finfo(X.dtype).eps  # as in m_step, against empty components
         new_means = weighted_sums / counts[:, None]  # mu_k = (1/N_k) sum_n z_nk x_n
     new_weights = counts / xp.sum(counts)  # pi_k = N_k / N

@@ -9,51 +9,55 @@ from em_tutorial.gmm._blocks import (
     cancels_too_much,
     log_joint_offset,
     over_blocks,
+    reference_point,
     responsibilities,
 )
 from em_tutorial.gmm._e_step import log_exp_floor
 
 
-def reference_point(X, block_size):
-    """c, the mean of the first block, shape (1, d): a point inside the data to centre on."""
-    xp = get_array_module(X)
-    return xp.mean(X[: min(block_size, X.shape[0]), :], axis=0, keepdims=True)
+def per_type_squares(squares, covariance_type):
+    """Squares as the covariance type keeps them: per coordinate for diag (..., d), summed
+    over the coordinates for spherical (..., 1), where Sigma_k = sigma_k^2 I."""
+    xp = get_array_module(squares)
+    if covariance_type == "spherical":
+        return xp.sum(squares, axis=-1, keepdims=True)
+    return squares
 
 
 def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     """The expanded distance's coefficients, with P_kj = p_kj^2 and a_k = mu_k - c.
 
     ||(x - mu_k) p_k||^2 = sum_j P_kj (x_j - c_j)^2 - 2 sum_j P_kj a_kj (x_j - c_j)
-    + sum_j P_kj a_kj^2.
+    + sum_j P_kj a_kj^2; for spherical P_kj = P_k, so the first sum is P_k ||x - c||^2.
 
     Returns
     -------
-    coefficients : array of shape (2 d, K)
-        [-2 P_kj a_kj ; P_kj], stacked over j.
+    coefficients : array of shape (d + e, K)
+        [-2 P_kj a_kj ; P_kj], stacked over j, with e = d (diag) or 1 (spherical).
     constant : array of shape (K,)
         sum_j P_kj a_kj^2.
     """
     xp = get_array_module(means, precisions_cholesky)
     if covariance_type == "spherical":
-        precision = xp.broadcast_to(precisions_cholesky[:, None] ** 2, means.shape)  # (K, d)
+        precision = precisions_cholesky[:, None] ** 2  # (K, 1)
     else:
         precision = precisions_cholesky**2  # (K, d)
     offsets = means - centre  # a_k: (K, d)
-    coefficients = xp.concat([-2 * precision * offsets, precision], axis=1)  # (K, 2 d)
+    coefficients = xp.concat([-2 * precision * offsets, precision], axis=1)  # (K, d + e)
     return xp.matrix_transpose(coefficients), xp.sum(precision * offsets**2, axis=1)
 
 
-def expanded_features(X_block, centre):
-    """[x - c, (x - c)^2] for a block, shape (B, 2 d)."""
+def expanded_features(X_block, centre, covariance_type):
+    """[x - c, (x - c)^2] for a block, shape (B, d + e); e as in :func:`per_type_squares`."""
     xp = get_array_module(X_block, centre)
     centred = X_block - centre  # (B, d)
-    return xp.concat([centred, centred * centred], axis=1)
+    return xp.concat([centred, per_type_squares(centred * centred, covariance_type)], axis=1)
 
 
 def diagonal_mahalanobis(features, coefficients, constant):
     """||(x_n - mu_k) p_k||^2 from the expansion, shape (B, K), clipped at 0."""
     xp = get_array_module(features, coefficients)
-    distances = xp.matmul(features, coefficients) + constant  # (B, 2 d) @ (2 d, K) -> (B, K)
+    distances = xp.matmul(features, coefficients) + constant  # (B, d + e) @ (d + e, K)
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
@@ -64,7 +68,7 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
     coefficients, constant = diagonal_coefficients(
         means, precisions_cholesky, covariance_type, centre)
     return xp.concat([
-        diagonal_mahalanobis(expanded_features(X[start:stop, :], centre), coefficients, constant)
+        diagonal_mahalanobis(expanded_features(X[start:stop, :], centre, covariance_type), coefficients, constant)
         for start, stop in block_slices(X.shape[0], block_size)
     ], axis=0)
 
@@ -76,8 +80,9 @@ def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, bl
     Returns
     -------
     counts : (K,), sum_n z_nk
-    moments : (K, 2 d), [sum_n z_nk (x_n - c), sum_n z_nk (x_n - c)^2]; with ``centres``
-        given, sum_n z_nk (x_n - centres_k)^2 instead, shape (K, d) (trick 4's second pass)
+    moments : (K, d + e), [sum_n z_nk (x_n - c), sum_n z_nk (x_n - c)^2], the squares as in
+        :func:`per_type_squares`; with ``centres`` given, sum_n z_nk (x_n - centres_k)^2
+        instead, shape (K, e) (trick 4's second pass)
     total_log_norm : 0-d, sum_n ln p(x_n)
     centre : (1, d), c
     """
@@ -91,20 +96,20 @@ def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, bl
     def sums_over(slices):
         counts = moments = total_log_norm = 0.0
         for start, stop in slices:
-            features = expanded_features(X[start:stop, :], centre)  # (B, 2 d)
+            features = expanded_features(X[start:stop, :], centre, covariance_type)  # (B, d + e)
             # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
             log_joint = offset - 0.5 * diagonal_mahalanobis(features, coefficients, constant)
             resp, log_norm = responsibilities(log_joint, 1, log_floor)  # z_nk: (B, K)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=0)  # (K,)
             if centres is None:
-                # z^T [x - c, (x - c)^2]: (K, B) @ (B, 2 d) -> (K, 2 d)
+                # z^T [x - c, (x - c)^2]: (K, B) @ (B, d + e) -> (K, d + e)
                 moments = moments + xp.matmul(xp.matrix_transpose(resp), features)
             else:
                 centred = X[None, start:stop, :] - centres[:, None, :]  # (K, B, d)
                 # sum_n z_nk (x_nj - c_kj)^2: (K, 1, B) @ (K, B, d) -> (K, d)
                 squares = xp.matmul(xp.matrix_transpose(resp)[:, None, :], centred * centred)
-                moments = moments + squares[:, 0, :]
+                moments = moments + per_type_squares(squares[:, 0, :], covariance_type)
         return counts, moments, total_log_norm
 
     return (*over_blocks(sums_over, X.shape[0], block_size, n_threads), centre)
@@ -112,7 +117,10 @@ def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, bl
 
 def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_form,
                   block_size, n_threads):
-    """(counts, new means, scatter diagonals (K, d), sum_n ln p(x_n)) for diag and spherical.
+    """(counts, new means, scatter, sum_n ln p(x_n)) for diag and spherical.
+
+    The scatter is (K, d) diagonals for diag; for spherical, (K, 1) holding
+    (1/d) sum_n z_nk ||x_n - mu_k||^2, so that its mean over coordinates is the variance.
 
     The moments are around c; the scatter moves to the new means (trick 4):
     sum_n z_nk (x_n - mu_k)^2 = sum_n z_nk (x_n - c)^2 - N_k m_k^2, m_k = mu_k - c,
@@ -122,19 +130,22 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     n_features = X.shape[1]
     counts, moments, total_log_norm, centre = diagonal_em_sums(
         X, weights, means, precisions_cholesky, covariance_type, block_size, n_threads)
-    sums, squares = moments[:, :n_features], moments[:, n_features:]  # around c: (K, d) each
+    sums, squares = moments[:, :n_features], moments[:, n_features:]  # around c: (K, d), (K, e)
     # N_k + 10 eps, as in m_step: an empty component gets mean 0, not a division by zero
     safe_counts = counts + 10 * xp.finfo(X.dtype).eps
     # mu_k = (1/N_k) sum_n z_nk x_n = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
     shift = sums / safe_counts[:, None]  # m_k = mu_k - c: (K, d)
     # sum_n z_nk (x_n - mu_k)^2 = sum_n z_nk (x_n - c)^2 - N_k m_k^2
-    correction = counts[:, None] * shift * shift  # (K, d)
+    correction = per_type_squares(counts[:, None] * shift * shift, covariance_type)  # (K, e)
     scatter = squares - correction
     if cancels_too_much(correction, scatter, X.dtype):
         scatter = diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type,
                                    block_size, n_threads, centres=new_means)[1]
     if seed_form:
         # Around the old means instead: + N_k (mu_new - mu_old)^2, no cancellation.
-        scatter = scatter + counts[:, None] * (new_means - means) ** 2
+        scatter = scatter + per_type_squares(counts[:, None] * (new_means - means) ** 2,
+                                             covariance_type)
+    if covariance_type == "spherical":
+        scatter = scatter / n_features  # (1/d) sum_j: the mean over coordinates
     return safe_counts, new_means, scatter, total_log_norm

@@ -1,4 +1,4 @@
-"""Fast path for full and tied covariances: whitened differences, reused (tricks 2 and 4 of
+"""Fast path for full covariances: whitened differences, reused (tricks 2 and 4 of
 :mod:`em_tutorial.gmm._fast`)."""
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ from em_tutorial.gmm._e_step import log_exp_floor
 from em_tutorial.gmm._linalg import invert_lower_triangular
 
 
-def augmented_precisions_cholesky(means, precisions_cholesky, covariance_type):
-    """[[P_k], [-mu_k P_k]] for every k, shape (K, d + 1, d); full or tied only.
+def augmented_precisions_cholesky(means, precisions_cholesky):
+    """[[P_k], [-mu_k P_k]] for every k, shape (K, d + 1, d), for full covariances.
 
     With a 1 appended to x, one product gives the centred, whitened difference:
     [x, 1] @ [[P_k], [-mu_k P_k]] = (x - mu_k) P_k.
     """
     xp = get_array_module(means, precisions_cholesky)
-    n_components, n_features = means.shape
-    p_full = precisions_cholesky  # (K, d, d), or (d, d) shared when tied
-    if covariance_type == "tied":
-        p_full = xp.broadcast_to(p_full, (n_components, n_features, n_features))
-    means_whitened = xp.matmul(means[:, None, :], p_full)  # (K, 1, d) @ (K, d, d) -> (K, 1, d)
-    return xp.concat([p_full, -means_whitened], axis=1)  # (K, d + 1, d)
+    # (K, 1, d) @ (K, d, d) -> (K, 1, d)
+    means_whitened = xp.matmul(means[:, None, :], precisions_cholesky)
+    return xp.concat([precisions_cholesky, -means_whitened], axis=1)  # (K, d + 1, d)
 
 
 def whitened_differences(X_block, p_augmented):
@@ -45,10 +42,10 @@ def whitened_differences(X_block, p_augmented):
     return xp.matmul(xp.concat([X_block, ones], axis=1)[None, :, :], p_augmented)
 
 
-def full_mahalanobis(X, means, precisions_cholesky, covariance_type, block_size):
+def full_mahalanobis(X, means, precisions_cholesky, block_size):
     """||(x_n - mu_k) P_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
-    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky, covariance_type)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
     blocks = []
     for start, stop in block_slices(X.shape[0], block_size):
         whitened = whitened_differences(X[start:stop, :], p_augmented)  # (K, B, d)
@@ -56,8 +53,7 @@ def full_mahalanobis(X, means, precisions_cholesky, covariance_type, block_size)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (N, K)
 
 
-def full_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_size,
-                 n_threads):
+def full_em_sums(X, weights, means, precisions_cholesky, block_size, n_threads):
     """The E-step and the M-step's sums for full and tied, in one blocked pass.
 
     Returns
@@ -68,8 +64,8 @@ def full_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_
     total_log_norm : 0-d, sum_n ln p(x_n)
     """
     xp = get_array_module(X, means, precisions_cholesky, weights)
-    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky, covariance_type)
-    offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
+    offset = log_joint_offset(weights, precisions_cholesky, "full", means)  # (K,)
     log_floor = log_exp_floor(xp, X.dtype)
 
     def sums_over(slices):
@@ -100,12 +96,11 @@ def full_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_
     return counts, weighted_sums, scatter, total_log_norm
 
 
-def centred_scatter(X, weights, means, precisions_cholesky, covariance_type, centres,
-                    block_size, n_threads):
+def centred_scatter(X, weights, means, precisions_cholesky, centres, block_size, n_threads):
     """sum_n z_nk (x_n - c_k)(x_n - c_k)^T, the E-step done again: trick 4's second pass."""
     xp = get_array_module(X, means, centres)
-    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky, covariance_type)
-    offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
+    offset = log_joint_offset(weights, precisions_cholesky, "full", means)
     log_floor = log_exp_floor(xp, X.dtype)
 
     def sums_over(slices):
@@ -123,8 +118,8 @@ def centred_scatter(X, weights, means, precisions_cholesky, covariance_type, cen
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
 
 
-def full_step_scatter(X, weights, means, precisions_cholesky, covariance_type, counts,
-                      weighted_sums, scatter, seed_form, block_size, n_threads):
+def full_step_scatter(X, weights, means, precisions_cholesky, counts, weighted_sums, scatter,
+                      seed_form, block_size, n_threads):
     """The scatter around the new means (or the old ones, ``seed_form``), shape (K, d, d).
 
     ``scatter`` is around the old means. Moving it to the new ones (textbook EM),
@@ -143,6 +138,6 @@ def full_step_scatter(X, weights, means, precisions_cholesky, covariance_type, c
     shift_norm = xp.vecdot(shift, shift, axis=-1)  # (K,)
     along_shift = xp.vecdot(xp.matmul(moved, shift[:, :, None])[:, :, 0], shift, axis=-1)
     if cancels_too_much(counts * shift_norm * shift_norm, along_shift, X.dtype):
-        return centred_scatter(X, weights, means, precisions_cholesky, covariance_type,
-                               new_means, block_size, n_threads)
+        return centred_scatter(X, weights, means, precisions_cholesky, new_means, block_size,
+                               n_threads)
     return moved
