@@ -63,16 +63,19 @@ def test_collapsed_tied_covariance_is_named(rng):
         GaussianMixture(2, covariance_type="tied", reg_covar=0.0).fit(X)
 
 
-def test_collapse_that_no_component_shows_in_float64_still_reads_well(rng):
-    # float32 data so large that the squared distances overflow: the log-likelihood is not
-    # finite although every covariance passed in is positive definite.
+@pytest.mark.parametrize("large", [1e19, 1e30])
+def test_float32_overflow_is_a_clear_error(rng, large):
+    # float32 data so large that the squared distances overflow: named as such, with the two
+    # fixes, before any NaN reaches a factorisation.
     X = rng.standard_normal((200, 2)).astype(np.float32)
-    X[:100] *= np.float32(1e19)
-    model = GaussianMixture(2, means_init=[[0, 0], [1, 1]],
-                            precisions_init=np.stack([np.eye(2)] * 2))
-    with pytest.raises(ValueError, match=r"^a component collapsed.*rescale the data"), \
-            np.errstate(all="ignore"):
-        model.fit(X)
+    X[:100] *= np.float32(large)
+    expected = r"overflow float32 .* pass float64 data or rescale it"
+    with pytest.raises(ValueError, match=expected), np.errstate(all="ignore"):
+        GaussianMixture(2).fit(X)
+    with pytest.raises(ValueError, match=expected), np.errstate(all="ignore"):
+        GaussianMixture(2, means_init=[[0, 0], [1, 1]],
+                        precisions_init=np.stack([np.eye(2)] * 2)).fit(X)
+    GaussianMixture(2, random_state=0).fit(X.astype(np.float64))  # the first fix works
 
 
 def test_collapse_in_the_functions_names_the_component():

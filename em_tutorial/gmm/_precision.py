@@ -50,12 +50,36 @@ def parameter_shape(covariance_type, n_components, n_features):
     }[covariance_type]
 
 
+#: A variance must exceed (ROUNDING_ULPS units in the last place of the component's
+#: coordinates)^2 to be told apart from rounding noise: below that, the points' own rounding
+#: could have made it.
+ROUNDING_ULPS = 8
+
+
+def rounding_floors(means, covariance_type):
+    """The variance below which Sigma_k is rounding noise, per component, on the host.
+
+    Scale-aware: coordinates near |mu_k| are rounded to eps |mu_k|, so the floor is
+    (ROUNDING_ULPS eps max_j |mu_kj|)^2. Three clusters of spread 0.01 around 1000 are fine
+    in float32 (floor ~1e-6), a variance of 1e-28 around 100 in float64 is not (floor ~3e-26).
+
+    Returns
+    -------
+    floors : ndarray of shape (K,), or (1,) for ``tied`` (one matrix, the largest floor)
+    """
+    means = to_numpy(means)
+    eps = np.finfo(means.dtype).eps
+    floors = (ROUNDING_ULPS * eps * np.max(np.abs(means), axis=1).astype(np.float64)) ** 2
+    return floors.max(keepdims=True) if covariance_type == "tied" else floors
+
+
 def collapsed_components(covariances, covariance_type, floor=0.0):
     """Indices k whose Sigma_k has an eigenvalue (a variance) <= ``floor``, or is not finite.
 
     ``floor=0`` asks for "not positive definite". A caller that knows the data's scale can
-    pass the level of rounding noise instead: a variance of 1e-28 for data of size 100 is a
-    component that sits on one point, even if it is still positive.
+    pass the level of rounding noise instead (:func:`rounding_floors`, one per component):
+    a variance of 1e-28 for data of size 100 is a component that sits on one point, even if
+    it is still positive.
 
     Copies to the host and checks one component at a time: for error paths and once-per-fit
     checks only. For ``tied`` the single shared matrix is reported as component 0.
@@ -63,20 +87,24 @@ def collapsed_components(covariances, covariance_type, floor=0.0):
     covariances = to_numpy(covariances).astype(np.float64)
     if covariance_type == "tied":
         covariances = covariances[np.newaxis]
+    floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (len(covariances),))
     bad = []
-    for k, sigma in enumerate(covariances):
+    for k, (sigma, floor_k) in enumerate(zip(covariances, floors)):
         if not np.all(np.isfinite(sigma)):
             bad.append(k)
         elif covariance_type in ("full", "tied"):
-            if np.linalg.eigvalsh(sigma).min() <= floor:
+            if np.linalg.eigvalsh(sigma).min() <= floor_k:
                 bad.append(k)
-        elif np.min(sigma) <= floor:
+        elif np.min(sigma) <= floor_k:
             bad.append(k)
     return bad
 
 
 def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
-    """The ValueError for collapsed covariances (see :func:`collapsed_components`), naming them."""
+    """The ValueError for collapsed covariances (see :func:`collapsed_components`), naming them.
+
+    ``floor`` as in :func:`collapsed_components`.
+    """
     bad = collapsed_components(covariances, covariance_type, floor)
     if covariance_type == "tied":
         where = "the tied covariance (shared by all components)"

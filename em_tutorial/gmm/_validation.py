@@ -16,6 +16,23 @@ def check_n_samples(X, n_components):
         )
 
 
+def check_not_overflowing(shape, dtype, max_abs):
+    """Squared distances of X must fit its dtype: sum_n (x_n - mu)^2 reaches ~4 N d max|X|^2.
+
+    ``shape`` and ``dtype`` (a NumPy dtype) are X's, ``max_abs`` is max |X|, a Python float.
+    Raises a ValueError that names the dtype.
+    """
+    largest = float(np.finfo(dtype).max)
+    n_samples, n_features = shape
+    if 4.0 * n_samples * n_features * max_abs**2 >= largest:
+        advice = "pass float64 data or rescale it" if dtype == np.float32 else "rescale it"
+        raise ValueError(
+            f"X has values up to {max_abs:.3g}: its squared distances overflow {dtype} "
+            f"(largest value {largest:.3g}); {advice}, e.g. with "
+            "sklearn.preprocessing.StandardScaler."
+        )
+
+
 def _as_float_array(value, name, dtype):
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.number):
