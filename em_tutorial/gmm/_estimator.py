@@ -194,7 +194,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _check_not_collapsed(self, covariances, means):
         """Once per fit, on the host: no variance may be down at the rounding-noise level."""
-        floors = rounding_floors(means, self.covariance_type)
+        floors = rounding_floors(means, self.covariance_type, self.reg_covar)
         if collapsed_components(covariances, self.covariance_type, floors):
             raise collapse_error(covariances, self.covariance_type, self.reg_covar, floors)
 

@@ -44,7 +44,11 @@ from em_tutorial.gmm._density import check_parameter_shapes, log_density_from_ma
 from em_tutorial.gmm._fast_diagonal import diagonal_mahalanobis_all, diagonal_step
 from em_tutorial.gmm._fast_full import full_em_sums, full_mahalanobis, full_step_scatter
 from em_tutorial.gmm._fast_tied import tied_mahalanobis_all, tied_step
-from em_tutorial.gmm._m_step import counts_weights_means, covariances_from_scatter
+from em_tutorial.gmm._m_step import (
+    counts_weights_means,
+    covariances_from_scatter,
+    guarded_counts,
+)
 from em_tutorial.gmm._precision import check_covariance_type, log_det_cholesky
 
 DIAGONAL_TYPES = ("diag", "spherical")
@@ -137,7 +141,7 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
             X, weights, means, precisions_cholesky, block_size, n_threads)
         scatter = full_step_scatter(X, weights, means, precisions_cholesky, counts,
                                     weighted_sums, scatter, seed_form, block_size, n_threads)
-        counts = counts + 10 * xp.finfo(X.dtype).eps  # as in m_step, against empty components
+        counts = guarded_counts(counts)  # as in m_step, against empty components
         new_means = weighted_sums / counts[:, None]  # mu_k = (1/N_k) sum_n z_nk x_n
     new_weights = counts / xp.sum(counts)  # pi_k = N_k / N
     covariances = covariances_from_scatter(scatter, counts, covariance_type, reg_covar)

@@ -13,6 +13,7 @@ from em_tutorial.gmm._blocks import (
     responsibilities,
 )
 from em_tutorial.gmm._e_step import log_exp_floor
+from em_tutorial.gmm._m_step import guarded_counts
 
 
 def per_type_squares(squares, covariance_type):
@@ -126,13 +127,11 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     sum_n z_nk (x_n - mu_k)^2 = sum_n z_nk (x_n - c)^2 - N_k m_k^2, m_k = mu_k - c,
     with a second pass centred on the new means where that cancels too much.
     """
-    xp = get_array_module(X, means)
     n_features = X.shape[1]
     counts, moments, total_log_norm, centre = diagonal_em_sums(
         X, weights, means, precisions_cholesky, covariance_type, block_size, n_threads)
     sums, squares = moments[:, :n_features], moments[:, n_features:]  # around c: (K, d), (K, e)
-    # N_k + 10 eps, as in m_step: an empty component gets mean 0, not a division by zero
-    safe_counts = counts + 10 * xp.finfo(X.dtype).eps
+    safe_counts = guarded_counts(counts)  # as in m_step: an empty component gets mean 0
     # mu_k = (1/N_k) sum_n z_nk x_n = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
     shift = sums / safe_counts[:, None]  # m_k = mu_k - c: (K, d)

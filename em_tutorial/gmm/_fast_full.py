@@ -13,6 +13,7 @@ from em_tutorial.gmm._blocks import (
 )
 from em_tutorial.gmm._e_step import log_exp_floor
 from em_tutorial.gmm._linalg import invert_lower_triangular
+from em_tutorial.gmm._m_step import guarded_counts
 
 
 def augmented_precisions_cholesky(means, precisions_cholesky):
@@ -129,7 +130,7 @@ def full_step_scatter(X, weights, means, precisions_cholesky, counts, weighted_s
     if seed_form:
         return scatter
     xp = get_array_module(scatter, weighted_sums)
-    safe_counts = counts + 10 * xp.finfo(X.dtype).eps  # as in m_step
+    safe_counts = guarded_counts(counts)  # as in m_step
     new_means = weighted_sums / safe_counts[:, None]  # (K, d)
     shift = new_means - means  # s: (K, d)
     # sum_n z_nk (x_n - mu_new)(x_n - mu_new)^T = S_old - N_k s s^T

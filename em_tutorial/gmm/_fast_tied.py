@@ -13,6 +13,7 @@ from em_tutorial.gmm._blocks import (
     reference_point,
 )
 from em_tutorial.gmm._e_step import log_exp_floor
+from em_tutorial.gmm._m_step import guarded_counts
 
 
 def tied_mahalanobis(whitened, whitened_means):
@@ -93,7 +94,7 @@ def tied_step(X, weights, means, precision_cholesky, seed_form, block_size, n_th
     xp = get_array_module(X, means)
     counts, sums, total_scatter, total_log_norm, centre = tied_em_sums(
         X, weights, means, precision_cholesky, block_size, n_threads)
-    safe_counts = counts + 10 * xp.finfo(X.dtype).eps  # as in m_step
+    safe_counts = guarded_counts(counts)  # as in m_step
     # mu_k = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
     shift = sums / safe_counts[:, None]  # m_k: (K, d)

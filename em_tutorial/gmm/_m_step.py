@@ -23,6 +23,17 @@ from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._precision import check_covariance_type
 
 
+def guarded_counts(counts):
+    """N_k, with at least 10 eps against an empty component's division by zero.
+
+    A floor rather than scikit-learn's "+ 10 eps": a component with any weight keeps its
+    exact mean, so one that starts on a single point has mu_k = x exactly and a scatter of
+    exactly 0 (else its covariance is rank-one rounding noise, singular in float32).
+    """
+    xp = get_array_module(counts)
+    return xp.maximum(counts, xp.asarray(10 * xp.finfo(counts.dtype).eps, dtype=counts.dtype))
+
+
 def counts_weights_means(X, resp, covariance_means):
     """(xp, N_k, pi_k, mu_k, c_k): the first lines of eq. 7, shared with the fast engine."""
     xp = get_array_module(X, resp, covariance_means)
@@ -37,8 +48,8 @@ def counts_weights_means(X, resp, covariance_means):
             f"covariance_means must have shape ({n_components}, {n_features}), "
             f"got {tuple(covariance_means.shape)}"
         )
-    # N_k = sum_n z_nk; the 10 eps keeps an empty component from dividing by zero.
-    counts = xp.sum(resp, axis=0) + 10 * xp.finfo(resp.dtype).eps  # (K,)
+    # N_k = sum_n z_nk, guarded against empty components
+    counts = guarded_counts(xp.sum(resp, axis=0))  # (K,)
     # pi_k = N_k / N
     weights = counts / xp.sum(counts)  # (K,)
     # mu_k = (1/N_k) sum_n z_nk x_n: (K, N) @ (N, d) -> (K, d)

@@ -56,12 +56,15 @@ def parameter_shape(covariance_type, n_components, n_features):
 ROUNDING_ULPS = 8
 
 
-def rounding_floors(means, covariance_type):
-    """The variance below which Sigma_k is rounding noise, per component, on the host.
+def rounding_floors(means, covariance_type, reg_covar=0.0):
+    """The variance at or below which Sigma_k has collapsed, per component, on the host.
 
-    Scale-aware: coordinates near |mu_k| are rounded to eps |mu_k|, so the floor is
-    (ROUNDING_ULPS eps max_j |mu_kj|)^2. Three clusters of spread 0.01 around 1000 are fine
-    in float32 (floor ~1e-6), a variance of 1e-28 around 100 in float64 is not (floor ~3e-26).
+    Scale-aware: coordinates near |mu_k| are rounded to eps |mu_k|, so a variance below
+    (ROUNDING_ULPS eps max_j |mu_kj|)^2 could be rounding noise: three clusters of spread
+    0.01 around 1000 are fine in float32 (floor ~1e-6), a variance of 1e-28 around 100 in
+    float64 is not (floor ~3e-26). With ``reg_covar > 0`` every variance is held up by
+    reg_covar, which the user chose: then only one below reg_covar / 2 (a scatter that
+    rounding drove negative) counts, as scikit-learn fits the rest.
 
     Returns
     -------
@@ -70,6 +73,8 @@ def rounding_floors(means, covariance_type):
     means = to_numpy(means)
     eps = np.finfo(means.dtype).eps
     floors = (ROUNDING_ULPS * eps * np.max(np.abs(means), axis=1).astype(np.float64)) ** 2
+    if reg_covar > 0:
+        floors = np.minimum(floors, reg_covar / 2)
     return floors.max(keepdims=True) if covariance_type == "tied" else floors
 
 
