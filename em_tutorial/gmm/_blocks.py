@@ -9,6 +9,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import full_like_shape
 from em_tutorial.gmm._density import log_density_from_mahalanobis
 from em_tutorial.gmm._e_step import shifted_exp
 from em_tutorial.gmm._precision import log_det_cholesky
@@ -67,7 +68,8 @@ def log_joint_offset(weights, precisions_cholesky, covariance_type, means):
     xp = get_array_module(means, precisions_cholesky, weights)
     n_components, n_features = means.shape
     log_weights = (
-        xp.full((n_components,), -math.log(n_components), dtype=means.dtype) if weights is None
+        full_like_shape((n_components,), -math.log(n_components), means)
+        if weights is None
         else xp.log(weights)
     )  # (K,)
     log_det = log_det_cholesky(precisions_cholesky, covariance_type, n_features)

@@ -27,7 +27,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._array_api import _max_precision_float_dtype, get_namespace
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from em_tutorial.backend import get_array_module, is_numpy_namespace, to_numpy
+from em_tutorial.backend import get_array_module, is_numpy_namespace
+from em_tutorial.gmm._arrays import to_host
 from em_tutorial.gmm._e_step import log_softmax, weighted_log_density
 from em_tutorial.gmm._engines import (
     ALGORITHMS,
@@ -362,8 +363,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
                              "requires at least one sample (an int >= 1).")
         rng = check_random_state(self.random_state)
-        means, covariances = to_numpy(self.means_), to_numpy(self.covariances_)
-        counts = rng.multinomial(n_samples, to_numpy(self.weights_))
+        means, covariances = to_host(self.means_), to_host(self.covariances_)
+        counts = rng.multinomial(n_samples, to_host(self.weights_))
         if self.covariance_type == "tied":
             covariances = [covariances] * self.n_components
         if self.covariance_type in ("full", "tied"):

@@ -92,7 +92,7 @@ def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, bl
     coefficients, constant = diagonal_coefficients(
         means, precisions_cholesky, covariance_type, centre)
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
-    log_floor = log_exp_floor(xp, X.dtype)
+    log_floor = log_exp_floor(X)
 
     def sums_over(slices):
         counts = moments = total_log_norm = 0.0

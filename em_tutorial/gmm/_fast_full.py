@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import full_like_shape
 from em_tutorial.gmm._blocks import (
     block_slices,
     cancels_too_much,
@@ -38,7 +39,7 @@ def whitened_differences(X_block, p_augmented):
         From :func:`augmented_precisions_cholesky`.
     """
     xp = get_array_module(X_block, p_augmented)
-    ones = xp.ones((X_block.shape[0], 1), dtype=X_block.dtype)
+    ones = full_like_shape((X_block.shape[0], 1), 1, X_block)
     # (1, B, d + 1) @ (K, d + 1, d) -> (K, B, d)
     return xp.matmul(xp.concat([X_block, ones], axis=1)[None, :, :], p_augmented)
 
@@ -67,7 +68,7 @@ def full_em_sums(X, weights, means, precisions_cholesky, block_size, n_threads):
     xp = get_array_module(X, means, precisions_cholesky, weights)
     p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
     offset = log_joint_offset(weights, precisions_cholesky, "full", means)  # (K,)
-    log_floor = log_exp_floor(xp, X.dtype)
+    log_floor = log_exp_floor(X)
 
     def sums_over(slices):
         counts = weighted_sums = whitened_scatter = total_log_norm = 0.0
@@ -102,7 +103,7 @@ def centred_scatter(X, weights, means, precisions_cholesky, centres, block_size,
     xp = get_array_module(X, means, centres)
     p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
     offset = log_joint_offset(weights, precisions_cholesky, "full", means)
-    log_floor = log_exp_floor(xp, X.dtype)
+    log_floor = log_exp_floor(X)
 
     def sums_over(slices):
         scatter = 0.0

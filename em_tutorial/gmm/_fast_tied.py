@@ -57,7 +57,7 @@ def tied_em_sums(X, weights, means, precision_cholesky, block_size, n_threads, c
     centre = reference_point(X, block_size)
     whitened_means = xp.matmul(means - centre, precision_cholesky)  # v_k: (K, d) @ (d, d)
     offset = log_joint_offset(weights, precision_cholesky, "tied", means)  # (K,)
-    log_floor = log_exp_floor(xp, X.dtype)
+    log_floor = log_exp_floor(X)
 
     def sums_over(slices):
         counts = sums = scatter = total_log_norm = 0.0

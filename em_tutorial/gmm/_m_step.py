@@ -20,6 +20,7 @@ tested equal to this one.
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import constant_like, eye_like
 from em_tutorial.gmm._precision import check_covariance_type
 
 
@@ -31,7 +32,7 @@ def guarded_counts(counts):
     exactly 0 (else its covariance is rank-one rounding noise, singular in float32).
     """
     xp = get_array_module(counts)
-    return xp.maximum(counts, xp.asarray(10 * xp.finfo(counts.dtype).eps, dtype=counts.dtype))
+    return xp.maximum(counts, constant_like(10 * xp.finfo(counts.dtype).eps, counts))
 
 
 def counts_weights_means(X, resp, covariance_means):
@@ -66,11 +67,11 @@ def covariances_from_scatter(scatter, counts, covariance_type, reg_covar):
     xp = get_array_module(scatter, counts)
     n_features = scatter.shape[1]
     if covariance_type == "full":
-        eye = xp.eye(n_features, dtype=scatter.dtype)
+        eye = eye_like(n_features, scatter)
         return scatter / counts[:, None, None] + reg_covar * eye  # (K, d, d)
     if covariance_type == "tied":
         # One Sigma for all: the pooled scatter over all N points.
-        eye = xp.eye(n_features, dtype=scatter.dtype)
+        eye = eye_like(n_features, scatter)
         return xp.sum(scatter, axis=0) / xp.sum(counts) + reg_covar * eye  # (d, d)
     variances = scatter / counts[:, None] + reg_covar  # (K, d)
     if covariance_type == "diag":

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from em_tutorial.backend import get_array_module, to_numpy
+from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import constant_like, to_host
 from em_tutorial.gmm._linalg import (
     NotPositiveDefiniteError,
     cholesky_lower,
@@ -70,7 +71,7 @@ def rounding_floors(means, covariance_type, reg_covar=0.0):
     -------
     floors : ndarray of shape (K,), or (1,) for ``tied`` (one matrix, the largest floor)
     """
-    means = to_numpy(means)
+    means = to_host(means)
     eps = np.finfo(means.dtype).eps
     floors = (ROUNDING_ULPS * eps * np.max(np.abs(means), axis=1).astype(np.float64)) ** 2
     if reg_covar > 0:
@@ -89,7 +90,7 @@ def collapsed_components(covariances, covariance_type, floor=0.0):
     Copies to the host and checks one component at a time: for error paths and once-per-fit
     checks only. For ``tied`` the single shared matrix is reported as component 0.
     """
-    covariances = to_numpy(covariances).astype(np.float64)
+    covariances = to_host(covariances).astype(np.float64)
     if covariance_type == "tied":
         covariances = covariances[np.newaxis]
     floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (len(covariances),))
@@ -120,12 +121,15 @@ def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
     else:  # every covariance passes the float64 check: the breakdown is in the working dtype
         where = "a component"
     now = "" if reg_covar is None else f" (reg_covar is now {reg_covar:g})"
+    # scikit-learn's sentence first (its tests match it), then which component and why.
     return ValueError(
-        f"{where} collapsed: the covariance is singular to working precision, typically "
-        "because the component sits on a single point or on points that span fewer "
-        f"dimensions than n_features. Increase reg_covar{now}, e.g. to 1e-3 times the data "
-        "variance, or use fewer components, or rescale the data. With float32 data, float64 "
-        "also helps."
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). Try "
+        "to decrease the number of components, increase reg_covar, or scale the input "
+        f"data. Here {where} collapsed: the covariance is singular to working precision, "
+        "typically because the component sits on a single point or on points that span "
+        f"fewer dimensions than n_features. Increase reg_covar{now}, e.g. to 1e-3 times the "
+        "data variance. With float32 data, float64 also helps."
     )
 
 
@@ -160,7 +164,7 @@ def precisions_cholesky_from_covariances(covariances, covariance_type="full", *,
         precisions_chol = xp.matrix_transpose(invert_lower_triangular(lower, xp))
     else:
         # P = 1 / sigma. A non-positive variance becomes NaN here (not a division warning).
-        safe = xp.where(covariances > 0, covariances, xp.asarray(xp.nan, dtype=covariances.dtype))
+        safe = xp.where(covariances > 0, covariances, constant_like(xp.nan, covariances))
         precisions_chol = 1.0 / xp.sqrt(safe)
     if validate and not bool(xp.all(xp.isfinite(precisions_chol))):
         raise collapse_error(covariances, covariance_type)

@@ -13,7 +13,8 @@ import array_api_compat
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from em_tutorial.backend import get_array_module, to_numpy
+from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import to_host
 from em_tutorial.gmm._validation import check_means_init, check_precisions_init, check_weights_init
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -35,11 +36,11 @@ def checked_inits(X, covariance_type, n_components, weights, means, precisions):
     any array), then moved to X's device; ``None`` stays ``None``."""
     n_features, dtype = X.shape[1], host_dtype(X)
     checked = [
-        None if weights is None else check_weights_init(to_numpy(weights), n_components, dtype),
-        None if means is None else check_means_init(to_numpy(means), n_components, n_features,
+        None if weights is None else check_weights_init(to_host(weights), n_components, dtype),
+        None if means is None else check_means_init(to_host(means), n_components, n_features,
                                                     dtype),
         None if precisions is None else check_precisions_init(
-            to_numpy(precisions), covariance_type, n_components, n_features, dtype),
+            to_host(precisions), covariance_type, n_components, n_features, dtype),
     ]
     return tuple(None if value is None else on_device_of(X, value) for value in checked)
 
@@ -60,10 +61,10 @@ def initial_responsibilities(X, n_components, init_params, random_state):
         indices = random_state.choice(n_samples, size=n_components, replace=False)
         resp[indices, np.arange(n_components)] = 1
     elif init_params == "k-means++":
-        _, indices = kmeans_plusplus(to_numpy(X), n_components, random_state=random_state)
+        _, indices = kmeans_plusplus(to_host(X), n_components, random_state=random_state)
         resp[indices, np.arange(n_components)] = 1
     else:  # kmeans
         labels = KMeans(n_clusters=n_components, n_init=1, random_state=random_state).fit(
-            to_numpy(X)).labels_
+            to_host(X)).labels_
         resp[np.arange(n_samples), labels] = 1
     return on_device_of(X, resp)
