@@ -2,38 +2,42 @@
 
 :class:`GaussianMixture` runs these by default (``algorithm="fast"``); the plain
 one-function-per-equation path (``algorithm="reference"``) computes the same numbers and is
-tested equal. Each trick below, and what it buys (fits of 10 iterations, NumPy float64,
-measured side by side against the plain path on a 2-core machine shared with other work, so
-the ratios are indicative):
+tested equal. Each trick below, with what it bought in fits of 10 iterations, NumPy float64,
+measured side by side (alternating, median of 3) on a 2-core machine that other work was
+loading at the time, so the ratios are indicative:
 
 1. **Blocking.** X is walked in blocks of :data:`BLOCK_SIZE` samples. Each block goes through
    the E-step and straight into the M-step's sums while it is still in cache, and no (N, K)
-   or (N, K, d) array is ever built. Measured 3-4x over the plain path at 100k x 16 x 16
-   (full): memory traffic, not arithmetic, bounds the plain path.
-2. **Full and tied: whitened differences, reused.** One batched product against
+   or (N, K, d) array is ever built. The fast engine against the reference engine, full
+   covariance, 50k x 16 x 16: 1.7x.
+2. **Full: whitened differences, reused.** One batched product against
    [[P_k], [-mu_k P_k]] gives every y_nk = (x_n - mu_k) P_k of a block, shape (K, B, d);
    their squared norms are the Mahalanobis distances, and the M-step's scatter
    sum_n z_nk (x_n - mu_k)(x_n - mu_k)^T = P_k^{-T} (sum_n z_nk y_nk^T y_nk) P_k^{-1}
-   reuses them instead of forming the differences again (about 1.5x on the M-step).
-3. **Diag and spherical: never a d x d matrix.** With x centred once on a reference point c,
+   reuses them instead of a second pass that forms the differences again: 2.2x per step.
+3. **Tied, diag and spherical: expanded distances, never K or d x d times the work.** With x
+   centred once on a reference point c (the first block's mean),
    ||(x - mu_k) p_k||^2 = sum_j P_kj x_j^2 - 2 sum_j P_kj a_kj x_j + sum_j P_kj a_kj^2
    (P_kj = p_kj^2, a_k = mu_k - c), so one product [x, x^2] @ coefficients gives all K
-   distances, and one product z^T [x, x^2] gives the M-step's first and second moments:
-   O(N K d) work instead of O(N K d^2) (measured 20x faster at d = 128 than building the
-   d x d matrices, as an earlier version of this module did).
-4. **Re-centring, judged from the new scatter.** Both paths get the scatter around some
-   other centre (the old means, or c) and move it to the new means with
-   S_new = S_old - N_k s s^T, s the shift. That cancels about log10(N_k s^T s / (u^T S_new u))
-   digits in the direction u of s; where this is more than half the dtype's digits (above
+   distances and one product z^T [x, x^2] gives the M-step's moments: O(N K d) work, no
+   d x d matrix (diag at 20k x 128 x 8: 12.5x faster than the earlier version that built
+   them). Tied whitens each block once, (x - c) P, instead of once per component.
+4. **Re-centring, judged from the new scatter.** The scatter comes out around another
+   centre (the old means, or c) and moves to the new means, S_new = S_old - N_k s s^T for
+   the shift s. That cancels about log10(N_k s^T s / (u^T S_new u)) digits in the
+   direction u of s; where it would be more than half the dtype's digits (a ratio above
    ~2900 in float32, ~7e7 in float64) the step makes a second pass over X centred on the
-   new means. A component that shrinks a lot in one step is caught here; the old spread
-   would not show it.
+   new means. A component that shrinks a lot in one step is caught this way; the old
+   spread would not show it. Centring on c keeps the moments of trick 3 accurate: data at
+   1000 with spread 0.01 lose no more digits than data at 0.
 5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block; NumPy and BLAS
-   release the interpreter lock, so two cores give ~1.8x with BLAS held to one thread each.
+   release the interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``: the
+   full-covariance ratio to scikit-learn went from 0.154 to 0.25-0.27 with one core busy);
+   with the second core loaded, as during the measurements above, it gives nothing.
 
-Tricks 1 and 5 need no change to the arithmetic; tricks 2-4 reorder it, which is why the
-tests compare every function here with its plain counterpart (``tests/test_gmm_equations.py``,
-``tests/test_gmm_properties.py``).
+Tricks 1 and 5 leave the arithmetic as it is; tricks 2-4 reorder it, which is why the tests
+compare every function here with its plain counterpart (``tests/test_gmm_equations.py``,
+``tests/test_gmm_properties.py``, ``tests/test_gmm_numerics.py``).
 """
 
 from __future__ import annotations
