@@ -14,11 +14,12 @@ from em_tutorial.gmm._density import log_density_from_mahalanobis
 from em_tutorial.gmm._e_step import shifted_exp
 from em_tutorial.gmm._precision import log_det_cholesky
 
-#: Samples per block on the CPU. A block's largest temporary is (K, BLOCK_SIZE, d) floats for
-#: full and tied, 4 MiB for K = d = 16 in float64, and (BLOCK_SIZE, 2 d) for diag and
-#: spherical: both stay in a 2 MiB L2 plus a shared L3 (4096 ran 1.5x slower on a 2-core
-#: Xeon), while the ~30 array calls per block, and the threads' turns at the interpreter
-#: lock, stay small next to the arithmetic (512 ran 1.3x slower with two threads).
+#: Samples per block on the CPU. A block's largest temporary is (K, BLOCK_SIZE, d) floats
+#: for full covariances (and in the initial M-step), 4 MiB for K = d = 16 in float64, and
+#: (BLOCK_SIZE, 2 d) or (BLOCK_SIZE, K) for tied, diag and spherical: all stay in a 2 MiB L2
+#: plus a shared L3 (4096 ran 1.5x slower on a 2-core Xeon), while the ~30 array calls per
+#: block, and the threads' turns at the interpreter lock, stay small next to the arithmetic
+#: (512 ran 1.3x slower with two threads). The one remark on block sizes in the package.
 BLOCK_SIZE = 2048
 
 

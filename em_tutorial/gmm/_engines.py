@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import array_api_compat
 from threadpoolctl import threadpool_limits
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace
@@ -22,7 +23,7 @@ from em_tutorial.gmm._m_step import m_step
 
 ALGORITHMS = ("fast", "reference")
 
-#: Samples per block off the CPU: a launch per small block would leave a GPU idle between
+#: Samples per block on a GPU: a launch per small block would leave it idle between
 #: kernels, while 2**16 samples keep the (K, block, d) temporaries in the tens of megabytes.
 GPU_BLOCK_SIZE = 2**16
 
@@ -32,8 +33,9 @@ def _on_cpu(X):
 
 
 def block_size_for(X):
-    """Samples per block: cache-sized on the CPU (:data:`BLOCK_SIZE`), large elsewhere."""
-    return BLOCK_SIZE if _on_cpu(X) else GPU_BLOCK_SIZE
+    """Samples per block: cache-sized in host memory (:data:`BLOCK_SIZE`), large on a GPU."""
+    on_host = _on_cpu(X) or "cpu" in str(array_api_compat.device(X)).lower()
+    return BLOCK_SIZE if on_host else GPU_BLOCK_SIZE
 
 
 def threads_for(X):
