@@ -56,22 +56,19 @@ def assert_same_history(got, expected):
                             err_msg=f"{name}, iteration {iteration + 1}")
 
 
-@pytest.mark.parametrize("step", [gmm.em_step, gmm.em_step_blocked], ids=["plain", "fast"])
-@pytest.mark.parametrize("covariance_type", TYPES)
-def test_torch_float64_equals_numpy_every_iteration(step, covariance_type):
-    expected = iterate(step, np.asarray, covariance_type)
-    got = iterate(step, torch.from_numpy, covariance_type)
-    assert_same_history(got, expected)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("step", [gmm.em_step, gmm.em_step_blocked], ids=["plain", "fast"])
-@pytest.mark.parametrize("covariance_type", TYPES)
-def test_cupy_float64_equals_numpy_every_iteration(step, covariance_type):
+def to_cupy(array):
     import cupy
 
+    return cupy.asarray(array)
+
+
+@pytest.mark.parametrize("convert", [
+    torch.from_numpy, pytest.param(to_cupy, marks=pytest.mark.gpu)], ids=["torch", "cupy"])
+@pytest.mark.parametrize("step", [gmm.em_step, gmm.em_step_blocked], ids=["plain", "fast"])
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_float64_equals_numpy_every_iteration(convert, step, covariance_type):
     expected = iterate(step, np.asarray, covariance_type)
-    got = iterate(step, cupy.asarray, covariance_type)
+    got = iterate(step, convert, covariance_type)
     assert_same_history(got, expected)
 
 

@@ -63,16 +63,8 @@ def log_gaussian_density_blocked(
 ):
     """Same result as :func:`em_tutorial.gmm.log_gaussian_density`, block by block.
 
-    Parameters
-    ----------
-    X : array of shape (N, d)
-    means : array of shape (K, d)
-        mu_k.
-    precisions_cholesky : array
-        P_k, shaped per ``covariance_type``.
-    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    block_size : int, default=BLOCK_SIZE
-        Samples per block.
+    Arguments as there (X (N, d), mu_k (K, d), P_k per ``covariance_type``), plus
+    ``block_size``, the samples per block.
 
     Returns
     -------
