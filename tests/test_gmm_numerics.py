@@ -91,3 +91,30 @@ def test_reference_engine_equals_fast_engine(rng, covariance_type, dtype, rtol, 
 def test_unknown_algorithm_is_named(rng):
     with pytest.raises(ValueError, match="algorithm must be one of"):
         GaussianMixture(algorithm="quick").fit(rng.normal(size=(10, 2)))
+
+
+@pytest.mark.parametrize("dtype, rtol, atol_nats", [(np.float32, 1e-3, 2e-2),
+                                                    (np.float64, 1e-6, 1e-9)])
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_blocked_step_with_narrow_clusters_far_apart(covariance_type, dtype, rtol, atol_nats):
+    # Two clusters of spread 0.01, 1000 apart: around the first one, the expanded distances
+    # to the second would round off by eps 1e10 (a thousand nats in float32). The fast
+    # engine forms them from centred differences there, and its moments from a second pass.
+    # What remains is the rounding of whitened coordinates of size |x| |P| = 1e5: ~1e-2
+    # nats in float32, and float64 covariances to 1e-15 of the old spread (rtol 1e-6 here).
+    rng = np.random.default_rng(2)
+    X = (0.01 * rng.standard_normal((200, 2)) + np.repeat([[0.0, 0.0], [1e3, 1e3]], 100, axis=0)
+         ).astype(dtype)
+    resp = np.repeat(np.eye(2), 100, axis=0)  # each cluster its own component, spread 0.01
+    weights, means, covariances = gmm.m_step(X.astype(np.float64), resp, covariance_type)
+    precisions_chol = gmm.precisions_cholesky_from_covariances(covariances, covariance_type)
+    inputs = tuple(a.astype(dtype) for a in (X, weights, means, precisions_chol))
+    expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
+    got = gmm.em_step_blocked(*inputs, covariance_type)
+    for g, e in zip(got, expected):
+        assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+    density = gmm.log_gaussian_density_blocked(*inputs[:1], *inputs[2:], covariance_type)
+    expected_density = gmm.log_gaussian_density(*(a.astype(np.float64) for a in inputs[:1]),
+                                                *(a.astype(np.float64) for a in inputs[2:]),
+                                                covariance_type)
+    assert_allclose(density, expected_density, rtol=rtol, atol=atol_nats)

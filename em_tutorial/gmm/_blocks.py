@@ -85,3 +85,19 @@ def cancels_too_much(correction, result, dtype):
     """
     xp = get_array_module(correction, result)
     return bool(xp.any(correction * xp.finfo(dtype).eps ** 0.5 > result))
+
+
+#: The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near
+#: component k (the terms cancel that much); above this many nats they are formed from
+#: centred differences instead.
+EXPANSION_TOLERANCE = 1e-2
+
+
+def expansion_is_accurate(distances_of_centre):
+    """Are the expanded distances within :data:`EXPANSION_TOLERANCE`? (One host read.)
+
+    ``distances_of_centre`` is ||(c - mu_k) P_k||^2 for every k, shape (K,).
+    """
+    xp = get_array_module(distances_of_centre)
+    eps = xp.finfo(distances_of_centre.dtype).eps
+    return float(xp.max(distances_of_centre)) * 4 * eps <= EXPANSION_TOLERANCE

@@ -7,6 +7,7 @@ from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._blocks import (
     block_slices,
     cancels_too_much,
+    expansion_is_accurate,
     log_joint_offset,
     over_blocks,
     reference_point,
@@ -62,16 +63,38 @@ def diagonal_mahalanobis(features, coefficients, constant):
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
+def distance_function(means, precisions_cholesky, covariance_type, centre):
+    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (B, K).
+
+    The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
+    from the centred differences, (K, B, d) per block: data far from c next to narrow
+    components, such as clusters 1e5 standard deviations apart in float32.
+    """
+    xp = get_array_module(means, precisions_cholesky)
+    coefficients, constant = diagonal_coefficients(
+        means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(constant):
+        return lambda X_block, features: diagonal_mahalanobis(features, coefficients, constant)
+    # p_k per coordinate: (K, d) for diag, (K, 1) for spherical
+    scales = precisions_cholesky[:, None] if covariance_type == "spherical" else precisions_cholesky
+
+    def centred_distances(X_block, features):
+        whitened = (X_block[None, :, :] - means[:, None, :]) * scales[:, None, :]  # (K, B, d)
+        return xp.matrix_transpose(xp.vecdot(whitened, whitened, axis=-1))  # (B, K)
+
+    return centred_distances
+
+
 def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, block_size):
     """||(x_n - mu_k) p_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
     centre = reference_point(X, block_size)
-    coefficients, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
-    return xp.concat([
-        diagonal_mahalanobis(expanded_features(X[start:stop, :], centre, covariance_type), coefficients, constant)
-        for start, stop in block_slices(X.shape[0], block_size)
-    ], axis=0)
+    distances = distance_function(means, precisions_cholesky, covariance_type, centre)
+    blocks = []
+    for start, stop in block_slices(X.shape[0], block_size):
+        X_block = X[start:stop, :]  # (B, d)
+        blocks.append(distances(X_block, expanded_features(X_block, centre, covariance_type)))
+    return xp.concat(blocks, axis=0)  # (N, K)
 
 
 def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_size,
@@ -89,17 +112,17 @@ def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, bl
     """
     xp = get_array_module(X, means, precisions_cholesky, weights)
     centre = reference_point(X, block_size)
-    coefficients, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
+    distances = distance_function(means, precisions_cholesky, covariance_type, centre)
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
     log_floor = log_exp_floor(X)
 
     def sums_over(slices):
         counts = moments = total_log_norm = 0.0
         for start, stop in slices:
-            features = expanded_features(X[start:stop, :], centre, covariance_type)  # (B, d + e)
+            X_block = X[start:stop, :]  # (B, d)
+            features = expanded_features(X_block, centre, covariance_type)  # (B, d + e)
             # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
-            log_joint = offset - 0.5 * diagonal_mahalanobis(features, coefficients, constant)
+            log_joint = offset - 0.5 * distances(X_block, features)
             resp, log_norm = responsibilities(log_joint, 1, log_floor)  # z_nk: (B, K)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=0)  # (K,)

@@ -7,6 +7,7 @@ from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._blocks import (
     block_slices,
     cancels_too_much,
+    expansion_is_accurate,
     log_joint_offset,
     over_blocks,
     responsibilities,
@@ -16,15 +17,20 @@ from em_tutorial.gmm._e_step import log_exp_floor
 from em_tutorial.gmm._m_step import guarded_counts
 
 
-def tied_mahalanobis(whitened, whitened_means):
+def tied_mahalanobis(whitened, whitened_means, expand):
     """||(x_n - mu_k) P||^2 = ||u_n||^2 - 2 u_n . v_k + ||v_k||^2, shape (B, K), clipped at 0.
 
     u_n = (x_n - c) P, ``whitened`` (B, d); v_k = (mu_k - c) P, ``whitened_means`` (K, d).
+    With ``expand=False`` (where the expansion would round off too much, see
+    :func:`expansion_is_accurate`) the differences u_n - v_k are formed instead, (K, B, d).
     """
     xp = get_array_module(whitened, whitened_means)
+    norms_of_means = xp.sum(whitened_means * whitened_means, axis=1)  # ||v_k||^2: (K,)
+    if not expand:
+        differences = whitened[None, :, :] - whitened_means[:, None, :]  # (K, B, d)
+        return xp.matrix_transpose(xp.vecdot(differences, differences, axis=-1))  # (B, K)
     cross = xp.matmul(whitened, xp.matrix_transpose(whitened_means))  # (B, d) @ (d, K)
-    distances = (xp.sum(whitened * whitened, axis=1)[:, None] - 2 * cross
-                 + xp.sum(whitened_means * whitened_means, axis=1))  # (B, K)
+    distances = xp.sum(whitened * whitened, axis=1)[:, None] - 2 * cross + norms_of_means
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
@@ -33,10 +39,11 @@ def tied_mahalanobis_all(X, means, precision_cholesky, block_size):
     xp = get_array_module(X, means, precision_cholesky)
     centre = reference_point(X, block_size)
     whitened_means = xp.matmul(means - centre, precision_cholesky)  # v_k: (K, d) @ (d, d)
+    expand = expansion_is_accurate(xp.sum(whitened_means * whitened_means, axis=1))
     return xp.concat([
         # u_n = (x_n - c) P: (B, d) @ (d, d)
         tied_mahalanobis(xp.matmul(X[start:stop, :] - centre, precision_cholesky),
-                         whitened_means)
+                         whitened_means, expand)
         for start, stop in block_slices(X.shape[0], block_size)
     ], axis=0)
 
@@ -56,6 +63,7 @@ def tied_em_sums(X, weights, means, precision_cholesky, block_size, n_threads, c
     xp = get_array_module(X, means, precision_cholesky, weights)
     centre = reference_point(X, block_size)
     whitened_means = xp.matmul(means - centre, precision_cholesky)  # v_k: (K, d) @ (d, d)
+    expand = expansion_is_accurate(xp.sum(whitened_means * whitened_means, axis=1))
     offset = log_joint_offset(weights, precision_cholesky, "tied", means)  # (K,)
     log_floor = log_exp_floor(X)
 
@@ -65,7 +73,7 @@ def tied_em_sums(X, weights, means, precision_cholesky, block_size, n_threads, c
             centred = X[start:stop, :] - centre  # x_n - c: (B, d)
             whitened = xp.matmul(centred, precision_cholesky)  # u_n: (B, d) @ (d, d)
             # ln pi_k N(x_n | mu_k, Sigma) = offset_k - 1/2 ||(x_n - mu_k) P||^2: (B, K)
-            log_joint = offset - 0.5 * tied_mahalanobis(whitened, whitened_means)
+            log_joint = offset - 0.5 * tied_mahalanobis(whitened, whitened_means, expand)
             resp, log_norm = responsibilities(log_joint, 1, log_floor)  # z_nk: (B, K)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=0)  # (K,)
