@@ -15,7 +15,7 @@ from em_tutorial import gmm
 from em_tutorial.gmm import GaussianMixture
 
 TYPES = ["full", "tied", "diag", "spherical"]
-FAST = settings(max_examples=int(__import__("os").environ.get("GMM_EXAMPLES", 25)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def fits_clearly_with_sklearn(X, params):
