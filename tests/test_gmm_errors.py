@@ -63,16 +63,19 @@ def test_collapsed_tied_covariance_is_named(rng):
         GaussianMixture(2, covariance_type="tied", reg_covar=0.0).fit(X)
 
 
-def test_collapse_that_no_component_shows_in_float64_still_reads_well(rng):
-    # float32 data so large that the squared distances overflow: the log-likelihood is not
-    # finite although every covariance passed in is positive definite.
+@pytest.mark.parametrize("large", [1e19, 1e30])
+def test_float32_overflow_is_a_clear_error(rng, large):
+    # float32 data so large that the squared distances overflow: named as such, with the two
+    # fixes, before any NaN reaches a factorisation.
     X = rng.standard_normal((200, 2)).astype(np.float32)
-    X[:100] *= np.float32(1e19)
-    model = GaussianMixture(2, means_init=[[0, 0], [1, 1]],
-                            precisions_init=np.stack([np.eye(2)] * 2))
-    with pytest.raises(ValueError, match=r"^a component collapsed.*rescale the data"), \
-            np.errstate(all="ignore"):
-        model.fit(X)
+    X[:100] *= np.float32(large)
+    expected = r"overflow float32 .* pass float64 data or rescale it"
+    with pytest.raises(ValueError, match=expected), np.errstate(all="ignore"):
+        GaussianMixture(2).fit(X)
+    with pytest.raises(ValueError, match=expected), np.errstate(all="ignore"):
+        GaussianMixture(2, means_init=[[0, 0], [1, 1]],
+                        precisions_init=np.stack([np.eye(2)] * 2)).fit(X)
+    GaussianMixture(2, random_state=0).fit(X.astype(np.float64))  # the first fix works
 
 
 def test_collapse_in_the_functions_names_the_component():
@@ -86,19 +89,23 @@ def test_collapse_in_the_functions_names_the_component():
 @pytest.mark.parametrize(
     "params, message",
     [
-        (dict(weights_init=[0.5, 0.5, 0.0]), r"weights_init must have shape \(2,\)"),
+        (dict(weights_init=[0.5, 0.5, 0.0]),
+         r"'weights' should have the shape of \(2,\), but got \(3,\) \(from weights_init\)"),
         (dict(weights_init=[0.7, 0.7]), "weights_init must sum to 1"),
-        (dict(weights_init=[1.5, -0.5]), r"weights_init must lie in \[0, 1\]"),
+        (dict(weights_init=[1.5, -0.5]),
+         r"in the range \[0, 1\], but weights_init has min -0.5 and max 1.5"),
         (dict(weights_init=[np.nan, 0.5]), "weights_init contains NaN"),
-        (dict(means_init=np.zeros((2, 3))), r"means_init must have shape \(2, 2\)"),
+        (dict(means_init=np.zeros((2, 3))),
+         r"'means' should have the shape of \(2, 2\), but got \(2, 3\) \(from means_init"),
         (dict(means_init=[["a", "b"], ["c", "d"]]), "means_init must be numeric"),
-        (dict(precisions_init=np.ones((2, 2))), r"precisions_init .* must have shape \(2, 2, 2\)"),
+        (dict(precisions_init=np.ones((2, 2))),
+         r"'full precision' should have the shape of \(2, 2, 2\).*from precisions_init"),
         (dict(precisions_init=np.stack([np.eye(2), [[1.0, 2.0], [0.0, 1.0]]])),
          "precision 1 is not symmetric"),
         (dict(precisions_init=np.stack([np.eye(2), -np.eye(2)])),
          "precision 1 is not positive definite"),
         (dict(covariance_type="diag", precisions_init=[[1.0, 1.0], [1.0, 0.0]]),
-         "must be positive"),
+         "'diag precision' should be positive: precisions_init has 1 entries <= 0"),
         (dict(covariance_type="tied", precisions_init=-np.eye(2)),
          "the tied precision is not positive definite"),
     ],

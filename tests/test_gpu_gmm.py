@@ -194,7 +194,7 @@ def test_estimator_on_cupy_float64_matches_numpy(blobs, covariance_type, init_pa
     for method in ("predict_proba", "score_samples", "reconstruct"):
         _close(getattr(got, method)(X_d), getattr(expected, method)(blobs), np.float64)
     assert isinstance(got.means_, cupy.ndarray)
-    np.testing.assert_array_equal(got.predict(X_d), expected.predict(blobs))
+    np.testing.assert_array_equal(got.predict(X_d).get(), expected.predict(blobs))
     assert got.score(X_d) == pytest.approx(expected.score(blobs), rel=1e-10)
 
 

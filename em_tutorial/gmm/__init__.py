@@ -13,21 +13,20 @@ one EM iteration, (5) then (7)             :func:`em_step`
 =========================================  ===================================================
 
 :class:`GaussianMixture` puts them together as a drop-in for
-``sklearn.mixture.GaussianMixture``, with a ``reconstruct`` method. It runs the fast paths
-:func:`em_step_blocked` and :func:`log_gaussian_density_blocked`, which compute the same
-numbers as the plain functions in one pass over cache-sized blocks of :data:`BLOCK_SIZE`
-samples.
+``sklearn.mixture.GaussianMixture``, with a ``reconstruct`` method. With
+``algorithm="reference"`` it runs exactly these functions; by default (``"fast"``) it runs
+the fast engine of :mod:`em_tutorial.gmm._fast` -- :func:`em_step_blocked`,
+:func:`m_step_blocked`, :func:`log_gaussian_density_blocked` -- which computes the same
+numbers in one pass over cache-sized blocks of :data:`BLOCK_SIZE` samples.
 """
 
-from em_tutorial.gmm._density import (
-    BLOCK_SIZE,
-    log_gaussian_density,
-    log_gaussian_density_blocked,
-)
+from em_tutorial.gmm._blocks import BLOCK_SIZE
+from em_tutorial.gmm._density import log_gaussian_density
 from em_tutorial.gmm._e_step import e_step, log_e_step, log_likelihood, log_softmax, logsumexp
 from em_tutorial.gmm._estimator import GaussianMixture
-from em_tutorial.gmm._em_step import em_step, em_step_blocked
-from em_tutorial.gmm._m_step import m_step, m_step_blocked
+from em_tutorial.gmm._em_step import em_step
+from em_tutorial.gmm._fast import em_step_blocked, log_gaussian_density_blocked, m_step_blocked
+from em_tutorial.gmm._m_step import m_step
 from em_tutorial.gmm._precision import (
     COVARIANCE_TYPES,
     covariances_from_precisions_cholesky,

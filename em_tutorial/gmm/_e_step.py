@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import constant_like
 from em_tutorial.gmm._density import log_gaussian_density
 
 
-def log_exp_floor(xp, dtype):
-    """ln sqrt(tiny), 0-d: shifted log-terms below it count as 0 in :func:`shifted_exp`."""
-    return xp.asarray(0.5 * math.log(xp.finfo(dtype).smallest_normal), dtype=dtype)
+def log_exp_floor(like):
+    """ln sqrt(tiny), 0-d, next to ``like``: shifted log-terms below it count as 0 in
+    :func:`shifted_exp`."""
+    xp = get_array_module(like)
+    return constant_like(0.5 * math.log(xp.finfo(like.dtype).smallest_normal), like)
 
 
 def shifted_exp(a, axis, floor):
@@ -64,7 +67,7 @@ def log_softmax(a, axis=-1):
     log_sum_exp : array, ``a`` without ``axis``
     """
     xp = get_array_module(a)
-    shifted, terms, peak = shifted_exp(a, axis, log_exp_floor(xp, a.dtype))
+    shifted, terms, peak = shifted_exp(a, axis, log_exp_floor(a))
     log_sum_shifted = xp.log(xp.sum(terms, axis=axis, keepdims=True))
     log_p = shifted - log_sum_shifted
     return log_p, xp.squeeze(log_sum_shifted + peak, axis=axis)
@@ -84,7 +87,7 @@ def weighted_log_density(log_density, weights=None):
     xp = get_array_module(log_density, weights)
     n_components = log_density.shape[1]
     if weights is None:
-        return log_density - xp.log(xp.asarray(float(n_components), dtype=log_density.dtype))
+        return log_density - xp.log(constant_like(float(n_components), log_density))
     if tuple(weights.shape) != (n_components,):
         raise ValueError(f"weights must have shape ({n_components},), got {tuple(weights.shape)}")
     return log_density + xp.log(weights)

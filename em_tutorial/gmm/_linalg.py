@@ -16,6 +16,7 @@ other (array_api_strict)  general ``xp.linalg.solve``     whatever the library d
 from __future__ import annotations
 
 from em_tutorial.backend import is_cupy_namespace, is_numpy_namespace
+from em_tutorial.gmm._arrays import eye_like
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -62,7 +63,7 @@ def invert_lower_triangular(lower, xp):
     -------
     inverse : array of shape (..., d, d), lower triangular
     """
-    eye = xp.broadcast_to(xp.eye(lower.shape[-1], dtype=lower.dtype), lower.shape)
+    eye = xp.broadcast_to(eye_like(lower.shape[-1], lower), lower.shape)
     if is_numpy_namespace(xp):
         import scipy.linalg
 

@@ -11,20 +11,32 @@ Sigma_k, so the seed's form is a conditional-maximisation step (ECM, Meng and Ru
 the log-likelihood still never decreases, but each step raises Q less (Sigma_k is inflated
 by (mu_new - mu_old)(mu_new - mu_old)^T), and EM typically converges more slowly.
 
-Two versions side by side, tested to agree: :func:`m_step` (one component at a time, to
-read) and :func:`m_step_blocked` (all K components per block of samples, see
-:data:`em_tutorial.gmm.BLOCK_SIZE`). The EM loop of the estimator goes one step further and
-fuses the M-step with the E-step: :func:`em_tutorial.gmm.em_step_blocked`.
+:func:`m_step` computes it one component at a time, to read. The fast engine
+(:mod:`em_tutorial.gmm._fast`) has a blocked version, :func:`em_tutorial.gmm.m_step_blocked`,
+and fuses the M-step with the E-step in :func:`em_tutorial.gmm.em_step_blocked`; both are
+tested equal to this one.
 """
 
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._density import BLOCK_SIZE
+from em_tutorial.gmm._arrays import constant_like, eye_like
 from em_tutorial.gmm._precision import check_covariance_type
 
 
-def _counts_weights_means(X, resp, covariance_means):
+def guarded_counts(counts):
+    """N_k, with at least 10 eps against an empty component's division by zero.
+
+    A floor rather than scikit-learn's "+ 10 eps": a component with any weight keeps its
+    exact mean, so one that starts on a single point has mu_k = x exactly and a scatter of
+    exactly 0 (else its covariance is rank-one rounding noise, singular in float32).
+    """
+    xp = get_array_module(counts)
+    return xp.maximum(counts, constant_like(10 * xp.finfo(counts.dtype).eps, counts))
+
+
+def counts_weights_means(X, resp, covariance_means):
+    """(xp, N_k, pi_k, mu_k, c_k): the first lines of eq. 7, shared with the fast engine."""
     xp = get_array_module(X, resp, covariance_means)
     if X.ndim != 2 or resp.ndim != 2 or resp.shape[0] != X.shape[0]:
         raise ValueError(
@@ -37,8 +49,8 @@ def _counts_weights_means(X, resp, covariance_means):
             f"covariance_means must have shape ({n_components}, {n_features}), "
             f"got {tuple(covariance_means.shape)}"
         )
-    # N_k = sum_n z_nk; the 10 eps keeps an empty component from dividing by zero.
-    counts = xp.sum(resp, axis=0) + 10 * xp.finfo(resp.dtype).eps  # (K,)
+    # N_k = sum_n z_nk, guarded against empty components
+    counts = guarded_counts(xp.sum(resp, axis=0))  # (K,)
     # pi_k = N_k / N
     weights = counts / xp.sum(counts)  # (K,)
     # mu_k = (1/N_k) sum_n z_nk x_n: (K, N) @ (N, d) -> (K, d)
@@ -47,7 +59,7 @@ def _counts_weights_means(X, resp, covariance_means):
     return xp, counts, weights, means, centres
 
 
-def _covariances_from_scatter(scatter, counts, covariance_type, reg_covar):
+def covariances_from_scatter(scatter, counts, covariance_type, reg_covar):
     """Sigma from the scatter sum_n z_nk (x_n - c_k)(x_n - c_k)^T.
 
     ``scatter`` is (K, d, d), or (K, d) diagonals for diag and spherical.
@@ -55,11 +67,11 @@ def _covariances_from_scatter(scatter, counts, covariance_type, reg_covar):
     xp = get_array_module(scatter, counts)
     n_features = scatter.shape[1]
     if covariance_type == "full":
-        eye = xp.eye(n_features, dtype=scatter.dtype)
+        eye = eye_like(n_features, scatter)
         return scatter / counts[:, None, None] + reg_covar * eye  # (K, d, d)
     if covariance_type == "tied":
         # One Sigma for all: the pooled scatter over all N points.
-        eye = xp.eye(n_features, dtype=scatter.dtype)
+        eye = eye_like(n_features, scatter)
         return xp.sum(scatter, axis=0) / xp.sum(counts) + reg_covar * eye  # (d, d)
     variances = scatter / counts[:, None] + reg_covar  # (K, d)
     if covariance_type == "diag":
@@ -94,7 +106,7 @@ def m_step(X, resp, covariance_type="full", reg_covar=1e-6, covariance_means=Non
         Sigma_k: full (K, d, d), tied (d, d), diag (K, d), spherical (K,).
     """
     check_covariance_type(covariance_type)
-    xp, counts, weights, means, centres = _counts_weights_means(X, resp, covariance_means)
+    xp, counts, weights, means, centres = counts_weights_means(X, resp, covariance_means)
     diagonal_only = covariance_type in ("diag", "spherical")
     scatters = []
     for k in range(resp.shape[1]):
@@ -107,36 +119,4 @@ def m_step(X, resp, covariance_type="full", reg_covar=1e-6, covariance_means=Non
             # sum_n z_nk (x_n - c_k)(x_n - c_k)^T: (d, N) @ (N, d) -> (d, d)
             scatters.append(xp.matmul(xp.matrix_transpose(weighted), centred))
     scatter = xp.stack(scatters, axis=0)  # (K, d, d) or (K, d)
-    return weights, means, _covariances_from_scatter(scatter, counts, covariance_type, reg_covar)
-
-
-def m_step_blocked(
-    X, resp, covariance_type="full", reg_covar=1e-6, covariance_means=None, block_size=BLOCK_SIZE
-):
-    """Same result as :func:`m_step`, computed block by block.
-
-    The means come from one matrix product over all of X. The scatter of a block X_b of B
-    samples is formed for all K components at once: the differences x_n - c_k as one
-    (K, B, d) array (centred *before* squaring, so float32 keeps its digits), then one batched
-    product (K, d, B) @ (K, B, d). That array is a few hundred KiB, so it stays in cache.
-
-    Arguments and returns as in :func:`m_step`, plus ``block_size`` (samples per block).
-    """
-    check_covariance_type(covariance_type)
-    xp, counts, weights, means, centres = _counts_weights_means(X, resp, covariance_means)
-    diagonal_only = covariance_type in ("diag", "spherical")
-    n_samples = X.shape[0]
-    scatter = 0.0
-    for start in range(0, n_samples, block_size):
-        stop = min(start + block_size, n_samples)  # the array API has no out-of-range slices
-        X_block = X[start:stop, :]  # (B, d)
-        resp_block = xp.matrix_transpose(resp[start:stop, :])  # (K, B)
-        centred = X_block[None, :, :] - centres[:, None, :]  # x_n - c_k: (K, B, d)
-        weighted = resp_block[:, :, None] * centred  # z_nk (x_n - c_k): (K, B, d)
-        if diagonal_only:
-            weighted *= centred  # in place: z_nk (x_nj - c_kj)^2
-            scatter = scatter + xp.sum(weighted, axis=1)  # (K, d)
-        else:
-            # (K, d, B) @ (K, B, d) -> (K, d, d)
-            scatter = scatter + xp.matmul(xp.matrix_transpose(weighted), centred)
-    return weights, means, _covariances_from_scatter(scatter, counts, covariance_type, reg_covar)
+    return weights, means, covariances_from_scatter(scatter, counts, covariance_type, reg_covar)

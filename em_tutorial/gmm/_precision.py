@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from em_tutorial.backend import get_array_module, to_numpy
+from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import constant_like, to_host
 from em_tutorial.gmm._linalg import (
     NotPositiveDefiniteError,
     cholesky_lower,
@@ -50,33 +51,66 @@ def parameter_shape(covariance_type, n_components, n_features):
     }[covariance_type]
 
 
+#: A variance must exceed (ROUNDING_ULPS units in the last place of the component's
+#: coordinates)^2 to be told apart from rounding noise: below that, the points' own rounding
+#: could have made it.
+ROUNDING_ULPS = 8
+
+
+def rounding_floors(means, covariance_type, reg_covar=0.0):
+    """The variance at or below which Sigma_k has collapsed, per component, on the host.
+
+    Scale-aware: coordinates near |mu_k| are rounded to eps |mu_k|, so a variance below
+    (ROUNDING_ULPS eps max_j |mu_kj|)^2 could be rounding noise: three clusters of spread
+    0.01 around 1000 are fine in float32 (floor ~1e-6), a variance of 1e-28 around 100 in
+    float64 is not (floor ~3e-26). With ``reg_covar > 0`` every variance is held up by
+    reg_covar, which the user chose: then only one below reg_covar / 2 (a scatter that
+    rounding drove negative) counts, as scikit-learn fits the rest.
+
+    Returns
+    -------
+    floors : ndarray of shape (K,), or (1,) for ``tied`` (one matrix, the largest floor)
+    """
+    means = to_host(means)
+    eps = np.finfo(means.dtype).eps
+    floors = (ROUNDING_ULPS * eps * np.max(np.abs(means), axis=1).astype(np.float64)) ** 2
+    if reg_covar > 0:
+        floors = np.minimum(floors, reg_covar / 2)
+    return floors.max(keepdims=True) if covariance_type == "tied" else floors
+
+
 def collapsed_components(covariances, covariance_type, floor=0.0):
     """Indices k whose Sigma_k has an eigenvalue (a variance) <= ``floor``, or is not finite.
 
     ``floor=0`` asks for "not positive definite". A caller that knows the data's scale can
-    pass the level of rounding noise instead: a variance of 1e-28 for data of size 100 is a
-    component that sits on one point, even if it is still positive.
+    pass the level of rounding noise instead (:func:`rounding_floors`, one per component):
+    a variance of 1e-28 for data of size 100 is a component that sits on one point, even if
+    it is still positive.
 
     Copies to the host and checks one component at a time: for error paths and once-per-fit
     checks only. For ``tied`` the single shared matrix is reported as component 0.
     """
-    covariances = to_numpy(covariances).astype(np.float64)
+    covariances = to_host(covariances).astype(np.float64)
     if covariance_type == "tied":
         covariances = covariances[np.newaxis]
+    floors = np.broadcast_to(np.asarray(floor, dtype=np.float64), (len(covariances),))
     bad = []
-    for k, sigma in enumerate(covariances):
+    for k, (sigma, floor_k) in enumerate(zip(covariances, floors)):
         if not np.all(np.isfinite(sigma)):
             bad.append(k)
         elif covariance_type in ("full", "tied"):
-            if np.linalg.eigvalsh(sigma).min() <= floor:
+            if np.linalg.eigvalsh(sigma).min() <= floor_k:
                 bad.append(k)
-        elif np.min(sigma) <= floor:
+        elif np.min(sigma) <= floor_k:
             bad.append(k)
     return bad
 
 
 def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
-    """The ValueError for collapsed covariances (see :func:`collapsed_components`), naming them."""
+    """The ValueError for collapsed covariances (see :func:`collapsed_components`), naming them.
+
+    ``floor`` as in :func:`collapsed_components`.
+    """
     bad = collapsed_components(covariances, covariance_type, floor)
     if covariance_type == "tied":
         where = "the tied covariance (shared by all components)"
@@ -87,12 +121,15 @@ def collapse_error(covariances, covariance_type, reg_covar=None, floor=0.0):
     else:  # every covariance passes the float64 check: the breakdown is in the working dtype
         where = "a component"
     now = "" if reg_covar is None else f" (reg_covar is now {reg_covar:g})"
+    # scikit-learn's sentence first (its tests match it), then which component and why.
     return ValueError(
-        f"{where} collapsed: the covariance is singular to working precision, typically "
-        "because the component sits on a single point or on points that span fewer "
-        f"dimensions than n_features. Increase reg_covar{now}, e.g. to 1e-3 times the data "
-        "variance, or use fewer components, or rescale the data. With float32 data, float64 "
-        "also helps."
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). Try "
+        "to decrease the number of components, increase reg_covar, or scale the input "
+        f"data. Here {where} collapsed: the covariance is singular to working precision, "
+        "typically because the component sits on a single point or on points that span "
+        f"fewer dimensions than n_features. Increase reg_covar{now}, e.g. to 1e-3 times the "
+        "data variance. With float32 data, float64 also helps."
     )
 
 
@@ -127,7 +164,7 @@ def precisions_cholesky_from_covariances(covariances, covariance_type="full", *,
         precisions_chol = xp.matrix_transpose(invert_lower_triangular(lower, xp))
     else:
         # P = 1 / sigma. A non-positive variance becomes NaN here (not a division warning).
-        safe = xp.where(covariances > 0, covariances, xp.asarray(xp.nan, dtype=covariances.dtype))
+        safe = xp.where(covariances > 0, covariances, constant_like(xp.nan, covariances))
         precisions_chol = 1.0 / xp.sqrt(safe)
     if validate and not bool(xp.all(xp.isfinite(precisions_chol))):
         raise collapse_error(covariances, covariance_type)

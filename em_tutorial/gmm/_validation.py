@@ -16,6 +16,23 @@ def check_n_samples(X, n_components):
         )
 
 
+def check_not_overflowing(shape, dtype, max_abs):
+    """Squared distances of X must fit its dtype: sum_n (x_n - mu)^2 reaches ~4 N d max|X|^2.
+
+    ``shape`` and ``dtype`` (a NumPy dtype) are X's, ``max_abs`` is max |X|, a Python float.
+    Raises a ValueError that names the dtype.
+    """
+    largest = float(np.finfo(dtype).max)
+    n_samples, n_features = shape
+    if 4.0 * n_samples * n_features * max_abs**2 >= largest:
+        advice = "pass float64 data or rescale it" if dtype == np.float32 else "rescale it"
+        raise ValueError(
+            f"X has values up to {max_abs:.3g}: its squared distances overflow {dtype} "
+            f"(largest value {largest:.3g}); {advice}, e.g. with "
+            "sklearn.preprocessing.StandardScaler."
+        )
+
+
 def _as_float_array(value, name, dtype):
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.number):
@@ -26,42 +43,52 @@ def _as_float_array(value, name, dtype):
     return array
 
 
-def _check_shape(array, expected, name):
+def _check_shape(array, expected, name, parameter):
+    # scikit-learn's wording first (its tests match it), then which argument it was.
     if array.shape != expected:
-        raise ValueError(f"{name} must have shape {expected}, but got {array.shape}")
+        raise ValueError(f"The parameter '{parameter}' should have the shape of {expected}, "
+                         f"but got {array.shape} (from {name})")
 
 
 def check_weights_init(weights, n_components, dtype):
     weights = _as_float_array(weights, "weights_init", dtype)
-    _check_shape(weights, (n_components,), "weights_init")
+    _check_shape(weights, (n_components,), "weights_init", "weights")
     if np.any(weights < 0) or np.any(weights > 1):
-        raise ValueError(
-            f"weights_init must lie in [0, 1], got min {weights.min():g}, max {weights.max():g}"
-        )
+        raise ValueError(f"The parameter 'weights' should be in the range [0, 1], but "
+                         f"weights_init has min {weights.min():g} and max {weights.max():g}")
     atol = 1e-6 if dtype == np.float32 else 1e-8
     if abs(float(weights.sum()) - 1.0) > atol:
-        raise ValueError(f"weights_init must sum to 1, got sum {float(weights.sum()):.8g}")
+        raise ValueError("The parameter 'weights' should be normalized, but got "
+                         f"sum(weights) = {float(weights.sum()):.5f} (weights_init must sum "
+                         "to 1)")
     return weights
 
 
 def check_means_init(means, n_components, n_features, dtype):
     means = _as_float_array(means, "means_init", dtype)
-    _check_shape(means, (n_components, n_features), "means_init")
+    _check_shape(means, (n_components, n_features), "means_init", "means")
     return means
 
 
 def check_precisions_init(precisions, covariance_type, n_components, n_features, dtype):
     precisions = _as_float_array(precisions, "precisions_init", dtype)
     expected = parameter_shape(covariance_type, n_components, n_features)
-    _check_shape(precisions, expected, f"precisions_init (covariance_type={covariance_type!r})")
+    parameter = f"{covariance_type} precision"
+    _check_shape(precisions, expected, f"precisions_init, covariance_type={covariance_type!r}",
+                 parameter)
     if covariance_type in ("full", "tied"):
         matrices = precisions.reshape(-1, n_features, n_features)
         for k, matrix in enumerate(matrices):
             what = "the tied precision" if covariance_type == "tied" else f"precision {k}"
             if not np.allclose(matrix, matrix.T):
-                raise ValueError(f"precisions_init: {what} is not symmetric")
-            if np.linalg.eigvalsh(matrix).min() <= 0:
-                raise ValueError(f"precisions_init: {what} is not positive definite")
+                problem = "is not symmetric"
+            elif np.linalg.eigvalsh(matrix).min() <= 0:
+                problem = "is not positive definite"
+            else:
+                continue
+            raise ValueError(f"'{parameter}' should be symmetric, positive-definite: in "
+                             f"precisions_init, {what} {problem}")
     elif np.any(precisions <= 0):
-        raise ValueError(f"precisions_init ({covariance_type}) must be positive everywhere")
+        raise ValueError(f"'{parameter}' should be positive: precisions_init has "
+                         f"{int(np.sum(precisions <= 0))} entries <= 0")
     return precisions

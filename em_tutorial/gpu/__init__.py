@@ -9,8 +9,9 @@ Two lessons side by side:
        x, mu = gpu.to_gpu(x, mu)                  # float32 on the device
        z, mu, x_tilde = ema.em_attention(x, mu)   # the plain CuPy version
 
-   :class:`GaussianMixtureGPU` is the mixture estimator with its input checks done on the
-   device, so ``fit`` keeps the data there.
+   :class:`em_tutorial.gmm.GaussianMixture` fits CuPy arrays on the device under
+   scikit-learn's array-API dispatch; :class:`GaussianMixtureGPU` is a convenience that
+   does the same without setting dispatch up.
 
 2. **Making it fast.** :func:`em_attention_fused` computes the same numbers with two fused
    kernels per iteration instead of a dozen element-wise passes over the N x K matrix

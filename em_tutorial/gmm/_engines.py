@@ -1,0 +1,79 @@
+"""The two engines the estimator can run, behind one interface.
+
+``"reference"`` runs the plain one-function-per-equation path (:func:`m_step`,
+:func:`em_step`, :func:`log_gaussian_density`), the code a learner reads next to the
+equations. ``"fast"`` runs :mod:`em_tutorial.gmm._fast`, which computes the same numbers
+in one blocked, threaded pass. Both see X in its own namespace and on its own device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import array_api_compat
+from threadpoolctl import threadpool_limits
+
+from em_tutorial.backend import get_array_module, is_numpy_namespace
+from em_tutorial.gmm._blocks import BLOCK_SIZE
+from em_tutorial.gmm._density import log_gaussian_density
+from em_tutorial.gmm._em_step import em_step
+from em_tutorial.gmm._fast import em_step_blocked, log_gaussian_density_blocked, m_step_blocked
+from em_tutorial.gmm._m_step import m_step
+
+ALGORITHMS = ("fast", "reference")
+
+#: Samples per block on a GPU: a launch per small block would leave it idle between
+#: kernels, while 2**16 samples keep the (K, block, d) temporaries in the tens of megabytes.
+GPU_BLOCK_SIZE = 2**16
+
+
+def _on_cpu(X):
+    return is_numpy_namespace(get_array_module(X))
+
+
+def block_size_for(X):
+    """Samples per block: cache-sized in host memory (:data:`BLOCK_SIZE`), large on a GPU."""
+    on_host = _on_cpu(X) or "cpu" in str(array_api_compat.device(X)).lower()
+    return BLOCK_SIZE if on_host else GPU_BLOCK_SIZE
+
+
+def threads_for(X):
+    """Threads for the fast engine: the available cores for NumPy, 1 for other libraries."""
+    if not _on_cpu(X):
+        return 1  # torch and CuPy parallelise inside each operation
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n_blocks = -(-X.shape[0] // BLOCK_SIZE)
+    return max(1, min(cores or 1, n_blocks))
+
+
+def single_threaded_blas(X):
+    """For NumPy, BLAS limited to one thread: the per-block products are too small to split,
+    and the cores are already busy with one block each (waiting threads would spin)."""
+    if not _on_cpu(X):
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def initial_m_step(algorithm, X, resp, covariance_type, reg_covar):
+    """(pi_k, mu_k, Sigma_k) from the first responsibilities, eq. 7."""
+    if algorithm == "reference":
+        return m_step(X, resp, covariance_type, reg_covar)
+    return m_step_blocked(X, resp, covariance_type, reg_covar, block_size=block_size_for(X))
+
+
+def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar):
+    """One iteration, eqs. 5 then 7: (pi, mu, Sigma, mean ln p(x_n) of the parameters in)."""
+    if algorithm == "reference":
+        return em_step(X, weights, means, precisions_cholesky, covariance_type, reg_covar)
+    return em_step_blocked(X, weights, means, precisions_cholesky, covariance_type, reg_covar,
+                           block_size=block_size_for(X), n_threads=threads_for(X))
+
+
+def component_log_density(algorithm, X, means, precisions_cholesky, covariance_type):
+    """ln N(x_n | mu_k, Sigma_k), eq. 3, shape (N, K)."""
+    if algorithm == "reference":
+        return log_gaussian_density(X, means, precisions_cholesky, covariance_type)
+    with single_threaded_blas(X):
+        return log_gaussian_density_blocked(X, means, precisions_cholesky, covariance_type,
+                                            block_size=block_size_for(X))

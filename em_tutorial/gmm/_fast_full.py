@@ -1,0 +1,145 @@
+"""Fast path for full covariances: whitened differences, reused (tricks 2 and 4 of
+:mod:`em_tutorial.gmm._fast`)."""
+
+from __future__ import annotations
+
+from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import full_like_shape
+from em_tutorial.gmm._blocks import (
+    block_slices,
+    cancels_too_much,
+    log_joint_offset,
+    over_blocks,
+    responsibilities,
+)
+from em_tutorial.gmm._e_step import log_exp_floor
+from em_tutorial.gmm._linalg import invert_lower_triangular
+from em_tutorial.gmm._m_step import guarded_counts
+
+
+def augmented_precisions_cholesky(means, precisions_cholesky):
+    """[[P_k], [-mu_k P_k]] for every k, shape (K, d + 1, d), for full covariances.
+
+    With a 1 appended to x, one product gives the centred, whitened difference:
+    [x, 1] @ [[P_k], [-mu_k P_k]] = (x - mu_k) P_k.
+    """
+    xp = get_array_module(means, precisions_cholesky)
+    # (K, 1, d) @ (K, d, d) -> (K, 1, d)
+    means_whitened = xp.matmul(means[:, None, :], precisions_cholesky)
+    return xp.concat([precisions_cholesky, -means_whitened], axis=1)  # (K, d + 1, d)
+
+
+def whitened_differences(X_block, p_augmented):
+    """y_nk = (x_n - mu_k) P_k for a block of samples and all K components, shape (K, B, d).
+
+    Parameters
+    ----------
+    X_block : array of shape (B, d)
+    p_augmented : array of shape (K, d + 1, d)
+        From :func:`augmented_precisions_cholesky`.
+    """
+    xp = get_array_module(X_block, p_augmented)
+    ones = full_like_shape((X_block.shape[0], 1), 1, X_block)
+    # (1, B, d + 1) @ (K, d + 1, d) -> (K, B, d)
+    return xp.matmul(xp.concat([X_block, ones], axis=1)[None, :, :], p_augmented)
+
+
+def full_mahalanobis(X, means, precisions_cholesky, block_size):
+    """||(x_n - mu_k) P_k||^2 for every n and k, block by block, shape (N, K)."""
+    xp = get_array_module(X, means, precisions_cholesky)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
+    blocks = []
+    for start, stop in block_slices(X.shape[0], block_size):
+        whitened = whitened_differences(X[start:stop, :], p_augmented)  # (K, B, d)
+        blocks.append(xp.vecdot(whitened, whitened, axis=-1))  # squares and sums: (K, B)
+    return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (N, K)
+
+
+def full_em_sums(X, weights, means, precisions_cholesky, block_size, n_threads):
+    """The E-step and the M-step's sums for full and tied, in one blocked pass.
+
+    Returns
+    -------
+    counts : (K,), sum_n z_nk
+    weighted_sums : (K, d), sum_n z_nk x_n
+    scatter : (K, d, d), sum_n z_nk (x_n - mu_k)(x_n - mu_k)^T around the *old* means
+    total_log_norm : 0-d, sum_n ln p(x_n)
+    """
+    xp = get_array_module(X, means, precisions_cholesky, weights)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
+    offset = log_joint_offset(weights, precisions_cholesky, "full", means)  # (K,)
+    log_floor = log_exp_floor(X)
+
+    def sums_over(slices):
+        counts = weighted_sums = whitened_scatter = total_log_norm = 0.0
+        for start, stop in slices:
+            X_block = X[start:stop, :]  # (B, d)
+            whitened = whitened_differences(X_block, p_augmented)  # y_nk: (K, B, d)
+            # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||y_nk||^2: (K, B)
+            log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
+            resp, log_norm = responsibilities(log_joint, 0, log_floor)  # z_nk: (K, B)
+            total_log_norm = total_log_norm + log_norm
+            counts = counts + xp.sum(resp, axis=1)  # (K,)
+            weighted_sums = weighted_sums + xp.matmul(resp, X_block)  # (K, B) @ (B, d)
+            # sum_n z_nk y_nk^T y_nk: (K, d, B) @ (K, B, d) -> (K, d, d)
+            weighted = whitened * resp[:, :, None]  # z_nk y_nk: (K, B, d)
+            whitened_scatter = whitened_scatter + xp.matmul(
+                xp.matrix_transpose(weighted), whitened)
+        return counts, weighted_sums, whitened_scatter, total_log_norm
+
+    counts, weighted_sums, whitened_scatter, total_log_norm = over_blocks(
+        sums_over, X.shape[0], block_size, n_threads)
+    # Back from whitened coordinates, x - mu_old = y P^{-1}:
+    # sum_n z_nk (x_n - mu_old)(x_n - mu_old)^T = P_k^{-T} (sum_n z_nk y_nk^T y_nk) P_k^{-1}
+    p_inverse_t = invert_lower_triangular(
+        xp.matrix_transpose(p_augmented[:, :-1, :]), xp)  # P^{-T}: (K, d, d)
+    scatter = xp.matmul(xp.matmul(p_inverse_t, whitened_scatter),
+                        xp.matrix_transpose(p_inverse_t))  # (K, d, d)
+    return counts, weighted_sums, scatter, total_log_norm
+
+
+def centred_scatter(X, weights, means, precisions_cholesky, centres, block_size, n_threads):
+    """sum_n z_nk (x_n - c_k)(x_n - c_k)^T, the E-step done again: trick 4's second pass."""
+    xp = get_array_module(X, means, centres)
+    p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
+    offset = log_joint_offset(weights, precisions_cholesky, "full", means)
+    log_floor = log_exp_floor(X)
+
+    def sums_over(slices):
+        scatter = 0.0
+        for start, stop in slices:
+            X_block = X[start:stop, :]  # (B, d)
+            whitened = whitened_differences(X_block, p_augmented)  # (K, B, d)
+            log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
+            resp, _ = responsibilities(log_joint, 0, log_floor)  # (K, B)
+            centred = X_block[None, :, :] - centres[:, None, :]  # x_n - c_k: (K, B, d)
+            weighted = centred * resp[:, :, None]  # (K, B, d)
+            scatter = scatter + xp.matmul(xp.matrix_transpose(weighted), centred)  # (K, d, d)
+        return (scatter,)
+
+    return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
+
+
+def full_step_scatter(X, weights, means, precisions_cholesky, counts, weighted_sums, scatter,
+                      seed_form, block_size, n_threads):
+    """The scatter around the new means (or the old ones, ``seed_form``), shape (K, d, d).
+
+    ``scatter`` is around the old means. Moving it to the new ones (textbook EM),
+    S_new = S_old - N_k s s^T with s = mu_new - mu_old, unless that cancels too much
+    (trick 4): then a second pass centred on the new means. ``counts`` are the plain N_k.
+    """
+    if seed_form:
+        return scatter
+    xp = get_array_module(scatter, weighted_sums)
+    safe_counts = guarded_counts(counts)  # as in m_step
+    new_means = weighted_sums / safe_counts[:, None]  # (K, d)
+    shift = new_means - means  # s: (K, d)
+    # sum_n z_nk (x_n - mu_new)(x_n - mu_new)^T = S_old - N_k s s^T
+    moved = scatter - counts[:, None, None] * (shift[:, :, None] * shift[:, None, :])
+    # The cancellation in the shift's direction: N_k (s^T s)^2 against s^T S_new s.
+    shift_norm = xp.vecdot(shift, shift, axis=-1)  # (K,)
+    along_shift = xp.vecdot(xp.matmul(moved, shift[:, :, None])[:, :, 0], shift, axis=-1)
+    if cancels_too_much(counts * shift_norm * shift_norm, along_shift, X.dtype):
+        return centred_scatter(X, weights, means, precisions_cholesky, new_means, block_size,
+                               n_threads)
+    return moved

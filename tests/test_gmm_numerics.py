@@ -1,0 +1,120 @@
+"""Numerics of the mixture at the edges: tight clusters far from the origin, covariances that
+shrink a lot in one step, and the two engines (fast and reference) giving the same numbers."""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.exceptions import ConvergenceWarning
+
+from em_tutorial import gmm
+from em_tutorial.gmm import GaussianMixture
+
+TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def tight_clusters_far_away(dtype):
+    """300 points, three clusters of std 0.01 at 1000 - 0.5, 1000 and 1000 + 0.5."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(0.0, 0.01, size=(300, 2)) + 1000.0
+    X[100:200] += 0.5
+    X[200:] -= 0.5
+    return X.astype(dtype)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_tight_float32_clusters_far_from_the_origin_fit(covariance_type):
+    # Variances of 1e-4 around 1000 are ~100 float32 units in the last place wide: a real
+    # spread, not rounding noise (an earlier floor of (100 eps max|x|)^2 = 1.4e-4 called it
+    # a collapse). The float32 fit matches the float64 one.
+    params = dict(n_components=3, covariance_type=covariance_type, random_state=0)
+    got = GaussianMixture(**params).fit(tight_clusters_far_away(np.float32))
+    expected = GaussianMixture(**params).fit(tight_clusters_far_away(np.float64))
+    order, expected_order = np.argsort(got.means_[:, 0]), np.argsort(expected.means_[:, 0])
+    assert_allclose(got.means_[order], expected.means_[expected_order], rtol=1e-6)
+    covariances, expected_covariances = got.covariances_, expected.covariances_
+    if covariance_type != "tied":
+        covariances, expected_covariances = covariances[order], expected_covariances[expected_order]
+    assert_allclose(covariances, expected_covariances, rtol=2e-2, atol=2e-6)
+    assert np.all(np.diff(np.sort(got.means_[:, 0])) > 0.4)  # three clusters found
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-3), (np.float64, 1e-9)])
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_blocked_step_when_a_covariance_shrinks_a_lot(covariance_type, dtype, rtol):
+    # Old variance 0.1, the component's points 0.3 away with variance 2e-6: moving the
+    # one-pass scatter to the new mean cancels N 0.09 against N 2e-6, 4.7 digits, more than
+    # half of float32's. The step must notice from the new scatter (the old spread sees a
+    # harmless shift of one standard deviation) and centre a second pass on the new mean.
+    rng = np.random.default_rng(1)
+    X = (0.3 + np.sqrt(2e-6) * rng.standard_normal((200, 2))).astype(dtype)
+    means = np.zeros((1, 2), dtype=dtype)
+    covariances = {"full": np.eye(2)[None] * 0.1, "tied": np.eye(2) * 0.1,
+                   "diag": np.full((1, 2), 0.1), "spherical": np.full(1, 0.1)}[covariance_type]
+    precisions_chol = gmm.precisions_cholesky_from_covariances(
+        covariances.astype(dtype), covariance_type)
+    weights = np.ones(1, dtype=dtype)
+    inputs = (X, weights, means, precisions_chol)
+    expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type,
+                           reg_covar=0.0)
+    got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0)
+    assert_allclose(got[2], expected[2], rtol=rtol)  # the covariances, ~2e-6
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+@pytest.mark.parametrize("covariance_type", TYPES)
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+def test_reference_engine_equals_fast_engine(rng, covariance_type, dtype, rtol, init_params):
+    # The same estimator, once through the plain e_step/m_step functions and once through
+    # the blocked, threaded engine: the same fit, iteration by iteration.
+    centres = np.array([[0.0, 0.0, 0.0], [5.0, 1.0, 0.0], [0.0, 6.0, -2.0]])
+    X = (centres[rng.integers(3, size=5000)] + rng.standard_normal((5000, 3))).astype(dtype)
+    params = dict(n_components=3, covariance_type=covariance_type, max_iter=8, tol=0.0,
+                  random_state=0, init_params=init_params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fast = GaussianMixture(**params).fit(X)
+        reference = GaussianMixture(algorithm="reference", **params).fit(X)
+    assert_allclose(fast.lower_bounds_, reference.lower_bounds_, rtol=rtol)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        got, expected = getattr(fast, name), getattr(reference, name)
+        assert got.dtype == expected.dtype == dtype
+        assert_allclose(got, expected, rtol=rtol, atol=rtol * np.max(np.abs(expected)),
+                        err_msg=name)
+    assert_allclose(fast.predict_proba(X), reference.predict_proba(X), atol=rtol)
+
+
+def test_unknown_algorithm_is_named(rng):
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        GaussianMixture(algorithm="quick").fit(rng.normal(size=(10, 2)))
+
+
+@pytest.mark.parametrize("dtype, rtol, atol_nats", [(np.float32, 1e-3, 2e-2),
+                                                    (np.float64, 1e-6, 1e-9)])
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_blocked_step_with_narrow_clusters_far_apart(covariance_type, dtype, rtol, atol_nats):
+    # Two clusters of spread 0.01, 1000 apart: around the first one, the expanded distances
+    # to the second would round off by eps 1e10 (a thousand nats in float32). The fast
+    # engine forms them from centred differences there, and its moments from a second pass.
+    # What remains is the rounding of whitened coordinates of size |x| |P| = 1e5: ~1e-2
+    # nats in float32, and float64 covariances to 1e-15 of the old spread (rtol 1e-6 here).
+    rng = np.random.default_rng(2)
+    X = (0.01 * rng.standard_normal((200, 2)) + np.repeat([[0.0, 0.0], [1e3, 1e3]], 100, axis=0)
+         ).astype(dtype)
+    resp = np.repeat(np.eye(2), 100, axis=0)  # each cluster its own component, spread 0.01
+    weights, means, covariances = gmm.m_step(X.astype(np.float64), resp, covariance_type)
+    precisions_chol = gmm.precisions_cholesky_from_covariances(covariances, covariance_type)
+    inputs = tuple(a.astype(dtype) for a in (X, weights, means, precisions_chol))
+    expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
+    got = gmm.em_step_blocked(*inputs, covariance_type)
+    for g, e in zip(got, expected):
+        assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+    density = gmm.log_gaussian_density_blocked(*inputs[:1], *inputs[2:], covariance_type)
+    expected_density = gmm.log_gaussian_density(*(a.astype(np.float64) for a in inputs[:1]),
+                                                *(a.astype(np.float64) for a in inputs[2:]),
+                                                covariance_type)
+    assert_allclose(density, expected_density, rtol=rtol, atol=atol_nats)
