@@ -152,6 +152,14 @@ def _one_error_line(capsys) -> str:
     return error
 
 
+def _train_one_iteration(run, capsys):
+    """A one-iteration digit-scene run in ``run`` (its output swallowed); returns ``run``."""
+    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
+                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    return run
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert main(["train", *DIGITS_SMALL, "--device", "cuda", "--out", str(tmp_path / "r")]) == 1
@@ -159,10 +167,7 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
 
 
 def test_untrusted_checkpoints_are_one_line(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
-                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
-    capsys.readouterr()
+    run = _train_one_iteration(tmp_path / "run", capsys)
     checkpoint = run / "checkpoint.pt"
     state_dict = tmp_path / "weights.pt"
     torch.save(torch.load(checkpoint, weights_only=True)["model"], state_dict)
@@ -182,10 +187,7 @@ def test_untrusted_checkpoints_are_one_line(tmp_path, capsys):
 
 
 def test_eval_split_is_honoured_or_refused_on_the_digit_scenes(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
-                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
-    capsys.readouterr()
+    run = _train_one_iteration(tmp_path / "run", capsys)
     checkpoint = str(run / "checkpoint.pt")
     assert main(["eval", "--checkpoint", checkpoint, "--split", "train", "--no-progress"]) == 0
     assert capsys.readouterr().out.startswith("digits train: 8 images")  # the 8 training scenes
@@ -197,13 +199,10 @@ def test_eval_split_is_honoured_or_refused_on_the_digit_scenes(tmp_path, capsys)
 
 
 def test_a_checkpoint_without_checksum_is_evaluated_with_a_one_line_warning(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", *DIGITS_SMALL, "--iterations", "1", "--batch-size", "4",
-                 "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    run = _train_one_iteration(tmp_path / "run", capsys)
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     del state["sha256"], state["format"]  # as written before checksums existed
     torch.save(state, run / "checkpoint.pt")
-    capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--no-progress"]) == 0
     assert capsys.readouterr().err == (f"em-tutorial: warning: checkpoint {run / 'checkpoint.pt'} "
                                        "has no checksum (written by an older em-tutorial); its "
