@@ -63,7 +63,9 @@ def check_float_dtype(xp, name, array):
             "resolution and the sums over N pixels lose most digits; cast it to float32 first"
         )
     if array.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}")
+        kind = "an integer dtype" if xp.isdtype(array.dtype, "integral") else "not a real float"
+        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}, "
+                        f"{kind}; convert it to float32 or float64 first")
 
 
 def check_finite(xp, name, array):
@@ -104,12 +106,12 @@ def check_shapes(x, mu):
                              f"mu shape {tuple(mu.shape)})")
 
 
-def check_n_iter(n_iter):
+def check_n_iter(n_iter, name="n_iter"):
     """T: TypeError unless an integer (bool is not one here), ValueError if below 1."""
     if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
-        raise TypeError(f"n_iter (T) must be an integer; got {n_iter!r}")
+        raise TypeError(f"{name} (T) must be an integer; got {n_iter!r}")
     if n_iter < 1:
-        raise ValueError(f"n_iter (T) must be at least 1; got {n_iter}")
+        raise ValueError(f"{name} (T) must be at least 1; got {n_iter}")
 
 
 def check_lam(lam):

@@ -65,7 +65,10 @@ BAD_INPUTS = {
     "lam a string": ({"lam": "1"}, TypeError, r"^lam .* must be a real number"),
     "x float16": ({"x_dtype": np.float16, "mu_dtype": np.float16}, TypeError,
                   r"^x must be float32 or float64, got float16.*cast it to float32"),
-    "mu integer": ({"mu_dtype": np.int64}, TypeError, r"^mu must be a float32 or float64 array"),
+    "mu integer": ({"mu_dtype": np.int64}, TypeError,
+                   r"^mu must be a float32 or float64 array; got dtype \S*int64, an integer dtype"),
+    "x complex": ({"x_dtype": np.complex128}, TypeError,
+                  r"^x must be a float32 or float64 array; got dtype \S*complex128, not a real"),
     "x NaN": ({"x_bad": math.nan}, ValueError, r"^x contains NaN or inf \(1 of its 40 values\)"),
     "mu inf": ({"mu_bad": -math.inf}, ValueError, r"^mu contains NaN or inf \(1 of its 12"),
 }

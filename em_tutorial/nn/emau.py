@@ -8,7 +8,9 @@ Forward pass, on a feature map X of shape (B, C, H, W):
 
 The initial bases mu^(0) are a buffer, not a parameter: backpropagation never touches them.
 In training mode they follow a moving average of the batch mean of the final bases, the way
-BatchNorm tracks its running statistics.
+BatchNorm tracks its running statistics. An empty batch or non-finite bases leave them as they
+are (on every rank under ``torch.distributed``), and a training input that would give
+non-finite bases is refused before BatchNorm sees it.
 
 The first 1x1 convolution is frozen. In the official code z and mu come out of
 ``torch.no_grad()``, so nothing the loss sees depends on that convolution: its gradient is None
@@ -29,13 +31,16 @@ Two rules for the moving average of the bases (``bases_update``):
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import EPS, check_feature_map, em_iterations
+from ..ema_validation import check_lam, check_n_iter
+from .functional import EPS, check_feature_map, check_input_dtype, em_iterations
 
 __all__ = ["EMAU"]
 
@@ -68,6 +73,24 @@ def _mmseg_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float
         weights = F.normalize(z, p=1, dim=-2, eps=MMSEG_EPS)  # (B, N, K)
         mu = F.normalize(weights.mT @ x, p=2, dim=-1, eps=MMSEG_EPS)  # (B, K, N) @ (B, N, C)
     return z, mu
+
+
+def _refuse_non_finite(x: torch.Tensor, bases: torch.Tensor) -> None:
+    """Raise ValueError, before BatchNorm sees them, if the final bases of ``x`` are not finite.
+
+    A NaN or inf anywhere in an image spreads to all of its bases; checking the (B, K, C) bases
+    rather than the (B, C, H, W) input also catches an overflow inside the iterations.
+    """
+    if bool(torch.isfinite(bases).all()):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"EMAU input x contains NaN or inf ({bad} of its {x.numel()} values); "
+                         "the bases and BatchNorm statistics were left unchanged")
+    raise ValueError(
+        f"EMAU input x (largest |x| = {x.abs().max().item():.3g}) overflowed {bases.dtype} in "
+        "the EM iterations; scale it down. The bases and BatchNorm statistics were left unchanged"
+    )
 
 
 class EMAU(nn.Module):
@@ -128,12 +151,15 @@ class EMAU(nn.Module):
         init: str = "kaiming",
     ):
         super().__init__()
-        if channels < 1 or num_bases < 1:
-            raise ValueError(f"channels and num_bases must be >= 1, got {channels}, {num_bases}")
-        if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
-            raise ValueError(f"num_stages (T) must be an integer >= 1, got {num_stages!r}")
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam (lambda = 1/sigma^2) must be finite and >= 0, got {lam}")
+        for name, size in (("channels", channels), ("num_bases", num_bases)):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+                raise TypeError(f"{name} must be an integer; got {size!r}")
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+        check_n_iter(num_stages, "num_stages")
+        check_lam(lam)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"momentum must be a real number; got {momentum!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         if bases_update not in _BASES_UPDATES:
@@ -175,24 +201,60 @@ class EMAU(nn.Module):
 
     @torch.no_grad()
     def _update_bases(self, bases: torch.Tensor) -> None:
-        """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes)."""
-        # Every rank must hold the same bases, or the replicas drift apart.
-        batch_mean = _all_reduce_mean(bases.mean(dim=0).to(self.mu.dtype))  # (K, C)
+        """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes).
+
+        Skipped when the batch is empty (B = 0) or its bases are not finite; under
+        ``torch.distributed`` a skip on one rank is a skip on every rank, so that the replicas
+        keep identical bases. No value is read back to the host: the choice is a tensor.
+        """
+        # The mean of an empty batch is NaN too, so one test covers both cases.
+        batch_mean = bases.mean(dim=0).to(self.mu.dtype)  # (K, C)
+        invalid = ~torch.isfinite(batch_mean).all()
+        # Every rank must hold the same bases, or the replicas drift apart: the rank means
+        # and a count of ranks with nothing valid to give travel in one all-reduce.
+        packed = torch.cat([torch.where(invalid, 0.0, batch_mean).flatten(),  # (K*C + 1,)
+                            invalid.to(batch_mean.dtype).view(1)])
+        packed = _all_reduce_mean(packed)
+        skip, batch_mean = packed[-1] > 0, packed[:-1].view_as(self.mu)  # (), (K, C)
         if self.bases_update == "mmseg":
             # mmseg: the mean is L2-normalised before the average, never after
             batch_mean = F.normalize(batch_mean, p=2, dim=1, eps=MMSEG_EPS)  # (K, C)
         # mu^(0) <- (1 - momentum) mu^(0) + momentum mean_b(mu_b^(T))
-        self.mu.mul_(1.0 - self.momentum).add_(batch_mean, alpha=self.momentum)
+        updated = (1.0 - self.momentum) * self.mu + self.momentum * batch_mean  # (K, C)
         if self.renormalize_bases:
-            self.mu /= EPS + torch.linalg.vector_norm(self.mu, dim=1, keepdim=True)
+            updated = updated / (EPS + torch.linalg.vector_norm(updated, dim=1, keepdim=True))
+        self.mu.copy_(torch.where(skip, self.mu, updated))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Shape, dtype, and BatchNorm's need for two values per channel in training."""
+        check_feature_map(x, self.channels, "EMAU")
+        check_input_dtype(x, self.conv_in.weight, "EMAU")
+        b, _, h, w = x.shape
+        if self.training and b * h * w == 1 and isinstance(self.bn_out, _BatchNorm):
+            raise ValueError(
+                f"EMAU input x of shape {tuple(x.shape)} has one value per channel: BatchNorm "
+                "needs more than one value per channel in training; use B * H * W > 1 or "
+                "eval mode"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W); in training mode also updates the bases ``mu``.
 
         Sets :attr:`last_z` and :attr:`last_bases`. Under ``torch.distributed`` every rank
         must call it the same number of times in training mode (the bases are all-reduced).
+
+        Raises
+        ------
+        ValueError
+            A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
+            (BatchNorm's limit), or an input whose bases are not finite (NaN or inf in ``x``,
+            or values so large that the EM iterations overflow). The check costs one boolean
+            read back from the device per training forward; ``mu`` and the BatchNorm running
+            statistics are left untouched. In eval mode NaN passes through to the output.
+        TypeError
+            An integer input, or a float dtype other than the parameters' outside autocast.
         """
-        check_feature_map(x, self.channels, "EMAU")
+        self._check_input(x)
         identity = x
         b, c, h, w = x.shape
         iterations = _mmseg_iterations if self.bases_update == "mmseg" else em_iterations
@@ -212,7 +274,9 @@ class EMAU(nn.Module):
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         self.last_z, self.last_bases = z, bases
         if self.training:
+            # Every rank takes part in the update before any of them refuses its input.
             self._update_bases(bases)
+            _refuse_non_finite(x, bases)
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
         # In-place ReLUs on tensors made here: autograd needs neither input.
         out = self.bn_out(self.conv_out(x_tilde.relu_()))

@@ -14,7 +14,7 @@ from ..backend import get_array_module
 from ..ema import EPS
 from ..ema_validation import validate_em_attention_inputs
 
-__all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
+__all__ = ["em_attention", "em_iterations", "check_feature_map", "check_input_dtype", "EPS"]
 
 
 def _validated_tensors(x, mu, n_iter, lam, check_finite):
@@ -106,4 +106,23 @@ def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
         raise ValueError(
             f"{owner} was built for C={channels} channels, got input of shape {tuple(x.shape)} "
             f"with {x.shape[1]}"
+        )
+
+
+def check_input_dtype(x: torch.Tensor, parameter: torch.Tensor, owner: str) -> None:
+    """Raise a TypeError naming ``owner`` unless ``x`` has the dtype of its ``parameter``.
+
+    Under ``torch.autocast`` any floating dtype passes: autocast casts it for each layer, and
+    it is the way to compute a module in half precision.
+    """
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} input x has dtype {x.dtype}, an integer or boolean dtype; convert it to "
+            f"the module's {parameter.dtype} first (x.to({parameter.dtype}))"
+        )
+    if x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{owner} input x has dtype {x.dtype} but the module's parameters are "
+            f"{parameter.dtype}; convert one to the other (x.to({parameter.dtype}) or "
+            f"module.to({x.dtype})), or run under torch.autocast for half precision"
         )
