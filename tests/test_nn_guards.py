@@ -62,6 +62,7 @@ def test_non_finite_bases_skip_the_update(rule):
 @pytest.mark.parametrize("rule", ["official", "mmseg"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_emau_refuses_non_finite_input_in_training(rule, bad):
+    """The bases update is skipped (mu unchanged) and BatchNorm never sees the batch."""
     emau = _emau(rule)
     before = _buffers(emau)
     x = torch.randn(2, C, 5, 6)
@@ -80,13 +81,13 @@ def test_emau_refuses_input_that_overflows_the_iterations():
     _assert_buffers_equal(emau, before)
 
 
-def test_emau_eval_mode_passes_nan_through_without_touching_buffers():
+def test_emau_refuses_non_finite_input_in_eval_mode_too():
     emau = _emau().eval()
     before = _buffers(emau)
     x = torch.randn(2, C, 5, 6)
     x[0, 0, 0, 0] = math.nan
-    out = emau(x)
-    assert bool(torch.isnan(out[0]).any()) and bool(torch.isfinite(out[1]).all())
+    with pytest.raises(ValueError, match=r"^EMAU input x contains NaN or inf \(1 of its 480"):
+        emau(x)
     _assert_buffers_equal(emau, before)
 
 

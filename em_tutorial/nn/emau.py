@@ -9,8 +9,8 @@ Forward pass, on a feature map X of shape (B, C, H, W):
 The initial bases mu^(0) are a buffer, not a parameter: backpropagation never touches them.
 In training mode they follow a moving average of the batch mean of the final bases, the way
 BatchNorm tracks its running statistics. An empty batch or non-finite bases leave them as they
-are (on every rank under ``torch.distributed``), and a training input that would give
-non-finite bases is refused before BatchNorm sees it.
+are (on every rank under ``torch.distributed``), and an input that would give non-finite
+bases is refused before BatchNorm sees it.
 
 The first 1x1 convolution is frozen. In the official code z and mu come out of
 ``torch.no_grad()``, so nothing the loss sees depends on that convolution: its gradient is None
@@ -247,10 +247,10 @@ class EMAU(nn.Module):
         ------
         ValueError
             A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
-            (BatchNorm's limit), or an input whose bases are not finite (NaN or inf in ``x``,
-            or values so large that the EM iterations overflow). The check costs one boolean
-            read back from the device per training forward; ``mu`` and the BatchNorm running
-            statistics are left untouched. In eval mode NaN passes through to the output.
+            (BatchNorm's limit); an input whose bases are not finite (NaN or inf in ``x``, or
+            values so large that the EM iterations overflow). The check reads the (B, K, C)
+            bases, one boolean sent back from the device per forward; ``mu`` and the BatchNorm
+            running statistics are left untouched.
         TypeError
             An integer input, or a float dtype other than the parameters' outside autocast.
         """
@@ -274,9 +274,9 @@ class EMAU(nn.Module):
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         self.last_z, self.last_bases = z, bases
         if self.training:
-            # Every rank takes part in the update before any of them refuses its input.
             self._update_bases(bases)
-            _refuse_non_finite(x, bases)
+        # After the update, so that every rank takes part in its all-reduce before any refuses.
+        _refuse_non_finite(x, bases)
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
         # In-place ReLUs on tensors made here: autograd needs neither input.
         out = self.bn_out(self.conv_out(x_tilde.relu_()))
