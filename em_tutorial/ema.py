@@ -39,7 +39,7 @@ import math
 from typing import NamedTuple
 
 from .backend import get_array_module
-from .ema_validation import validate_em_attention_inputs
+from .ema_validation import array_namespace, validate_em_attention_inputs
 
 __all__ = [
     "EPS",
@@ -270,7 +270,7 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=e
     (:func:`em_tutorial.non_local.non_local`). The result is finite as long as
     ``lambda |x_n| |mu_k|`` fits in the dtype.
     """
-    xp = get_array_module(x, mu)
+    xp = array_namespace(x, mu)
     x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
     z, mu, history = iterations(x, mu, n_iter, float(lam), return_history)
     # A_R: x_tilde = z mu

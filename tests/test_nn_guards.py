@@ -72,13 +72,24 @@ def test_emau_refuses_non_finite_input_in_training(rule, bad):
     _assert_buffers_equal(emau, before)
 
 
-def test_emau_refuses_input_that_overflows_the_iterations():
-    emau = _emau()
+@pytest.mark.parametrize(
+    "scale, match",
+    [(3e38, r"^EMAU input x \(max \|x\| = 3e\+38\) overflowed torch.float32 in the first conv"),
+     # finite features, but lambda x^T mu overflows
+     (1e37, r"^EMAU input x, after the first convolution: x, mu and lam are too large for "
+            r"torch.float32")],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_emau_refuses_input_that_overflows(scale, match, training):
+    emau = _emau().train(training)
     before = _buffers(emau)
-    x = torch.full((2, C, 5, 6), 3e38)  # finite, but the first convolution overflows float32
-    with pytest.raises(ValueError, match=r"^EMAU input x \(largest \|x\| = 3e\+38\) overflowed"):
-        emau(x)
+    with pytest.raises(ValueError, match=match):
+        emau(torch.full((2, C, 5, 6), scale))
     _assert_buffers_equal(emau, before)
+    emau(1e20 * torch.randn(2, C, 5, 6))  # the control: large but safe
+    # unit bases, not silent zeros (hard assignments may leave some bases without pixels)
+    largest_norms = emau.last_bases.norm(dim=-1).amax(dim=-1)  # (B,)
+    torch.testing.assert_close(largest_norms, torch.ones(2))
 
 
 def test_emau_refuses_non_finite_input_in_eval_mode_too():

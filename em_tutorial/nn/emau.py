@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ema_validation import check_lam, check_n_iter
-from .functional import EPS, check_feature_map, check_input_dtype, em_iterations
+from ..ema_validation import check_lam, check_n_iter, overflow_problem
+from .functional import EPS, check_feature_map, check_input_dtype, em_iterations, safe_norm
 
 __all__ = ["EMAU"]
 
@@ -71,26 +71,30 @@ def _mmseg_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float
         z = torch.softmax(x @ (lam * mu).mT, dim=-1)  # (B, N, C) @ (C, K) -> (B, N, K)
         # A_M: mu_k = sum_n z_nk x_n / max(sum_n z_nk, 1e-12), then mu_k / max(|mu_k|, 1e-12)
         weights = F.normalize(z, p=1, dim=-2, eps=MMSEG_EPS)  # (B, N, K)
-        mu = F.normalize(weights.mT @ x, p=2, dim=-1, eps=MMSEG_EPS)  # (B, K, N) @ (B, N, C)
+        mu = weights.mT @ x  # (B, K, N) @ (B, N, C) -> (B, K, C)
+        mu = mu / safe_norm(mu).clamp_min(MMSEG_EPS)  # F.normalize, without squaring large mu
     return z, mu
 
 
-def _refuse_non_finite(x: torch.Tensor, bases: torch.Tensor) -> None:
-    """Raise ValueError, before BatchNorm sees them, if the final bases of ``x`` are not finite.
+def _input_problem(x: torch.Tensor, points: torch.Tensor, mu: torch.Tensor, lam: float):
+    """None if the EM iterations on ``points`` (B, N, C) stay finite, else why not, in words.
 
-    A NaN or inf anywhere in an image spreads to all of its bases; checking the (B, K, C) bases
-    rather than the (B, C, H, W) input also catches an overflow inside the iterations.
+    The rule of every stage (:func:`em_tutorial.ema_validation.overflow_problem`) on the
+    projected features: NaN or inf in ``x``, an overflow in the first convolution or in the
+    iterations. The largest magnitudes come back to the host together: one read per forward.
     """
-    if bool(torch.isfinite(bases).all()):
-        return
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"EMAU input x contains NaN or inf ({bad} of its {x.numel()} values); "
-                         "the bases and BatchNorm statistics were left unchanged")
-    raise ValueError(
-        f"EMAU input x (largest |x| = {x.abs().max().item():.3g}) overflowed {bases.dtype} in "
-        "the EM iterations; scale it down. The bases and BatchNorm statistics were left unchanged"
-    )
+    if points.numel() == 0:
+        return None
+    largest_x, largest_mu = torch.stack([points.abs().amax(), mu.abs().amax()]).tolist()
+    if not math.isfinite(largest_x):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            return f"EMAU input x contains NaN or inf ({bad} of its {x.numel()} values)"
+        return (f"EMAU input x (max |x| = {x.abs().amax().item():.3g}) overflowed "
+                f"{points.dtype} in the first convolution; scale it down")
+    problem = overflow_problem(largest_x, largest_mu, points.shape[-2], points.shape[-1],
+                               lam, points.dtype, torch.finfo(points.dtype).max)
+    return problem and f"EMAU input x, after the first convolution: {problem}"
 
 
 class EMAU(nn.Module):
@@ -200,16 +204,16 @@ class EMAU(nn.Module):
         )
 
     @torch.no_grad()
-    def _update_bases(self, bases: torch.Tensor) -> None:
+    def _update_bases(self, bases: torch.Tensor, refused: bool = False) -> None:
         """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes).
 
-        Skipped when the batch is empty (B = 0) or its bases are not finite; under
-        ``torch.distributed`` a skip on one rank is a skip on every rank, so that the replicas
-        keep identical bases. No value is read back to the host: the choice is a tensor.
+        Skipped when the batch is empty (B = 0), its bases are not finite or its input is
+        ``refused``; under ``torch.distributed`` a skip on one rank is a skip on every rank, so
+        that the replicas keep identical bases. The choice is a tensor, never read back.
         """
         # The mean of an empty batch is NaN too, so one test covers both cases.
         batch_mean = bases.mean(dim=0).to(self.mu.dtype)  # (K, C)
-        invalid = ~torch.isfinite(batch_mean).all()
+        invalid = ~torch.isfinite(batch_mean).all() | refused
         # Every rank must hold the same bases, or the replicas drift apart: the rank means
         # and a count of ranks with nothing valid to give travel in one all-reduce.
         packed = torch.cat([torch.where(invalid, 0.0, batch_mean).flatten(),  # (K*C + 1,)
@@ -247,9 +251,10 @@ class EMAU(nn.Module):
         ------
         ValueError
             A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
-            (BatchNorm's limit); an input whose bases are not finite (NaN or inf in ``x``, or
-            values so large that the EM iterations overflow). The check reads the (B, K, C)
-            bases, one boolean sent back from the device per forward; ``mu`` and the BatchNorm
+            (BatchNorm's limit); NaN or inf in ``x``, or values so large that the first
+            convolution or the EM iterations overflow (the rule of
+            :mod:`em_tutorial.ema_validation`). The check is one pass over the projected
+            features and one read back from the device per forward; ``mu`` and the BatchNorm
             running statistics are left untouched.
         TypeError
             An integer input, or a float dtype other than the parameters' outside autocast.
@@ -260,23 +265,23 @@ class EMAU(nn.Module):
         iterations = _mmseg_iterations if self.bases_update == "mmseg" else em_iterations
         with torch.no_grad():
             # The frozen projection: no graph for it, and none for what is computed from it.
-            features = self.conv_in(x).flatten(2)  # (B, C, H*W)
+            features = self.conv_in(x).flatten(2)  # (B, C, N)
             with torch.autocast(x.device.type, enabled=False):
                 # The iterations run in float32 (or float64) even under autocast: softmax of
                 # low-precision dot products would blur the attention maps.
                 compute_dtype = torch.promote_types(features.dtype, torch.float32)
-                z, bases = iterations(
-                    features.mT.to(compute_dtype), self.mu.to(compute_dtype), self.num_stages,
-                    self.lam,
-                )  # (B, N, K), (B, K, C)
+                points = features.mT.to(compute_dtype)  # (B, N, C): the x_n of the EM
+                problem = _input_problem(x, points, self.mu, self.lam)
+                z, bases = iterations(points, self.mu.to(compute_dtype), self.num_stages,
+                                      self.lam)  # (B, N, K), (B, K, C)
                 # A_R, x_tilde = z mu, computed channels-first (x_tilde^T = mu^T z^T) so that
                 # it is already in the layout of the feature map
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         self.last_z, self.last_bases = z, bases
         if self.training:
-            self._update_bases(bases)
-        # After the update, so that every rank takes part in its all-reduce before any refuses.
-        _refuse_non_finite(x, bases)
+            self._update_bases(bases, refused=problem is not None)
+        if problem:  # after the update: every rank takes part in its all-reduce, then refuses
+            raise ValueError(f"{problem}; the bases and BatchNorm statistics were left unchanged")
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
         # In-place ReLUs on tensors made here: autograd needs neither input.
         out = self.bn_out(self.conv_out(x_tilde.relu_()))

@@ -14,7 +14,9 @@ from ..backend import get_array_module
 from ..ema import EPS
 from ..ema_validation import validate_em_attention_inputs
 
-__all__ = ["em_attention", "em_iterations", "check_feature_map", "check_input_dtype", "EPS"]
+__all__ = [
+    "em_attention", "em_iterations", "safe_norm", "check_feature_map", "check_input_dtype", "EPS",
+]
 
 
 def _validated_tensors(x, mu, n_iter, lam, check_finite):
@@ -94,8 +96,19 @@ def em_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int = 3, lam: float
         counts = z.sum(dim=-2).unsqueeze(-1)  # (B, K, 1)
         mu = (z.mT @ x) / (EPS + counts)  # (B, K, N) @ (B, N, C) -> (B, K, C)
         # mu_k <- mu_k / (eps + ||mu_k||)
-        mu = mu / (EPS + torch.linalg.vector_norm(mu, dim=-1, keepdim=True))  # (B, K, C)
+        mu = mu / (EPS + safe_norm(mu))  # (B, K, C)
     return z, mu
+
+
+def safe_norm(mu: torch.Tensor) -> torch.Tensor:
+    """||mu_k|| along the last axis, (..., K, 1), computed without squaring large numbers.
+
+    ``||mu_k|| = s_k ||mu_k / s_k||`` with ``s_k = max_c |mu_kc|``: in float32 ``||mu_k||^2``
+    overflows once ``||mu_k|| > 1.8e19``, and the bases would silently become zero.
+    """
+    scale = mu.abs().amax(dim=-1, keepdim=True)  # (..., K, 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale * torch.linalg.vector_norm(mu / scale, dim=-1, keepdim=True)
 
 
 def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
