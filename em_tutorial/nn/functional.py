@@ -112,14 +112,20 @@ def safe_norm(mu: torch.Tensor) -> torch.Tensor:
 
 
 def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
-    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+    """Raise ValueError or TypeError naming ``owner`` unless ``x`` is a (B, C, H, W) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner} input x must be a torch tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{owner} expects a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+        raise ValueError(f"{owner} input x must be a (B, C, H, W) feature map, got shape "
+                         f"{tuple(x.shape)}")
     if x.shape[1] != channels:
         raise ValueError(
-            f"{owner} was built for C={channels} channels, got input of shape {tuple(x.shape)} "
-            f"with {x.shape[1]}"
+            f"{owner} was built for C={channels} channels, but its input x has shape "
+            f"{tuple(x.shape)} with {x.shape[1]}"
         )
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"nothing to compute: {owner} input x of shape {tuple(x.shape)} has "
+                         "H * W = 0 pixels")
 
 
 def check_input_dtype(x: torch.Tensor, parameter: torch.Tensor, owner: str) -> None:
