@@ -36,7 +36,7 @@ from em_tutorial.nn import functional as nnf  # noqa: E402
 
 PACKAGE = str(Path(em_tutorial.__file__).parent)
 FAST = settings(
-    max_examples=40, deadline=None, derandomize=True, database=None,
+    max_examples=100, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 ODD_DTYPES = [np.float16, np.int64, np.bool_, np.complex128]
@@ -274,3 +274,109 @@ def test_mixture_fit_predict_finite_or_one_clear_error(X, n_components):
 @given(n_samples=st.one_of(st.integers(-2, 5), st.sampled_from([2.5, "2", None, True, 1e30])))
 def test_mixture_sample_finite_or_one_clear_error(n_samples):
     check_sample(n_samples)
+
+
+# --- the dataset readers ---------------------------------------------------------------------
+
+READER_ERRORS = (ValueError, TypeError, IndexError, OSError)  # OSError: a missing/corrupt file
+
+
+@st.composite
+def scene_arguments(draw):
+    """DigitScenes keyword arguments and SceneConfig fields, each sometimes odd."""
+    odd = st.sampled_from([None, "2", 1.5, -1, math.nan, math.inf, True, (1, 2, 3)])
+    def maybe(good):  # noqa: E306
+        return draw(st.one_of(good, odd) if draw(st.integers(0, 7)) == 0 else good)
+    config = {
+        "image_size": maybe(st.integers(0, 24)),
+        "digits_per_scene": maybe(st.tuples(st.integers(-1, 3), st.integers(-1, 3))),
+        "digit_size": maybe(st.one_of(st.none(), st.tuples(st.integers(0, 12), st.integers(0, 12)))),
+        "ink_threshold": maybe(st.floats(-0.5, 1.5)),
+        "noise_std": maybe(st.floats(-0.5, 1.5)),
+    }
+    scenes = {"split": maybe(st.sampled_from(["train", "val", "test"])),
+              "num_scenes": maybe(st.integers(0, 2)), "seed": maybe(st.integers(-1, 2**70))}
+    return scenes, config, maybe(st.integers(-3, 3))
+
+
+@FAST
+@given(arguments=scene_arguments())
+def test_digit_scenes_finite_or_one_clear_error(arguments):
+    from em_tutorial.segmentation.data.digits import DigitScenes, SceneConfig
+
+    scenes, config, index = arguments
+    try:
+        data = DigitScenes(**scenes, config=SceneConfig(**config))
+        image, label = data[index]
+    except READER_ERRORS as error:
+        assert_clear_refusal(error, (*scenes, *config, "index"), READER_ERRORS)
+        return
+    assert image.shape == (3, config["image_size"], config["image_size"])
+    assert image.dtype == np.float32 and np.isfinite(image).all()
+    assert label.shape == image.shape[1:] and label.min() >= 0 and label.max() < 11
+
+
+IMAGE_FILES = ["ok", "missing", "empty", "text", "greyscale", "truncated"]
+LABEL_FILES = ["ok", "missing", "empty", "rgb", "wrong size", "16-bit", "jpeg"]
+LIST_FILES = ["plain", "blank lines and spaces", "empty", "missing", "unlisted id"]
+
+
+def _write_image(path, kind, size=(6, 5)):
+    """A file at ``path`` of the given ``kind`` (a readable image only for "ok"-like kinds)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {"greyscale": rng.integers(0, 256, size[::-1], dtype=np.uint8),
+              "rgb": rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8),
+              "wrong size": rng.integers(0, 21, (size[1] + 1, size[0]), dtype=np.uint8),
+              "16-bit": rng.integers(0, 21, size[::-1], dtype=np.uint16)}
+    if kind == "missing":
+        return
+    if kind in ("empty", "text"):
+        path.write_text("" if kind == "empty" else "not an image")
+        return
+    if kind == "truncated":
+        _write_image(path, "ok")
+        path.write_bytes(path.read_bytes()[:40])
+        return
+    if kind in pixels:
+        Image.fromarray(pixels[kind]).save(path, format="PNG")
+        return
+    image_like = path.suffix == ".jpg" or kind == "jpeg"
+    array = (rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8) if image_like and kind == "ok"
+             else rng.integers(0, 21, size[::-1], dtype=np.uint8))
+    Image.fromarray(array).save(path, format="JPEG" if image_like else "PNG")
+
+
+def _write_voc(root, images, labels, list_kind):
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    ids = [f"2007_{i:06d}" for i in range(len(images))]
+    for image_id, image, label in zip(ids, images, labels):
+        _write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
+        _write_image(root / "SegmentationClass" / f"{image_id}.png", label)
+    lines = {"plain": ids, "blank lines and spaces": ["", *(f"  {i}  " for i in ids), " "],
+             "empty": [], "unlisted id": [*ids, "2099_000000"]}
+    if list_kind != "missing":
+        (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(lines[list_kind]))
+
+
+@FAST
+@given(images=st.lists(st.sampled_from(IMAGE_FILES), min_size=1, max_size=3),
+       labels=st.lists(st.sampled_from(LABEL_FILES), min_size=3, max_size=3),
+       list_kind=st.sampled_from(LIST_FILES), split=st.sampled_from(["train", "val", ""]))
+def test_voc_reader_finite_or_one_clear_error(images, labels, list_kind, split):
+    from em_tutorial.segmentation.data.voc import VOCSegmentation
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "VOC2012"
+        _write_voc(root, images, labels, list_kind)
+        try:
+            data = VOCSegmentation(root, split)
+            samples = [data[i] for i in range(len(data))]
+        except READER_ERRORS as error:
+            assert_clear_refusal(error, (str(root), "split"), READER_ERRORS)
+            return
+    for image, label in samples:
+        assert image.dtype == np.float32 and np.isfinite(image).all()
+        assert label.shape == image.shape[1:]
