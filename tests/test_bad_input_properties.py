@@ -290,7 +290,7 @@ def scene_arguments(draw):
     config = {
         "image_size": maybe(st.integers(0, 24)),
         "digits_per_scene": maybe(st.tuples(st.integers(-1, 3), st.integers(-1, 3))),
-        "digit_size": maybe(st.one_of(st.none(), st.tuples(st.integers(0, 12), st.integers(0, 12)))),
+        "digit_size": maybe(st.none() | st.tuples(st.integers(0, 12), st.integers(0, 12))),
         "ink_threshold": maybe(st.floats(-0.5, 1.5)),
         "noise_std": maybe(st.floats(-0.5, 1.5)),
     }

@@ -277,11 +277,11 @@ class EMAU(nn.Module):
                 # A_R, x_tilde = z mu, computed channels-first (x_tilde^T = mu^T z^T) so that
                 # it is already in the layout of the feature map
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
-        self.last_z, self.last_bases = z, bases
         if self.training:
             self._update_bases(bases, refused=problem is not None)
         if problem:  # after the update: every rank takes part in its all-reduce, then refuses
             raise ValueError(f"{problem}; the bases and BatchNorm statistics were left unchanged")
+        self.last_z, self.last_bases = z, bases
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
         # In-place ReLUs on tensors made here: autograd needs neither input.
         out = self.bn_out(self.conv_out(x_tilde.relu_()))

@@ -67,7 +67,8 @@ def em_attention(
     ------
     ValueError
         Wrong dimensions, channel or batch mismatch, an empty axis, ``n_iter < 1``, a negative
-        or non-finite ``lam``, NaN or inf in the inputs.
+        or non-finite ``lam``, NaN or inf in the inputs, values so large that the iterations
+        would overflow.
     TypeError
         Not tensors, a dtype other than float32/float64 (half precision included), ``n_iter``
         not an integer or ``lam`` not a real number. The rules and messages are those of

@@ -1,4 +1,4 @@
-"""Checks of the readers' scalar arguments: one line naming the argument, TypeError or ValueError."""
+"""Checks of the readers' scalar arguments: one line naming the argument at fault."""
 
 from __future__ import annotations
 
