@@ -49,16 +49,17 @@ def _namespace(x, **weights):
     return get_array_module(x, *weights.values())
 
 
-def _check_logits_fit(xp, theta, phi):
-    """ValueError unless every theta_i^T phi_j, at most C' max|theta| max|phi|, fits the dtype."""
-    if math.prod(theta.shape) == 0:
+def _check_product_fits(xp, a, b, what):
+    """ValueError unless the sums of products of ``what`` fit the dtype.
+
+    Every entry of ``a @ b.mT`` (or ``a @ b``) is at most L max|a| max|b|, L = ``a.shape[-1]``.
+    """
+    if math.prod(a.shape) == 0 or math.prod(b.shape) == 0:
         return
-    largest = theta.shape[-1] * float(xp.max(xp.abs(theta))) * float(xp.max(xp.abs(phi)))
-    if not largest < float(xp.finfo(theta.dtype).max):
-        raise ValueError(
-            f"x is too large for {theta.dtype}: theta(x_i)^T phi(x_j) can reach {largest:.3g}; "
-            "scale x (or the embeddings w_theta, w_phi) down, or compute in float64"
-        )
+    largest = a.shape[-1] * float(xp.max(xp.abs(a))) * float(xp.max(xp.abs(b)))
+    if not largest < float(xp.finfo(a.dtype).max):
+        raise ValueError(f"x is too large for {a.dtype}: {what} can reach {largest:.3g}; scale x "
+                         "or the embedding matrices down, or compute in float64")
 
 
 def _check_features(xp, x):
@@ -97,7 +98,7 @@ def non_local_attention(x, w_theta=None, w_phi=None):
         raise ValueError(
             f"theta and phi must embed into the same C'; got {theta.shape[-1]} and {phi.shape[-1]}"
         )
-    _check_logits_fit(xp, theta, phi)
+    _check_product_fits(xp, theta, phi, "theta(x_i)^T phi(x_j)")
     # theta(x_i)^T phi(x_j) for all pixel pairs:  (..., N, C') @ (..., C', N) -> (..., N, N)
     logits = xp.matmul(theta, phi.mT)
     # a_ij = exp(logit_ij) / sum_j' exp(logit_ij'); on NumPy in place, because the N x N
@@ -135,8 +136,8 @@ def non_local(x, w_theta=None, w_phi=None, w_g=None):
     """
     xp = _namespace(x, w_theta=w_theta, w_phi=w_phi, w_g=w_g)
     attention = non_local_attention(x, w_theta, w_phi)  # (..., N, N)
+    if w_g is not None:
+        _check_product_fits(xp, x, w_g, "g(x) = x w_g")
     g = _embed(xp, x, w_g, "w_g")  # (..., N, C_g)
-    if math.prod(g.shape) and not math.isfinite(float(xp.max(xp.abs(g)))):
-        raise ValueError(f"x @ w_g overflows {g.dtype}; scale x or w_g down")
     # y_i = sum_j a_ij g(x_j):  (..., N, N) @ (..., N, C_g) -> (..., N, C_g)
     return xp.matmul(attention, g)
