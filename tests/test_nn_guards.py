@@ -171,3 +171,24 @@ def test_emanet_dtype_and_size_errors():
     model(torch.randn(1, 3, 9, 8))  # 2x1 feature maps are enough
     with torch.autocast("cpu", dtype=torch.bfloat16):  # half precision the advised way
         assert model.eval()(torch.randn(1, 3, 16, 16).bfloat16()).shape == (1, 3, 16, 16)
+
+
+def test_emau_skip_mode_keeps_the_bases_and_lets_nan_through():
+    emau = _emau(non_finite="skip")
+    before = emau.mu.clone()
+    x = torch.randn(2, C, 5, 6)
+    x[0, 0, 0, 0] = math.nan
+    assert bool(torch.isnan(emau(x)).any())
+    assert torch.equal(emau.mu, before)
+    with pytest.raises(ValueError, match="non_finite must be 'raise' or 'skip'"):
+        EMAU(C, non_finite="ignore")
+
+
+def test_emanet_with_diverged_weights_shows_nan_in_its_output_and_keeps_its_bases():
+    """Finite images, NaN weights: the loss must turn NaN (the training loop's signal)."""
+    model = _tiny()
+    with torch.no_grad():
+        model.fc0[0].weight.fill_(math.nan)
+    before = model.emau.mu.clone()
+    assert bool(torch.isnan(model(torch.randn(2, 3, 16, 16))).all())
+    assert torch.equal(model.emau.mu, before)

@@ -175,7 +175,7 @@ class EMANet(nn.Module):
         if head == "emau":
             self.attention = EMAU(
                 ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer,
-                bases_update=bases_update, init=init,
+                bases_update=bases_update, init=init, non_finite="skip",
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
@@ -214,6 +214,8 @@ class EMANet(nn.Module):
             return
         # One pass over the images and one boolean read back per training step: NaN would
         # otherwise reach every BatchNorm's running statistics before any check downstream.
+        # NaN that appears later comes from diverged weights: the EMAU then keeps its bases
+        # and lets it through to the loss, where the training loop sees it.
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"EMANet input images contain NaN or inf ({bad} of their "

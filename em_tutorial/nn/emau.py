@@ -128,6 +128,11 @@ class EMAU(nn.Module):
         Both draw the convolution weights from N(0, sqrt(2/n)), n = 1 * 1 * C (Kaiming normal,
         fan-out). ``"official"`` keeps PyTorch's default (uniform) bias of the first convolution
         as the authors' code does; ``"kaiming"`` sets it to zero.
+    non_finite : {"raise", "skip"}
+        What an input with NaN or inf, or one that would overflow, does. ``"raise"``: a
+        ValueError before any buffer changes. ``"skip"``: the bases keep their values and the
+        NaN flows on to the output; :class:`~em_tutorial.nn.EMANet` uses it, since it checks its
+        images itself, so that NaN here means its own weights diverged, which the loss shows.
 
     Attributes
     ----------
@@ -153,6 +158,7 @@ class EMAU(nn.Module):
         *,
         bases_update: str = "official",
         init: str = "kaiming",
+        non_finite: str = "raise",
     ):
         super().__init__()
         for name, size in (("channels", channels), ("num_bases", num_bases)):
@@ -170,6 +176,8 @@ class EMAU(nn.Module):
             raise ValueError(f"bases_update must be one of {_BASES_UPDATES}, got {bases_update!r}")
         if bases_update == "mmseg" and renormalize_bases:
             raise ValueError("renormalize_bases applies to bases_update='official' only")
+        if non_finite not in ("raise", "skip"):
+            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.channels = channels
@@ -179,6 +187,7 @@ class EMAU(nn.Module):
         self.lam = lam
         self.renormalize_bases = renormalize_bases
         self.bases_update = bases_update
+        self.non_finite = non_finite
 
         # mu^(0) ~ N(0, sqrt(2/K)), then each basis scaled to unit length.
         mu = torch.randn(num_bases, channels) * math.sqrt(2.0 / num_bases)  # (K, C)
@@ -253,9 +262,9 @@ class EMAU(nn.Module):
             A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
             (BatchNorm's limit); NaN or inf in ``x``, or values so large that the first
             convolution or the EM iterations overflow (the rule of
-            :mod:`em_tutorial.ema_validation`). The check is one pass over the projected
-            features and one read back from the device per forward; ``mu`` and the BatchNorm
-            running statistics are left untouched.
+            :mod:`em_tutorial.ema_validation`), unless ``non_finite="skip"``. The check is one
+            pass over the projected features and one read back from the device per forward;
+            ``mu`` and the BatchNorm running statistics are left untouched.
         TypeError
             An integer input, or a float dtype other than the parameters' outside autocast.
         """
@@ -279,7 +288,7 @@ class EMAU(nn.Module):
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         if self.training:
             self._update_bases(bases, refused=problem is not None)
-        if problem:  # after the update: every rank takes part in its all-reduce, then refuses
+        if problem and self.non_finite == "raise":  # after the update's all-reduce, as a skip
             raise ValueError(f"{problem}; the bases and BatchNorm statistics were left unchanged")
         self.last_z, self.last_bases = z, bases
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
