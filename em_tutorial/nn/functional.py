@@ -27,7 +27,10 @@ def _validated_tensors(x, mu, n_iter, lam, check_finite):
             "(em_tutorial.ema.em_attention is the NumPy version)"
         )
     xp = get_array_module(x, mu)  # array_api_compat's view of torch
-    return validate_em_attention_inputs(xp, x, mu, n_iter, lam, finite=check_finite)
+    # The checks read values back (max |x|): on detached views, so no graph is involved.
+    checked, _ = validate_em_attention_inputs(xp, x.detach(), mu.detach(), n_iter, lam,
+                                              finite=check_finite)
+    return x.to(checked.dtype), mu.to(checked.dtype)  # promoted, the graph kept
 
 
 def em_attention(
