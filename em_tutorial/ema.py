@@ -39,7 +39,7 @@ import math
 from typing import NamedTuple
 
 from .backend import get_array_module
-from .ema_validation import validate_em_attention_inputs
+from .ema_validation import array_namespace, validate_em_attention_inputs
 
 __all__ = [
     "EPS",
@@ -257,20 +257,21 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=e
     ------
     ValueError
         Wrong number of dimensions, channel or batch mismatch between ``x`` and ``mu``,
-        N, K or C equal to 0, NaN or inf in ``x`` or ``mu``, ``n_iter < 1``, ``lam`` negative
-        or not finite.
+        N, K or C equal to 0, NaN or inf in ``x`` or ``mu``, values so large that
+        ``lambda x^T mu`` or the sums over N would overflow the dtype, ``n_iter < 1``,
+        ``lam`` negative or not finite.
     TypeError
-        ``x`` or ``mu`` is not float32/float64 (float16 included), ``n_iter`` is not an
+        ``x`` or ``mu`` not an array, or not float32/float64 (float16 included), ``n_iter`` not an
         integer or ``lam`` not a real number. The rules, shared with every other stage, are
         in :mod:`em_tutorial.ema_validation`; mixed float32/float64 inputs are promoted.
 
     Notes
     -----
     Cost per iteration O(NKC), against the O(N^2 C) of the non-local block
-    (:func:`em_tutorial.non_local.non_local`). The result is finite as long as
-    ``lambda |x_n| |mu_k|`` fits in the dtype.
+    (:func:`em_tutorial.non_local.non_local`). The overflow rule makes every accepted
+    input give a finite result.
     """
-    xp = get_array_module(x, mu)
+    xp = array_namespace(x, mu)
     x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
     z, mu, history = iterations(x, mu, n_iter, float(lam), return_history)
     # A_R: x_tilde = z mu

@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, is_numpy_namespace
+from .backend import is_numpy_namespace
 from .ema import EPS, EMIteration, em_attention, l2_normalize
+from .ema_validation import array_namespace
 
 __all__ = ["softmax_last_axis_inplace", "em_attention_fast", "em_iterations_fast"]
 
@@ -96,7 +97,7 @@ def em_attention_fast(x, mu, n_iter=3, lam=1.0, return_history=False):
     ValueError
         As :func:`em_tutorial.ema.em_attention` (rules in :mod:`em_tutorial.ema_validation`).
     """
-    if not is_numpy_namespace(get_array_module(x, mu)):
+    if not is_numpy_namespace(array_namespace(x, mu)):
         raise TypeError(
             f"em_attention_fast takes NumPy arrays, got {type(x).__module__}.{type(x).__name__}; "
             "em_tutorial.ema.em_attention runs the same equations on any array library"

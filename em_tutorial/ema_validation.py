@@ -21,7 +21,17 @@ N, K or C equal to 0                                   ValueError  nothing to co
 ``lam`` negative, NaN or inf                           ValueError  sigma^2 > 0 or lambda = 0
 dtype other than float32/float64 (float16 included)    TypeError   see :func:`check_float_dtype`
 NaN or inf in ``x`` or ``mu``                          ValueError  they spread to every z_nk
+``x`` or ``mu`` not an array (a list, None)            TypeError   the namespace comes from it
+values so large that lambda x^T mu or the sums over N  ValueError  inf, then NaN in z
+overflow the dtype
 =====================================================  ==========  ===========================
+
+The last rule bounds the intermediates by the largest magnitudes a = max|x|, b = max|mu|:
+``lam * max(b, 1) * max(C a, 1)`` (the E-step logits) and ``N a`` (the sums of A_M) must stay
+below the dtype's largest value (the norms are computed without squaring large numbers). It
+refuses only inputs far outside any feature scale (|x| beyond about 1e34 in float32 for a
+128 x 128 map with C = 512), and costs nothing extra: the pass that looks for NaN and inf
+computes max|x|.
 
 Mixed float32 and float64 inputs are **promoted** to float64 on every stage, never refused:
 the array API standard (and so NumPy, CuPy and PyTorch's ``torch.result_type``) defines
@@ -39,12 +49,17 @@ from __future__ import annotations
 import math
 import numbers
 
+from .backend import get_array_module
+
 __all__ = [
     "check_float_dtype",
     "check_finite",
     "check_shapes",
     "check_n_iter",
     "check_lam",
+    "check_magnitudes",
+    "array_namespace",
+    "overflow_problem",
     "validate_em_attention_inputs",
 ]
 
@@ -63,7 +78,9 @@ def check_float_dtype(xp, name, array):
             "resolution and the sums over N pixels lose most digits; cast it to float32 first"
         )
     if array.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}")
+        kind = "an integer dtype" if xp.isdtype(array.dtype, "integral") else "not a real float"
+        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {array.dtype}, "
+                        f"{kind}; convert it to float32 or float64 first")
 
 
 def check_finite(xp, name, array):
@@ -104,20 +121,72 @@ def check_shapes(x, mu):
                              f"mu shape {tuple(mu.shape)})")
 
 
-def check_n_iter(n_iter):
+def check_n_iter(n_iter, name="n_iter"):
     """T: TypeError unless an integer (bool is not one here), ValueError if below 1."""
     if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
-        raise TypeError(f"n_iter (T) must be an integer; got {n_iter!r}")
+        raise TypeError(f"{name} (T) must be an integer; got {n_iter!r}")
     if n_iter < 1:
-        raise ValueError(f"n_iter (T) must be at least 1; got {n_iter}")
+        raise ValueError(f"{name} (T) must be at least 1; got {n_iter}")
 
 
 def check_lam(lam):
     """lambda = 1/sigma^2: TypeError unless a real number, ValueError unless finite and >= 0."""
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam (lambda = 1/sigma^2) must be a real number; got {lam!r}")
-    if not math.isfinite(lam) or lam < 0:
+    try:
+        finite = math.isfinite(lam)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not finite or lam < 0:
         raise ValueError(f"lam (lambda = 1/sigma^2) must be a finite number >= 0; got {lam!r}")
+
+
+def array_namespace(x, mu):
+    """The ``xp`` of ``x`` and ``mu``, after a TypeError naming an argument that is no array."""
+    for name, array in (("x", x), ("mu", mu)):
+        if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+            raise TypeError(f"{name} must be an array (NumPy, CuPy, torch or array-API); got "
+                            f"{type(array).__name__}")
+    return get_array_module(x, mu)
+
+
+def overflow_problem(largest_x, largest_mu, n_pixels, n_channels, lam, dtype, float_max):
+    """None if T iterations stay below ``float_max``, else a sentence saying what overflows.
+
+    ``largest_x`` = max|x| = a, ``largest_mu`` = max|mu| = b; see the module docstring.
+    """
+    a, b = largest_x, largest_mu
+    # |lambda x_n^T mu_k| <= lambda C a max(b, 1) (|mu_kc| <= 1 after an A_M); |sum_n z_nk x_n|
+    # <= N a. The max(., 1) terms keep lambda mu^(0) itself finite when x is tiny.
+    largest = max(lam * max(b, 1.0) * max(n_channels * a, 1.0), n_pixels * a)
+    if largest < float_max:
+        return None
+    return (
+        f"x, mu and lam are too large for {dtype}: lambda x^T mu or the sums over N = "
+        f"{n_pixels} pixels reach {largest:.3g}, beyond its largest value {float_max:.3g} "
+        f"(max |x| = {a:.3g}, max |mu| = {b:.3g}, lam = {lam:.3g}, C = {n_channels}); scale x "
+        "down, or compute in float64"
+    )
+
+
+def _largest_magnitude(xp, name, array):
+    """max|array| as a float, 0 when empty; ValueError (:func:`check_finite`) on NaN or inf."""
+    if math.prod(array.shape) == 0:
+        return 0.0
+    largest = float(xp.max(xp.abs(array)))
+    if not math.isfinite(largest):
+        check_finite(xp, name, array)
+    return largest
+
+
+def check_magnitudes(xp, x, mu, lam):
+    """ValueError on NaN or inf, or on values that :func:`overflow_problem` says overflow."""
+    largest_x, largest_mu = _largest_magnitude(xp, "x", x), _largest_magnitude(xp, "mu", mu)
+    dtype = xp.result_type(x.dtype, mu.dtype)
+    problem = overflow_problem(largest_x, largest_mu, x.shape[-2], x.shape[-1], float(lam),
+                               dtype, float(xp.finfo(dtype).max))
+    if problem:
+        raise ValueError(problem)
 
 
 def validate_em_attention_inputs(xp, x, mu, n_iter, lam, *, finite=True):
@@ -136,8 +205,8 @@ def validate_em_attention_inputs(xp, x, mu, n_iter, lam, *, finite=True):
     lam : float
         lambda = 1/sigma^2.
     finite : bool
-        Also refuse NaN and inf. The check reads every value (on a GPU it waits for the
-        device); the PyTorch stage lets its caller skip it.
+        Also refuse NaN, inf and values that would overflow. The check reads every value once
+        (on a GPU it waits for the device); the PyTorch stage lets its caller skip it.
 
     Returns
     -------
@@ -150,7 +219,6 @@ def validate_em_attention_inputs(xp, x, mu, n_iter, lam, *, finite=True):
     check_float_dtype(xp, "x", x)
     check_float_dtype(xp, "mu", mu)
     if finite:
-        check_finite(xp, "x", x)
-        check_finite(xp, "mu", mu)
+        check_magnitudes(xp, x, mu, lam)
     dtype = xp.result_type(x.dtype, mu.dtype)
     return xp.astype(x, dtype, copy=False), xp.astype(mu, dtype, copy=False)

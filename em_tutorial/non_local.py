@@ -16,6 +16,8 @@ EM attention's first A_E when the bases are all N pixels (``mu = x``, K = N); se
 
 from __future__ import annotations
 
+import math
+
 from .backend import get_array_module, is_numpy_namespace
 from .ema import softmax
 from .ema_fast import softmax_last_axis_inplace
@@ -28,6 +30,8 @@ def _embed(xp, x, weight, name):
     """``x @ weight`` for a (C, C') embedding matrix, or x itself when ``weight`` is None."""
     if weight is None:
         return x
+    check_float_dtype(xp, name, weight)
+    check_finite(xp, name, weight)
     if weight.ndim != 2 or weight.shape[0] != x.shape[-1]:
         raise ValueError(
             f"{name} must be a (C, C') matrix with C = {x.shape[-1]} rows (the channels of x); "
@@ -35,6 +39,27 @@ def _embed(xp, x, weight, name):
         )
     # (..., N, C) @ (C, C') -> (..., N, C')
     return xp.matmul(x, weight)
+
+
+def _namespace(x, **weights):
+    """The ``xp`` of ``x`` and the embedding matrices, after naming any that is no array."""
+    for name, value in {"x": x, **weights}.items():
+        if (value is not None or name == "x") and not hasattr(value, "dtype"):
+            raise TypeError(f"{name} must be an array; got {type(value).__name__}")
+    return get_array_module(x, *weights.values())
+
+
+def _check_product_fits(xp, a, b, what):
+    """ValueError unless the sums of products of ``what`` fit the dtype.
+
+    Every entry of ``a @ b.mT`` (or ``a @ b``) is at most L max|a| max|b|, L = ``a.shape[-1]``.
+    """
+    if math.prod(a.shape) == 0 or math.prod(b.shape) == 0:
+        return
+    largest = a.shape[-1] * float(xp.max(xp.abs(a))) * float(xp.max(xp.abs(b)))
+    if not largest < float(xp.finfo(a.dtype).max):
+        raise ValueError(f"x is too large for {a.dtype}: {what} can reach {largest:.3g}; scale x "
+                         "or the embedding matrices down, or compute in float64")
 
 
 def _check_features(xp, x):
@@ -65,7 +90,7 @@ def non_local_attention(x, w_theta=None, w_phi=None):
     a : array, shape (N, N) or (B, N, N)
         Rows sum to 1.
     """
-    xp = get_array_module(x, w_theta, w_phi)
+    xp = _namespace(x, w_theta=w_theta, w_phi=w_phi)
     _check_features(xp, x)
     theta = _embed(xp, x, w_theta, "w_theta")  # (..., N, C')
     phi = _embed(xp, x, w_phi, "w_phi")  # (..., N, C')
@@ -73,6 +98,7 @@ def non_local_attention(x, w_theta=None, w_phi=None):
         raise ValueError(
             f"theta and phi must embed into the same C'; got {theta.shape[-1]} and {phi.shape[-1]}"
         )
+    _check_product_fits(xp, theta, phi, "theta(x_i)^T phi(x_j)")
     # theta(x_i)^T phi(x_j) for all pixel pairs:  (..., N, C') @ (..., C', N) -> (..., N, N)
     logits = xp.matmul(theta, phi.mT)
     # a_ij = exp(logit_ij) / sum_j' exp(logit_ij'); on NumPy in place, because the N x N
@@ -108,8 +134,10 @@ def non_local(x, w_theta=None, w_phi=None, w_g=None):
     (normalised over n, not k) and the L2 normalisation then sets its length to 1, whereas
     the non-local block averages the unnormalised g(x_j).
     """
-    xp = get_array_module(x, w_theta, w_phi, w_g)
+    xp = _namespace(x, w_theta=w_theta, w_phi=w_phi, w_g=w_g)
     attention = non_local_attention(x, w_theta, w_phi)  # (..., N, N)
+    if w_g is not None:
+        _check_product_fits(xp, x, w_g, "g(x) = x w_g")
     g = _embed(xp, x, w_g, "w_g")  # (..., N, C_g)
     # y_i = sum_j a_ij g(x_j):  (..., N, N) @ (..., N, C_g) -> (..., N, C_g)
     return xp.matmul(attention, g)

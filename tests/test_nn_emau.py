@@ -158,14 +158,17 @@ def test_bad_input_errors(module_cls):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [({"num_stages": 0}, "num_stages"), ({"num_stages": 1.5}, "num_stages"),
-     ({"momentum": 1.5}, "momentum"), ({"num_bases": 0}, "num_bases"),
-     ({"lam": float("nan")}, "lam")],
+    "kwargs, error, match",
+    [({"num_stages": 0}, ValueError, r"^num_stages \(T\) must be at least 1"),
+     ({"num_stages": 2.5}, TypeError, r"^num_stages \(T\) must be an integer; got 2.5"),
+     ({"momentum": 1.5}, ValueError, "^momentum"), ({"momentum": "0.1"}, TypeError, "^momentum"),
+     ({"num_bases": 0}, ValueError, "^num_bases"), ({"num_bases": 2.0}, TypeError, "^num_bases"),
+     ({"lam": float("nan")}, ValueError, "^lam"), ({"lam": "1"}, TypeError, "^lam")],
 )
-def test_bad_construction_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_construction_errors(kwargs, error, match):
+    with pytest.raises(error, match=match) as info:
         EMAU(C, **kwargs)
+    assert type(info.value) is error
 
 
 def test_non_local_block_matches_its_equation(rng):
@@ -195,12 +198,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _distributed_step(rank, world_size, port, out_dir, rule):
+def _init_gloo(rank, world_size, port):
     torch.set_num_threads(1)  # two processes share the machine's cores
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
         timeout=datetime.timedelta(seconds=60),  # fail, do not hang, if the port was taken
     )
+
+
+def _distributed_step(rank, world_size, port, out_dir, rule):
+    _init_gloo(rank, world_size, port)
     try:
         torch.manual_seed(0)  # same initial bases and weights on every rank
         emau = EMAU(C, num_bases=K, num_stages=T, bases_update=rule).train()
@@ -237,3 +244,41 @@ def test_distributed_bases_identical_across_ranks(tmp_path, rule):
     torch.testing.assert_close(results[0]["mu"], expected, rtol=1e-5, atol=1e-6)
     single_rank = 0.9 * initial + 0.1 * one_rank_mean
     assert not torch.allclose(results[0]["mu"], single_rank, rtol=1e-5, atol=1e-6)
+
+
+def _distributed_skip_step(rank, world_size, port, out_dir, rule):
+    """Two steps; on each, rank 0 gets a faulty batch (empty, then one NaN), rank 1 a good one."""
+    _init_gloo(rank, world_size, port)
+    try:
+        torch.manual_seed(0)
+        emau = EMAU(C, num_bases=K, num_stages=T, bases_update=rule).train()
+        record = {"initial": emau.mu.clone()}
+        for fault in ("empty", "nan"):
+            x = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(100 + rank))
+            if rank == 0 and fault == "empty":
+                x = x[:0]
+            if rank == 0 and fault == "nan":
+                x[0, 0, 0, 0] = float("nan")
+            record[fault] = ""
+            try:
+                emau(x)
+            except ValueError as refused:
+                record[fault] = str(refused)
+            record[f"mu after {fault}"] = emau.mu.clone()
+        torch.save(record, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rule", ["official", "mmseg"])
+def test_distributed_skip_on_one_rank_is_a_skip_on_every_rank(tmp_path, rule):
+    world_size = 2
+    args = (world_size, _free_port(), str(tmp_path), rule)
+    mp.spawn(_distributed_skip_step, args=args, nprocs=world_size)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+    for result in results:  # bit-identical to the initial bases on both ranks, after both steps
+        assert torch.equal(result["mu after empty"], result["initial"])
+        assert torch.equal(result["mu after nan"], result["initial"])
+    # the good rank ran normally; the faulty one refused NaN after taking part in the all-reduce
+    assert results[1]["empty"] == results[1]["nan"] == results[0]["empty"] == ""
+    assert results[0]["nan"].startswith("EMAU input x contains NaN or inf (1 of its")

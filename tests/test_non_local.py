@@ -128,3 +128,28 @@ def test_bad_embedding_shape_raises(rng):
 def test_bad_features_raise(x, error, message):
     with pytest.raises(error, match=message):
         non_local(x)
+
+
+@pytest.mark.parametrize(
+    "x, weights, error, message",
+    [
+        ([[1.0, 2.0]], {}, TypeError, r"^x must be an array; got list"),
+        (None, {}, TypeError, r"^x must be an array; got NoneType"),
+        (np.ones((4, 3)), {"w_g": [[1.0]]}, TypeError, r"^w_g must be an array; got list"),
+        (np.ones((4, 3)), {"w_phi": np.full((3, 2), np.nan), "w_theta": np.ones((3, 2))},
+         ValueError, r"^w_phi contains NaN or inf \(6 of its 6"),
+        (np.full((4, 3), 1e20, np.float32), {}, ValueError,
+         r"^x is too large for float32: theta\(x_i\)\^T phi\(x_j\) can reach 3e\+40"),
+        (np.ones((4, 3)), {"w_g": np.full((3, 2), 1e308)}, ValueError,
+         r"^x is too large for float64: g\(x\) = x w_g can reach inf"),
+    ],
+)
+def test_bad_types_and_overflow_are_named(x, weights, error, message):
+    """Each was a raw AttributeError, a TypeError from array_api_compat or a silent NaN."""
+    with pytest.raises(error, match=message):
+        non_local(x, **weights)
+
+
+def test_large_features_that_fit_stay_finite(rng):
+    x = 1e17 * rng.standard_normal((6, 3)).astype(np.float32)  # logits up to ~1e35
+    assert np.isfinite(non_local(x)).all()

@@ -65,9 +65,16 @@ BAD_INPUTS = {
     "lam a string": ({"lam": "1"}, TypeError, r"^lam .* must be a real number"),
     "x float16": ({"x_dtype": np.float16, "mu_dtype": np.float16}, TypeError,
                   r"^x must be float32 or float64, got float16.*cast it to float32"),
-    "mu integer": ({"mu_dtype": np.int64}, TypeError, r"^mu must be a float32 or float64 array"),
+    "mu integer": ({"mu_dtype": np.int64}, TypeError,
+                   r"^mu must be a float32 or float64 array; got dtype \S*int64, an integer dtype"),
+    "x complex": ({"x_dtype": np.complex128}, TypeError,
+                  r"^x must be a float32 or float64 array; got dtype \S*complex128, not a real"),
     "x NaN": ({"x_bad": math.nan}, ValueError, r"^x contains NaN or inf \(1 of its 40 values\)"),
     "mu inf": ({"mu_bad": -math.inf}, ValueError, r"^mu contains NaN or inf \(1 of its 12"),
+    "lam beyond float": ({"lam": 10**400}, ValueError, r"^lam .* finite number >= 0"),
+    "x overflows": ({"x_bad": 1e308}, ValueError,
+                    r"^x, mu and lam are too large for \S*float64: lambda x\^T mu or the sums"),
+    "lam overflows": ({"lam": 1e307}, ValueError, r"^x, mu and lam are too large .* lam = 1e\+307"),
 }
 
 
@@ -125,3 +132,14 @@ def test_mixed_float_dtypes_are_promoted_on_every_stage(rng, stage):
         g = np.asarray(g.get() if hasattr(g, "get") else g)  # CuPy arrays to the host
         assert g.dtype == np.float64
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("position", ["x", "mu"])
+def test_an_argument_that_is_no_array_is_named(rng, stage, position):
+    x, mu, _ = _inputs(rng)
+    function, convert = STAGES[stage]
+    args = {"x": convert(x), "mu": convert(mu)}
+    args[position] = [[1.0, 2.0, 3.0, 4.0]]
+    with pytest.raises(TypeError, match=rf"\b{position}\b.* must be (an array|torch tensors)"):
+        function(**args)

@@ -32,7 +32,7 @@ import numpy as np
 
 from em_tutorial.backend import get_array_module, is_cupy_namespace
 from em_tutorial.ema import EPS, EMIteration
-from em_tutorial.ema_validation import validate_em_attention_inputs
+from em_tutorial.ema_validation import array_namespace, validate_em_attention_inputs
 from em_tutorial.gpu.kernels import WARPS_PER_BLOCK, cuda_type_name, get_kernel
 
 __all__ = [
@@ -244,7 +244,7 @@ def em_attention_fused(x, mu, n_iter=3, lam=1.0, return_history=False):
     # The rules of every stage (em_tutorial.ema_validation), checked before the arrays must
     # be CuPy ones, so that they hold, and are tested, for any array library. The NaN/inf
     # check reads one boolean back to the host: once, before the loop, never inside it.
-    x, mu = validate_em_attention_inputs(get_array_module(x, mu), x, mu, n_iter, lam)
+    x, mu = validate_em_attention_inputs(array_namespace(x, mu), x, mu, n_iter, lam)
     _require_cupy(x, mu)
     cupy = _cupy()
     n_bases, n_channels = mu.shape[-2:]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .emau import EMAU
+from .functional import check_input_dtype
 from .non_local import NonLocal2d
 from .recipe import set_bn_momentum
 from .resnet import RESNET_DEPTHS, ResNet
@@ -174,7 +175,7 @@ class EMANet(nn.Module):
         if head == "emau":
             self.attention = EMAU(
                 ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer,
-                bases_update=bases_update, init=init,
+                bases_update=bases_update, init=init, non_finite="skip",
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
@@ -199,7 +200,8 @@ class EMANet(nn.Module):
         """The modules that EMANet adds on top of the backbone (for counting its cost)."""
         return [self.fc0, self.attention, self.fc1, self.fc2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_images(self, x: torch.Tensor) -> None:
+        """Shape and dtype always; in training mode also what would poison the buffers."""
         if x.ndim != 4:
             raise ValueError(f"EMANet expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
         expected = getattr(self.backbone, "in_channels", None)
@@ -207,6 +209,38 @@ class EMANet(nn.Module):
             raise ValueError(
                 f"EMANet expects {expected}-channel images, got shape {tuple(x.shape)}"
             )
+        check_input_dtype(x, self.fc2.weight, "EMANet")
+        if not self.training:
+            return
+        # One pass over the images and one boolean read back per training step: NaN would
+        # otherwise reach every BatchNorm's running statistics before any check downstream.
+        # NaN that appears later comes from diverged weights: the EMAU then keeps its bases
+        # and lets it through to the loss, where the training loop sees it.
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"EMANet input images contain NaN or inf ({bad} of their "
+                             f"{x.numel()} values); no buffer was changed")
+        stride = getattr(self.backbone, "output_stride", None)
+        if stride and x.shape[0] == 1 and max(x.shape[-2:]) <= stride:
+            raise ValueError(
+                f"EMANet input of shape {tuple(x.shape)} gives 1x1 feature maps (output stride "
+                f"{stride}): BatchNorm needs more than one value per channel in training; use "
+                f"B > 1, images larger than {stride} pixels, or eval mode"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, num_classes, H, W) logits.
+
+        Raises
+        ------
+        ValueError
+            A shape that is not (B, 3, H, W); in training mode also NaN or inf in ``x``, or a
+            single image so small that BatchNorm would see one value per channel. Refused
+            inputs leave every buffer unchanged.
+        TypeError
+            An integer input, or a float dtype other than the parameters' outside autocast.
+        """
+        self._check_images(x)
         size = x.shape[-2:]
         features = self.backbone(x)  # (B, C_backbone, h, w)
         out = self.fc1(self.attention(self.fc0(features)))  # (B, head_channels, h, w)

@@ -8,7 +8,9 @@ Forward pass, on a feature map X of shape (B, C, H, W):
 
 The initial bases mu^(0) are a buffer, not a parameter: backpropagation never touches them.
 In training mode they follow a moving average of the batch mean of the final bases, the way
-BatchNorm tracks its running statistics.
+BatchNorm tracks its running statistics. An empty batch or non-finite bases leave them as they
+are (on every rank under ``torch.distributed``), and an input that would give non-finite
+bases is refused before BatchNorm sees it.
 
 The first 1x1 convolution is frozen. In the official code z and mu come out of
 ``torch.no_grad()``, so nothing the loss sees depends on that convolution: its gradient is None
@@ -29,13 +31,16 @@ Two rules for the moving average of the bases (``bases_update``):
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import EPS, check_feature_map, em_iterations
+from ..ema_validation import check_lam, check_n_iter, overflow_problem
+from .functional import EPS, check_feature_map, check_input_dtype, em_iterations, safe_norm
 
 __all__ = ["EMAU"]
 
@@ -66,8 +71,30 @@ def _mmseg_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int, lam: float
         z = torch.softmax(x @ (lam * mu).mT, dim=-1)  # (B, N, C) @ (C, K) -> (B, N, K)
         # A_M: mu_k = sum_n z_nk x_n / max(sum_n z_nk, 1e-12), then mu_k / max(|mu_k|, 1e-12)
         weights = F.normalize(z, p=1, dim=-2, eps=MMSEG_EPS)  # (B, N, K)
-        mu = F.normalize(weights.mT @ x, p=2, dim=-1, eps=MMSEG_EPS)  # (B, K, N) @ (B, N, C)
+        mu = weights.mT @ x  # (B, K, N) @ (B, N, C) -> (B, K, C)
+        mu = mu / safe_norm(mu).clamp_min(MMSEG_EPS)  # F.normalize, without squaring large mu
     return z, mu
+
+
+def _input_problem(x: torch.Tensor, points: torch.Tensor, mu: torch.Tensor, lam: float):
+    """None if the EM iterations on ``points`` (B, N, C) stay finite, else why not, in words.
+
+    The rule of every stage (:func:`em_tutorial.ema_validation.overflow_problem`) on the
+    projected features: NaN or inf in ``x``, an overflow in the first convolution or in the
+    iterations. The largest magnitudes come back to the host together: one read per forward.
+    """
+    if points.numel() == 0:
+        return None
+    largest_x, largest_mu = torch.stack([points.abs().amax(), mu.abs().amax()]).tolist()
+    if not math.isfinite(largest_x):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            return f"EMAU input x contains NaN or inf ({bad} of its {x.numel()} values)"
+        return (f"EMAU input x (max |x| = {x.abs().amax().item():.3g}) overflowed "
+                f"{points.dtype} in the first convolution; scale it down")
+    problem = overflow_problem(largest_x, largest_mu, points.shape[-2], points.shape[-1],
+                               lam, points.dtype, torch.finfo(points.dtype).max)
+    return problem and f"EMAU input x, after the first convolution: {problem}"
 
 
 class EMAU(nn.Module):
@@ -101,6 +128,11 @@ class EMAU(nn.Module):
         Both draw the convolution weights from N(0, sqrt(2/n)), n = 1 * 1 * C (Kaiming normal,
         fan-out). ``"official"`` keeps PyTorch's default (uniform) bias of the first convolution
         as the authors' code does; ``"kaiming"`` sets it to zero.
+    non_finite : {"raise", "skip"}
+        What an input with NaN or inf, or one that would overflow, does. ``"raise"``: a
+        ValueError before any buffer changes. ``"skip"``: the bases keep their values and the
+        NaN flows on to the output; :class:`~em_tutorial.nn.EMANet` uses it, since it checks its
+        images itself, so that NaN here means its own weights diverged, which the loss shows.
 
     Attributes
     ----------
@@ -126,20 +158,26 @@ class EMAU(nn.Module):
         *,
         bases_update: str = "official",
         init: str = "kaiming",
+        non_finite: str = "raise",
     ):
         super().__init__()
-        if channels < 1 or num_bases < 1:
-            raise ValueError(f"channels and num_bases must be >= 1, got {channels}, {num_bases}")
-        if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
-            raise ValueError(f"num_stages (T) must be an integer >= 1, got {num_stages!r}")
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam (lambda = 1/sigma^2) must be finite and >= 0, got {lam}")
+        for name, size in (("channels", channels), ("num_bases", num_bases)):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+                raise TypeError(f"{name} must be an integer; got {size!r}")
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+        check_n_iter(num_stages, "num_stages")
+        check_lam(lam)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"momentum must be a real number; got {momentum!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         if bases_update not in _BASES_UPDATES:
             raise ValueError(f"bases_update must be one of {_BASES_UPDATES}, got {bases_update!r}")
         if bases_update == "mmseg" and renormalize_bases:
             raise ValueError("renormalize_bases applies to bases_update='official' only")
+        if non_finite not in ("raise", "skip"):
+            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.channels = channels
@@ -149,6 +187,7 @@ class EMAU(nn.Module):
         self.lam = lam
         self.renormalize_bases = renormalize_bases
         self.bases_update = bases_update
+        self.non_finite = non_finite
 
         # mu^(0) ~ N(0, sqrt(2/K)), then each basis scaled to unit length.
         mu = torch.randn(num_bases, channels) * math.sqrt(2.0 / num_bases)  # (K, C)
@@ -174,45 +213,84 @@ class EMAU(nn.Module):
         )
 
     @torch.no_grad()
-    def _update_bases(self, bases: torch.Tensor) -> None:
-        """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes)."""
-        # Every rank must hold the same bases, or the replicas drift apart.
-        batch_mean = _all_reduce_mean(bases.mean(dim=0).to(self.mu.dtype))  # (K, C)
+    def _update_bases(self, bases: torch.Tensor, refused: bool = False) -> None:
+        """mu <- (1 - momentum) mu + momentum * mean over the batch (and over all processes).
+
+        Skipped when the batch is empty (B = 0), its bases are not finite or its input is
+        ``refused``; under ``torch.distributed`` a skip on one rank is a skip on every rank, so
+        that the replicas keep identical bases. The choice is a tensor, never read back.
+        """
+        # The mean of an empty batch is NaN too, so one test covers both cases.
+        batch_mean = bases.mean(dim=0).to(self.mu.dtype)  # (K, C)
+        invalid = ~torch.isfinite(batch_mean).all() | refused
+        # Every rank must hold the same bases, or the replicas drift apart: the rank means
+        # and a count of ranks with nothing valid to give travel in one all-reduce.
+        packed = torch.cat([torch.where(invalid, 0.0, batch_mean).flatten(),  # (K*C + 1,)
+                            invalid.to(batch_mean.dtype).view(1)])
+        packed = _all_reduce_mean(packed)
+        skip, batch_mean = packed[-1] > 0, packed[:-1].view_as(self.mu)  # (), (K, C)
         if self.bases_update == "mmseg":
             # mmseg: the mean is L2-normalised before the average, never after
             batch_mean = F.normalize(batch_mean, p=2, dim=1, eps=MMSEG_EPS)  # (K, C)
         # mu^(0) <- (1 - momentum) mu^(0) + momentum mean_b(mu_b^(T))
-        self.mu.mul_(1.0 - self.momentum).add_(batch_mean, alpha=self.momentum)
+        updated = (1.0 - self.momentum) * self.mu + self.momentum * batch_mean  # (K, C)
         if self.renormalize_bases:
-            self.mu /= EPS + torch.linalg.vector_norm(self.mu, dim=1, keepdim=True)
+            updated = updated / (EPS + torch.linalg.vector_norm(updated, dim=1, keepdim=True))
+        self.mu.copy_(torch.where(skip, self.mu, updated))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Shape, dtype, and BatchNorm's need for two values per channel in training."""
+        check_feature_map(x, self.channels, "EMAU")
+        check_input_dtype(x, self.conv_in.weight, "EMAU")
+        b, _, h, w = x.shape
+        if self.training and b * h * w == 1 and isinstance(self.bn_out, _BatchNorm):
+            raise ValueError(
+                f"EMAU input x of shape {tuple(x.shape)} has one value per channel: BatchNorm "
+                "needs more than one value per channel in training; use B * H * W > 1 or "
+                "eval mode"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W); in training mode also updates the bases ``mu``.
 
         Sets :attr:`last_z` and :attr:`last_bases`. Under ``torch.distributed`` every rank
         must call it the same number of times in training mode (the bases are all-reduced).
+
+        Raises
+        ------
+        ValueError
+            A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
+            (BatchNorm's limit); NaN or inf in ``x``, or values so large that the first
+            convolution or the EM iterations overflow (the rule of
+            :mod:`em_tutorial.ema_validation`), unless ``non_finite="skip"``. The check is one
+            pass over the projected features and one read back from the device per forward;
+            ``mu`` and the BatchNorm running statistics are left untouched.
+        TypeError
+            An integer input, or a float dtype other than the parameters' outside autocast.
         """
-        check_feature_map(x, self.channels, "EMAU")
+        self._check_input(x)
         identity = x
         b, c, h, w = x.shape
         iterations = _mmseg_iterations if self.bases_update == "mmseg" else em_iterations
         with torch.no_grad():
             # The frozen projection: no graph for it, and none for what is computed from it.
-            features = self.conv_in(x).flatten(2)  # (B, C, H*W)
+            features = self.conv_in(x).flatten(2)  # (B, C, N)
             with torch.autocast(x.device.type, enabled=False):
                 # The iterations run in float32 (or float64) even under autocast: softmax of
                 # low-precision dot products would blur the attention maps.
                 compute_dtype = torch.promote_types(features.dtype, torch.float32)
-                z, bases = iterations(
-                    features.mT.to(compute_dtype), self.mu.to(compute_dtype), self.num_stages,
-                    self.lam,
-                )  # (B, N, K), (B, K, C)
+                points = features.mT.to(compute_dtype)  # (B, N, C): the x_n of the EM
+                problem = _input_problem(x, points, self.mu, self.lam)
+                z, bases = iterations(points, self.mu.to(compute_dtype), self.num_stages,
+                                      self.lam)  # (B, N, K), (B, K, C)
                 # A_R, x_tilde = z mu, computed channels-first (x_tilde^T = mu^T z^T) so that
                 # it is already in the layout of the feature map
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
-        self.last_z, self.last_bases = z, bases
         if self.training:
-            self._update_bases(bases)
+            self._update_bases(bases, refused=problem is not None)
+        if problem and self.non_finite == "raise":  # after the update's all-reduce, as a skip
+            raise ValueError(f"{problem}; the bases and BatchNorm statistics were left unchanged")
+        self.last_z, self.last_bases = z, bases
         x_tilde = x_tilde.to(features.dtype).view(b, c, h, w)  # (B, C, H, W)
         # In-place ReLUs on tensors made here: autograd needs neither input.
         out = self.bn_out(self.conv_out(x_tilde.relu_()))

@@ -14,7 +14,9 @@ from ..backend import get_array_module
 from ..ema import EPS
 from ..ema_validation import validate_em_attention_inputs
 
-__all__ = ["em_attention", "em_iterations", "check_feature_map", "EPS"]
+__all__ = [
+    "em_attention", "em_iterations", "safe_norm", "check_feature_map", "check_input_dtype", "EPS",
+]
 
 
 def _validated_tensors(x, mu, n_iter, lam, check_finite):
@@ -25,7 +27,10 @@ def _validated_tensors(x, mu, n_iter, lam, check_finite):
             "(em_tutorial.ema.em_attention is the NumPy version)"
         )
     xp = get_array_module(x, mu)  # array_api_compat's view of torch
-    return validate_em_attention_inputs(xp, x, mu, n_iter, lam, finite=check_finite)
+    # The checks read values back (max |x|): on detached views, so no graph is involved.
+    checked, _ = validate_em_attention_inputs(xp, x.detach(), mu.detach(), n_iter, lam,
+                                              finite=check_finite)
+    return x.to(checked.dtype), mu.to(checked.dtype)  # promoted, the graph kept
 
 
 def em_attention(
@@ -65,7 +70,8 @@ def em_attention(
     ------
     ValueError
         Wrong dimensions, channel or batch mismatch, an empty axis, ``n_iter < 1``, a negative
-        or non-finite ``lam``, NaN or inf in the inputs.
+        or non-finite ``lam``, NaN or inf in the inputs, values so large that the iterations
+        would overflow.
     TypeError
         Not tensors, a dtype other than float32/float64 (half precision included), ``n_iter``
         not an integer or ``lam`` not a real number. The rules and messages are those of
@@ -94,16 +100,52 @@ def em_iterations(x: torch.Tensor, mu: torch.Tensor, n_iter: int = 3, lam: float
         counts = z.sum(dim=-2).unsqueeze(-1)  # (B, K, 1)
         mu = (z.mT @ x) / (EPS + counts)  # (B, K, N) @ (B, N, C) -> (B, K, C)
         # mu_k <- mu_k / (eps + ||mu_k||)
-        mu = mu / (EPS + torch.linalg.vector_norm(mu, dim=-1, keepdim=True))  # (B, K, C)
+        mu = mu / (EPS + safe_norm(mu))  # (B, K, C)
     return z, mu
 
 
+def safe_norm(mu: torch.Tensor) -> torch.Tensor:
+    """||mu_k|| along the last axis, (..., K, 1), computed without squaring large numbers.
+
+    ``||mu_k|| = s_k ||mu_k / s_k||`` with ``s_k = max_c |mu_kc|``: in float32 ``||mu_k||^2``
+    overflows once ``||mu_k|| > 1.8e19``, and the bases would silently become zero.
+    """
+    scale = mu.abs().amax(dim=-1, keepdim=True)  # (..., K, 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale * torch.linalg.vector_norm(mu / scale, dim=-1, keepdim=True)
+
+
 def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
-    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+    """Raise ValueError or TypeError naming ``owner`` unless ``x`` is a (B, C, H, W) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner} input x must be a torch tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{owner} expects a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+        raise ValueError(f"{owner} input x must be a (B, C, H, W) feature map, got shape "
+                         f"{tuple(x.shape)}")
     if x.shape[1] != channels:
         raise ValueError(
-            f"{owner} was built for C={channels} channels, got input of shape {tuple(x.shape)} "
-            f"with {x.shape[1]}"
+            f"{owner} was built for C={channels} channels, but its input x has shape "
+            f"{tuple(x.shape)} with {x.shape[1]}"
+        )
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"nothing to compute: {owner} input x of shape {tuple(x.shape)} has "
+                         "H * W = 0 pixels")
+
+
+def check_input_dtype(x: torch.Tensor, parameter: torch.Tensor, owner: str) -> None:
+    """Raise a TypeError naming ``owner`` unless ``x`` has the dtype of its ``parameter``.
+
+    Under ``torch.autocast`` any floating dtype passes: autocast casts it for each layer, and
+    it is the way to compute a module in half precision.
+    """
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} input x has dtype {x.dtype}, an integer or boolean dtype; convert it to "
+            f"the module's {parameter.dtype} first (x.to({parameter.dtype}))"
+        )
+    if x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{owner} input x has dtype {x.dtype} but the module's parameters are "
+            f"{parameter.dtype}; convert one to the other (x.to({parameter.dtype}) or "
+            f"module.to({x.dtype})), or run under torch.autocast for half precision"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_feature_map
+from .functional import check_feature_map, check_input_dtype
 
 __all__ = ["NonLocal2d"]
 
@@ -49,6 +49,7 @@ class NonLocal2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, "NonLocal2d")
+        check_input_dtype(x, self.theta.weight, "NonLocal2d")
         b, _, h, w = x.shape
         theta = self.theta(x).flatten(2).mT  # (B, N, C')
         phi = self.phi(x).flatten(2)  # (B, C', N)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import check_index, check_integer, check_real
 from .labels import check_label
 from .transforms import IGNORE_INDEX, to_model_input
 
@@ -74,9 +75,19 @@ class SceneConfig:
     noise_std: float = 0.04
 
     def __post_init__(self):
+        check_integer("image_size", self.image_size, 3)  # the smallest with a default digit
+        check_real("ink_threshold", self.ink_threshold, 0.0, 1.0)
+        check_real("noise_std", self.noise_std, 0.0, 1.0)
         if self.digit_size is None:
             size = (3 * self.image_size // 8, self.image_size // 2)
             object.__setattr__(self, "digit_size", size)
+        for name, pair, minimum in (("digits_per_scene", self.digits_per_scene, 0),
+                                    ("digit_size", self.digit_size, 1)):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"{name} must be a pair (low, high), got {pair!r}")
+            low, high = (check_integer(name, value, minimum) for value in pair)
+            if low > high:
+                raise ValueError(f"{name} must satisfy low <= high, got {pair!r}")
         low, high = self.digit_size
         if not 1 <= low <= high <= self.image_size:
             raise ValueError(
@@ -254,10 +265,11 @@ class DigitScenes:
     ignore_index = IGNORE_INDEX
 
     def __init__(self, split="train", num_scenes=2000, seed=0, config=None, transform=None):
-        if num_scenes < 1:
-            raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
+        check_integer("num_scenes", num_scenes, 1)
         self.split = split
-        self.seed = int(seed)
+        self.seed = check_integer("seed", seed, 0)  # numpy's seeds are non-negative
+        if config is not None and not isinstance(config, SceneConfig):
+            raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
         self.config = config or SceneConfig()
         self.transform = transform or to_model_input
         glyphs, classes = digit_pool(split)
@@ -306,5 +318,5 @@ class DigitScenes:
 
     def __getitem__(self, key):
         # The sampler may pass (index, augmentation seed); digit scenes need no augmentation.
-        index = key[0] if isinstance(key, tuple) else key
+        index = check_index(key[0] if isinstance(key, tuple) else key, len(self))
         return self.transform(*self.raw(index), rng=None)
