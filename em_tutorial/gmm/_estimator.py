@@ -14,6 +14,7 @@ once per initialisation (see :mod:`em_tutorial.gmm._start`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -180,13 +181,15 @@ class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
     def _fit_samples(self, X):
         """X checked for fitting: NumPy, or under array-API dispatch its own namespace."""
         xp, _ = get_namespace(X)
-        return validate_data(self, X, dtype=[xp.float64, xp.float32], ensure_min_samples=2)
+        with _naming_x():
+            return validate_data(self, X, dtype=[xp.float64, xp.float32], ensure_min_samples=2)
 
     def _validated(self, X):
         """X checked against the fit, for the methods that use it."""
         check_is_fitted(self)
         xp, _ = get_namespace(X)
-        return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
+        with _naming_x():
+            return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
 
     def _precisions_cholesky(self, covariances, validate):
         try:
@@ -336,3 +339,13 @@ class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
         if self.verbose >= 1:
             state = "converged" if converged else "did not converge"
             print(f"Initialization {state}. lower bound {lower_bound:.5f}.")
+
+
+@contextlib.contextmanager
+def _naming_x():
+    """scikit-learn's checks of X (shape, dtype, NaN, sample count), re-raised as this package's
+    error of the same type with the argument named: "X: Found array with 1 sample(s) ..."."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"X: {error}") from error

@@ -71,9 +71,11 @@ class FittedMixtureMethods:
             The component each point was drawn from.
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
+        # bool is an Integral in Python, but sample(True) is a mistake, not one sample
+        if (isinstance(n_samples, bool) or not isinstance(n_samples, Integral)
+                or not 1 <= n_samples <= np.iinfo(np.int64).max):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
-                             "requires at least one sample (an int >= 1).")
+                             "requires at least one sample (an int >= 1, at most 2**63 - 1).")
         rng = check_random_state(self.random_state)
         means, covariances = to_host(self.means_), to_host(self.covariances_)
         counts = rng.multinomial(n_samples, to_host(self.weights_))

@@ -3,6 +3,8 @@ the problem. They run once per ``fit`` on the host, never inside the EM loop."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from em_tutorial.gmm._precision import parameter_shape
@@ -24,7 +26,9 @@ def check_not_overflowing(shape, dtype, max_abs):
     """
     largest = float(np.finfo(dtype).max)
     n_samples, n_features = shape
-    if 4.0 * n_samples * n_features * max_abs**2 >= largest:
+    # compared in the log domain: max_abs**2 itself overflows a Python float past 1.3e154
+    if max_abs > 0 and math.log(4.0 * n_samples * n_features) + 2 * math.log(max_abs) >= \
+            math.log(largest):
         advice = "pass float64 data or rescale it" if dtype == np.float32 else "rescale it"
         raise ValueError(
             f"X has values up to {max_abs:.3g}: its squared distances overflow {dtype} "
