@@ -4,6 +4,7 @@
   :func:`em_tutorial.ema.em_attention` (NumPy) number for number.
 * :class:`EMAU` -- the EM Attention Unit, with its bases as a moving-average buffer.
 * :class:`NonLocal2d` -- the non-local block, the O(N^2) baseline.
+* :class:`GlobalPooling2d` -- global average pooling, the cheapest global-context baseline.
 * :class:`ResNet` -- dilated ResNet backbones (torchvision-compatible names with the plain stem).
 * :class:`EMANet`, :func:`emanet_resnet101` (official), :func:`emanet_tiny` (CPU-sized), and
   :func:`param_groups` for the official optimiser recipe.
@@ -21,9 +22,10 @@ from .emanet import (
 )
 from .emau import EMAU
 from .non_local import NonLocal2d
+from .pooling import GlobalPooling2d
 from .resnet import ResNet, resnet50, resnet101, resnet152
 
 __all__ = [
-    "functional", "EMAU", "NonLocal2d", "ResNet", "resnet50", "resnet101", "resnet152",
+    "functional", "EMAU", "GlobalPooling2d", "NonLocal2d", "ResNet", "resnet50", "resnet101", "resnet152",
     *emanet.__all__,
 ]

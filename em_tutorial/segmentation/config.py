@@ -2,8 +2,9 @@
 and the model and data sets a config describes.
 
 Official PASCAL VOC recipe (:data:`RECIPES` ``["voc"]``): ResNet-101 EMANet, 30k iterations,
-batch 16, crop 513, lr 9e-3. The embedded digit scenes get a small recipe that trains the tiny
-EMANet on two CPU cores in a few minutes (``RECIPES["digits"]``).
+batch 16, crop 513, lr 9e-3. The embedded scenes get small recipes that train the tiny EMANet
+on a CPU core in a few minutes: ``RECIPES["digits"]`` (the digit scenes, the control task) and
+``RECIPES["context"]`` (the context scenes, where a fragment's class is decided far away).
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from .. import nn as em_nn
-from .data import DigitScenes, SceneConfig, TrainAugmentation, VOCSegmentation, find_voc_root
+from .data import (
+    ContextConfig,
+    ContextScenes,
+    DigitScenes,
+    SceneConfig,
+    TrainAugmentation,
+    VOCSegmentation,
+    find_voc_root,
+)
 
 __all__ = [
+    "CONTEXT_MODEL",
     "RECIPES",
     "TOUR_MODEL",
     "TrainConfig",
@@ -38,6 +48,11 @@ TOUR_MODEL = {
     "head_channels": 64,
     "align_corners": False,
 }
+
+#: The tiny EMANet for the 256x256 context scenes: the tour's network with K=8 bases, so that on
+#: the 32x32 feature map the non-local block costs over 5 times the EMAU (75 M against 12 M
+#: multiply-adds per image, from ``em-tutorial ablate``'s cost columns).
+CONTEXT_MODEL = {**TOUR_MODEL, "num_bases": 8}
 
 #: Defaults per data set; any :class:`TrainConfig` field given explicitly overrides them.
 RECIPES = {
@@ -62,6 +77,23 @@ RECIPES = {
         "lr": 0.05,
         "checkpoint_every": 500,
         "num_workers": 0,
+        "num_scenes": 3000,
+        "val_scenes": 300,
+        "image_size": 96,
+    },
+    # About five minutes on one idle CPU core: 256x256 scenes cost 7 times the digit scenes.
+    "context": {
+        "model": "tiny",
+        "model_kwargs": CONTEXT_MODEL,
+        "iterations": 1200,
+        "batch_size": 8,
+        "crop_size": None,
+        "lr": 0.05,
+        "checkpoint_every": 300,
+        "num_workers": 0,
+        "num_scenes": 1000,
+        "val_scenes": 100,
+        "image_size": 256,
     },
 }
 
@@ -79,15 +111,15 @@ class TrainConfig:
 
     Attributes
     ----------
-    dataset : {"digits", "voc"}
+    dataset : {"digits", "context", "voc"}
     data_root : str, optional
         PASCAL VOC folder (``dataset="voc"``).
     train_split, val_split : str
         VOC: ``train_split=None`` picks ``"trainaug"`` when its list exists, else ``"train"``.
     num_scenes, val_scenes, image_size : int
-        Digit scenes: sizes of the two splits and the side of a scene.
+        Digit and context scenes: sizes of the two splits and the side of a scene.
     model : {"tiny", "resnet50", "resnet101", "resnet152"}
-    head : {"emau", "nonlocal", "none"}
+    head : {"emau", "nonlocal", "pooling", "none"}
         The attention block of EMANet ("none" is the ablation without it).
     model_kwargs : dict
         Extra keyword arguments of the model constructor.
@@ -119,9 +151,9 @@ class TrainConfig:
     data_root: str | None = None
     train_split: str | None = None
     val_split: str = "val"
-    num_scenes: int = 3000
-    val_scenes: int = 300
-    image_size: int = 96
+    num_scenes: int | None = None
+    val_scenes: int | None = None
+    image_size: int | None = None
     model: str | None = None
     head: str = "emau"
     model_kwargs: dict | None = None
@@ -176,18 +208,25 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     return _MODELS[config.model](num_classes, head=config.head, **kwargs)
 
 
+_SCENES = {"digits": (DigitScenes, SceneConfig), "context": (ContextScenes, ContextConfig)}
+
+
+def _scenes(config: TrainConfig, split: str, count: int):
+    scenes, scene_config = _SCENES[config.dataset]
+    return scenes(split, count, config.seed, scene_config(image_size=config.image_size))
+
+
 def build_val_set(config: TrainConfig):
-    """The validation set of ``config`` (``val_scenes`` digit scenes, or VOC ``val_split``)."""
-    if config.dataset == "digits":
-        return DigitScenes("val", config.val_scenes, config.seed, SceneConfig(config.image_size))
+    """The validation set of ``config`` (``val_scenes`` embedded scenes, or VOC ``val_split``)."""
+    if config.dataset in _SCENES:
+        return _scenes(config, "val", config.val_scenes)
     return VOCSegmentation(config.data_root, config.val_split)
 
 
 def build_datasets(config: TrainConfig):
     """Training and validation sets for ``config`` (training one augmented for VOC)."""
-    if config.dataset == "digits":
-        scenes = SceneConfig(config.image_size)
-        return DigitScenes("train", config.num_scenes, config.seed, scenes), build_val_set(config)
+    if config.dataset in _SCENES:
+        return _scenes(config, "train", config.num_scenes), build_val_set(config)
     split = config.train_split
     if split is None:
         lists = find_voc_root(config.data_root) / "ImageSets" / "Segmentation"

@@ -1,6 +1,8 @@
 """Segmentation data: the embedded digit scenes, PASCAL VOC 2012, and their transforms.
 
 * :class:`DigitScenes` -- built at run time from scikit-learn's handwritten digits; no download.
+* :class:`ContextScenes` -- one digit class per scene, fragments cut by the border far from a
+  full instance: the task that needs global context (the digit scenes are its control).
 * :class:`VOCSegmentation` -- PASCAL VOC 2012 (optionally SBD "trainaug") from a local folder.
 * :class:`TrainAugmentation` -- the official random scale / pad / crop / flip.
 * :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
@@ -10,6 +12,7 @@ normalisation and 255 as the ignore label, and has ``num_classes``, ``class_name
 ``raw(i)`` (the uint8 image and label, for display).
 """
 
+from .context import ContextConfig, ContextScenes
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneConfig, render_scene, upscale_glyph
 from .sampler import ResumableSampler, sample_seed
 from .transforms import (
@@ -24,6 +27,8 @@ from .voc import VOC_CLASS_NAMES, VOCSegmentation, find_voc_root
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
+    "ContextConfig",
+    "ContextScenes",
     "DigitScenes",
     "SceneConfig",
     "render_scene",
