@@ -69,13 +69,17 @@ def test_quick_tour_writes_report_and_figures(tmp_path, capsys):
     assert main(["tour", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "PyTorch float64" in printed and str(out.resolve()) in printed
-    for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json"):
+    for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json",
+                 "receptive_field.png", "runs/ablation.csv"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "tour.json").read_text())
     assert result["equivalence"]["PyTorch float64"]["x_tilde"] < 1e-12
-    assert set(result["runs"]) == {"EMANet", "without EMAU"}
+    assert {(r["task"], r["head"]) for r in result["runs"]} == {
+        ("context", "emau"), ("context", "none"), ("control", "emau"), ("control", "none")}
+    assert result["receptive_field"]["theoretical"] > result["receptive_field"]["effective"] > 1
     report = (out / "report.md").read_text()
     assert "EMANet" in report and "without EMAU" in report and "attention.png" in report
+    assert "em-tutorial ablate" in report and "fragment IoU" in report
 
 
 def test_train_then_eval_a_checkpoint(tmp_path, capsys):

@@ -18,6 +18,7 @@ with the heads' costs and ``OUT/ablation.png`` the bar chart.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import statistics
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ABLATION_TASKS", "HEADS", "QUICK_TASKS", "Run", "plan_runs", "run_ablation"]
+__all__ = [
+    "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "Run", "load_run", "plan_runs", "run_ablation",
+    "run_config",
+]
 
 HEADS = ("none", "emau", "nonlocal", "pooling")
 #: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`);
@@ -58,25 +62,54 @@ class Run:
         return f"{self.task}-{self.head}-seed{self.seed}"
 
 
-def plan_runs(tasks, heads, seeds: int) -> list[Run]:
-    """Every (task, head, seed) in a fixed order; seeds ``0 .. seeds - 1``."""
+def plan_runs(tasks, heads, seeds) -> list[Run]:
+    """Every (task, head, seed) in a fixed order; ``seeds``: a count N (seeds 0 .. N-1) or a list."""
     unknown = [t for t in tasks if t not in ABLATION_TASKS] + [h for h in heads if h not in HEADS]
     if unknown:
         raise ValueError(f"unknown tasks or heads {unknown}; tasks: {sorted(ABLATION_TASKS)}, "
                          f"heads: {list(HEADS)}")  # fmt: skip
-    if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
-    return [Run(t, h, s) for s in range(seeds) for t in tasks for h in heads]
+    seeds = range(seeds) if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise ValueError(f"seeds must be at least 1, got {len(seeds)}")
+    return [Run(t, h, s) for s in seeds for t in tasks for h in heads]
 
 
-def _run_config(run: Run, out_dir: Path, quick: bool, threads: int, iterations=None) -> dict:
+def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None) -> dict:
+    """The :class:`~em_tutorial.segmentation.TrainConfig` fields of ``run`` under ``out_dir``."""
     settings = dict((QUICK_TASKS if quick else ABLATION_TASKS)[run.task])
     if iterations is not None:
         settings["iterations"] = iterations
-    run_dir = out_dir / "runs" / run.name
+    run_dir = Path(out_dir) / "runs" / run.name
     return {**settings, "head": run.head, "seed": run.seed, "out_dir": str(run_dir),
             "threads": threads, "progress": False, "log_every": 10,
             "resume": (run_dir / "checkpoint.pt").exists()}  # fmt: skip
+
+
+def load_run(run: Run, out_dir, quick=False, iterations=None):
+    """The config and the trained model of a finished run: ``(TrainConfig, EMANet)``."""
+    from .checkpoint import load_checkpoint
+    from .config import TrainConfig, build_model
+
+    config = TrainConfig(**run_config(run, out_dir, quick, iterations=iterations))
+    model = build_model(config, num_classes=11)
+    model.load_state_dict(load_checkpoint(Path(config.out_dir) / "checkpoint.pt")["model"])
+    return config, model.eval()
+
+
+def _iterations_done(log_path: Path) -> int:
+    """The last logged iteration of a ``log.jsonl`` being written (0 before the first line)."""
+    try:
+        lines = log_path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line still being written
+            continue
+        if record.get("event") == "train":
+            return record["iteration"]
+    return 0
 
 
 def _train_run(run: Run, config: dict) -> dict:
@@ -125,21 +158,22 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, quick=False,
                  workers=None, progress=True, command="em-tutorial ablate",
-                 iterations=None) -> list[dict]:  # fmt: skip
+                 iterations=None, threads=None) -> list[dict]:  # fmt: skip
     """Run every (task, head, seed) not yet in ``out_dir/ablation.csv``; write the report.
 
     Parameters
     ----------
     out_dir : path
-    seeds : int
-        Seeds 0 .. seeds - 1 of every (task, head).
+    seeds : int or sequence of int
+        Seeds 0 .. seeds - 1 of every (task, head), or the seeds themselves.
     tasks, heads : sequences of str
         Subsets of :data:`ABLATION_TASKS` and :data:`HEADS`.
     quick : bool
         :data:`QUICK_TASKS`: seconds, for tests.
     workers : int, optional
-        Runs at a time (default: 2, or 1 on a one-CPU machine); each gets
-        ``cpus // workers`` threads.
+        Runs at a time (default: 2, or 1 on a one-CPU machine).
+    threads : int, optional
+        CPU threads of each run (default: ``cpus // workers``).
     progress : bool
     command : str
         Written into ``ablation.md`` as the command that made it.
@@ -151,11 +185,6 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     list of dict
         The rows of the planned runs, in plan order.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "ablation.csv"
@@ -164,24 +193,54 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     todo = [run for run in planned if run not in rows]
     cpus = len(os.sched_getaffinity(0))
     workers = workers or max(1, min(2, cpus))
-    threads = max(1, cpus // workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
-            tqdm(total=len(planned), initial=len(planned) - len(todo), unit="run",
-                 desc="ablation", disable=not progress) as bar:  # fmt: skip
-        futures = {pool.submit(_train_run, run, _run_config(run, out_dir, quick, threads, iterations)): run
-                   for run in todo}  # fmt: skip
-        for future in as_completed(futures):
-            run = futures[future]
-            rows[run] = future.result()
-            _write_rows(csv_path, list(rows.values()))
-            bar.set_postfix_str(f"{run.name}: mIoU {rows[run]['miou']:.3f}")
-            bar.update(1)
+    threads = threads or max(1, cpus // workers)
+    configs = {run: run_config(run, out_dir, quick, threads, iterations)
+               for run in todo}  # fmt: skip
+    for row in _train_in_pool(configs, workers, progress, len(planned) - len(todo)):
+        rows[Run(row["task"], row["head"], row["seed"])] = row
+        _write_rows(csv_path, list(rows.values()))
     finished = [rows[run] for run in planned]
     from .ablation_report import write_report
 
     write_report(out_dir, finished, quick, command)
     return finished
+
+
+def _train_in_pool(configs: dict, workers: int, progress: bool, runs_done: int):
+    """Train ``{run: config}`` ``workers`` at a time; yield each row as its run finishes.
+
+    One bar counts iterations over all runs, read from the runs' ``log.jsonl`` every second.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    total = sum(_planned_iterations(config) for config in configs.values())
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
+            tqdm(total=total, unit="it", desc=f"ablation ({runs_done} runs already done)",
+                 disable=not progress or not configs) as bar:  # fmt: skip
+        pending = {pool.submit(_train_run, run, config): run for run, config in configs.items()}
+        finished_iterations = 0
+        while pending:
+            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = pending.pop(future)
+                finished_iterations += _planned_iterations(configs[run])
+                row = future.result()
+                bar.set_postfix_str(f"{run.name} mIoU {row['miou']:.3f}", refresh=False)
+                yield row
+            running = sum(_iterations_done(Path(configs[r]["out_dir"]) / "log.jsonl")
+                          for r in pending.values())  # fmt: skip
+            bar.update(finished_iterations + running - bar.n)
+
+
+def _planned_iterations(config: dict) -> int:
+    """Iterations of a run's schedule (the recipe's when its config does not set them)."""
+    from .config import TrainConfig
+
+    return TrainConfig(**{**config, "resume": False}).iterations
 
 
 def mean_sd(values) -> tuple[float, float]:
