@@ -131,8 +131,9 @@ def _result_lines(rows: list, fields: dict) -> list:
         f"Receptive field of the network without the EMAU: {fields['theoretical']} px "
         f"(theoretical), {fields['effective']} px (effective: the centred square holding 90 % of "
         "the centre pixel's input gradient, after training). In the context scenes every "
-        "fragment lies more than 96 px from every full instance, beyond half the theoretical "
-        "field: the convolutions cannot see the digit that decides a fragment's class.",
+        "fragment lies more than 104 px from every full instance, beyond the reach of the "
+        "theoretical field (half its side): the convolutions cannot see the digit that "
+        "decides a fragment's class.",
         "",
         "**What one seed can show, and what it cannot.** This is one training run per network "
         "and task. It shows the pipeline end to end, and how far apart the networks are for this "

@@ -74,9 +74,14 @@ def plan_runs(tasks, heads, seeds) -> list[Run]:
     return [Run(t, h, s) for s in seeds for t in tasks for h in heads]
 
 
-def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None) -> dict:
-    """The :class:`~em_tutorial.segmentation.TrainConfig` fields of ``run`` under ``out_dir``."""
+def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None,
+               overrides=None) -> dict:  # fmt: skip
+    """The :class:`~em_tutorial.segmentation.TrainConfig` fields of ``run`` under ``out_dir``.
+
+    ``overrides``: ``{task: {field: value}}`` replacing the task's settings (a shorter budget).
+    """
     settings = dict((QUICK_TASKS if quick else ABLATION_TASKS)[run.task])
+    settings.update((overrides or {}).get(run.task, {}))
     if iterations is not None:
         settings["iterations"] = iterations
     run_dir = Path(out_dir) / "runs" / run.name
@@ -85,12 +90,12 @@ def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None) -> di
             "resume": (run_dir / "checkpoint.pt").exists()}  # fmt: skip
 
 
-def load_run(run: Run, out_dir, quick=False, iterations=None):
+def load_run(run: Run, out_dir, quick=False, iterations=None, overrides=None):
     """The config and the trained model of a finished run: ``(TrainConfig, EMANet)``."""
     from .checkpoint import load_checkpoint
     from .config import TrainConfig, build_model
 
-    config = TrainConfig(**run_config(run, out_dir, quick, iterations=iterations))
+    config = TrainConfig(**run_config(run, out_dir, quick, 1, iterations, overrides))
     model = build_model(config, num_classes=11)
     model.load_state_dict(load_checkpoint(Path(config.out_dir) / "checkpoint.pt")["model"])
     return config, model.eval()
@@ -158,7 +163,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, quick=False,
                  workers=None, progress=True, command="em-tutorial ablate",
-                 iterations=None, threads=None) -> list[dict]:  # fmt: skip
+                 iterations=None, threads=None, overrides=None) -> list[dict]:  # fmt: skip
     """Run every (task, head, seed) not yet in ``out_dir/ablation.csv``; write the report.
 
     Parameters
@@ -174,6 +179,8 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
         Runs at a time (default: 2, or 1 on a one-CPU machine).
     threads : int, optional
         CPU threads of each run (default: ``cpus // workers``).
+    overrides : dict, optional
+        ``{task: {TrainConfig field: value}}`` on top of the task's settings.
     progress : bool
     command : str
         Written into ``ablation.md`` as the command that made it.
@@ -194,7 +201,7 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     cpus = len(os.sched_getaffinity(0))
     workers = workers or max(1, min(2, cpus))
     threads = threads or max(1, cpus // workers)
-    configs = {run: run_config(run, out_dir, quick, threads, iterations)
+    configs = {run: run_config(run, out_dir, quick, threads, iterations, overrides)
                for run in todo}  # fmt: skip
     for row in _train_in_pool(configs, workers, progress, len(planned) - len(todo)):
         rows[Run(row["task"], row["head"], row["seed"])] = row
@@ -202,7 +209,7 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     finished = [rows[run] for run in planned]
     from .ablation_report import write_report
 
-    write_report(out_dir, finished, quick, command)
+    write_report(out_dir, finished, quick, command, overrides)
     return finished
 
 

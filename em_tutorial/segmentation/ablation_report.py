@@ -12,7 +12,7 @@ from .ablation import ABLATION_TASKS, QUICK_TASKS, mean_sd
 __all__ = ["summarise", "write_report", "ablation_figure"]
 
 
-def summarise(rows: list[dict], quick: bool = False) -> list[dict]:
+def summarise(rows: list[dict], quick: bool = False, overrides=None) -> list[dict]:
     """One entry per (task, head), in the rows' order: means, sds and the head's cost."""
     import torch
 
@@ -25,7 +25,9 @@ def summarise(rows: list[dict], quick: bool = False) -> list[dict]:
     table = []
     torch.set_num_threads(1)
     for (task, head), runs in groups.items():
-        config = TrainConfig(**(QUICK_TASKS if quick else ABLATION_TASKS)[task], head=head)
+        settings = {**(QUICK_TASKS if quick else ABLATION_TASKS)[task],
+                    **(overrides or {}).get(task, {})}  # fmt: skip
+        config = TrainConfig(**settings, head=head)
         model = build_model(config, num_classes=11)
         entry = {"task": task, "head": head, "runs": len(runs),
                  **head_costs(model, config.image_size)}  # fmt: skip
@@ -42,10 +44,10 @@ def _cell(pair, digits=3):
     return f"{mean:.{digits}f}" + ("" if np.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
-def write_report(out_dir, rows: list[dict], quick: bool, command: str) -> list[dict]:
+def write_report(out_dir, rows: list[dict], quick: bool, command: str, overrides=None) -> list:
     """Write ``ablation.md`` and ``ablation.png`` into ``out_dir``; return :func:`summarise`."""
     out_dir = Path(out_dir)
-    table = summarise(rows, quick)
+    table = summarise(rows, quick, overrides)
     lines = [
         "# Ablation: when does global context help?",
         "",

@@ -1,11 +1,13 @@
 """How far a convolutional network sees: theoretical and effective receptive fields.
 
 * **Theoretical** receptive field: every input pixel that can influence one output pixel at
-  all. Measured, not derived by hand, so that strides, dilations and residual branches all
-  count: in a copy of the network every weight is made positive, every max-pooling becomes an
-  average, BatchNorm becomes the identity and the context block is removed; on an all-ones
-  image every ReLU is then open, and the input pixels with a non-zero gradient of the centre
-  output are exactly the theoretical field.
+  all. Measured, not derived by hand, so that strides, dilations, residual branches and the
+  final upsampling all count: in a copy of the network every weight is made positive, every
+  max-pooling becomes an average, BatchNorm becomes the identity and the context block is
+  removed; on an all-ones image every ReLU is then open, and the input pixels with a non-zero
+  gradient of the centre output are exactly its field. The field of an output pixel depends
+  on where it falls between the stride-8 feature cells, so all 8 offsets are probed and the
+  largest reach (farthest influencing pixel, in any direction) is kept.
 * **Effective** receptive field (Luo et al., NeurIPS 2016): in the real network, the gradient
   of the centre pixel's logit ``d logit / d x`` falls off quickly from the centre. We report
   the side of the smallest centred square holding ``mass`` (90 %) of ``sum |d logit / d x|``.
@@ -37,14 +39,17 @@ def _centre_gradient(model, images: torch.Tensor, choose_class) -> np.ndarray:
 
 
 def theoretical_receptive_field(model: nn.Module, image_size: int = 320) -> int:
-    """Side, in input pixels, of the theoretical receptive field of ``model``'s convolutions.
+    """Side ``2 * reach + 1``, in input pixels, of the theoretical receptive field of the
+    convolutions of ``model``, where ``reach`` is the farthest (Chebyshev) distance from an output
+    pixel to an input pixel that can influence it, over every offset from the feature grid.
 
     Parameters
     ----------
     model : EMANet
         Its context block (``model.attention``) is left out: the field of the convolutions.
     image_size : int
-        Side of the probe image; must exceed the field (a larger one changes nothing).
+        Side of the probe images (this and the next ``output_stride - 1`` sizes); must exceed
+        the field (a larger one changes nothing).
     """
     probe = copy.deepcopy(model).double().eval()
     probe.attention = nn.Identity()
@@ -59,10 +64,13 @@ def theoretical_receptive_field(model: nn.Module, image_size: int = 320) -> int:
             parent, _, attribute = name.rpartition(".")
             average = nn.AvgPool2d(module.kernel_size, module.stride, module.padding)
             setattr(probe.get_submodule(parent) if parent else probe, attribute, average)
-    ones = torch.ones(1, 3, image_size, image_size, dtype=torch.float64)
-    reached = _centre_gradient(probe, ones, lambda c: torch.zeros(len(c), dtype=torch.long)) > 0
-    rows, cols = np.nonzero(reached)
-    return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    reach = 0
+    for size in range(image_size, image_size + model.backbone.output_stride):
+        ones = torch.ones(1, 3, size, size, dtype=torch.float64)
+        first_class = lambda c: torch.zeros(len(c), dtype=torch.long)  # noqa: E731
+        cells = np.argwhere(_centre_gradient(probe, ones, first_class) > 0)  # (M, 2)
+        reach = max(reach, int(np.abs(cells - size // 2).max()))
+    return 2 * reach + 1
 
 
 def effective_receptive_field(model: nn.Module, images, mass: float = 0.9):

@@ -12,8 +12,9 @@ background, as in :class:`~em_tutorial.segmentation.data.DigitScenes`). A strip 
 ambiguous on its own (the left third of a 0, a 6 and an 8 look alike), so the label of a
 fragment is decided by the full instance. The full instances are placed at least
 ``context_distance`` pixels (Chebyshev distance, box to box) from every fragment: with the
-default 96, more than the half-width of the tiny EMANet's theoretical receptive field (about
-183 px), so no output pixel of a fragment even *sees* a pixel of a full instance through the
+default 104, farther than the reach of the tiny EMANet's theoretical receptive field (99 px,
+measured by :func:`~em_tutorial.segmentation.receptive_field.theoretical_receptive_field`),
+so no output pixel of a fragment even *sees* a pixel of a full instance through the
 convolutions. Only a block that mixes information across the whole image -- global pooling,
 the non-local block, the EMAU -- can carry the class over.
 
@@ -68,7 +69,7 @@ class ContextConfig:
     fragments: tuple[int, int] = (2, 3)
     digit_size: tuple[int, int] = (44, 56)
     visible_fraction: tuple[float, float] = (0.35, 0.5)
-    context_distance: int = 96
+    context_distance: int = 104
     ink_threshold: float = 0.25
     noise_std: float = 0.04
 
