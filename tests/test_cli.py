@@ -15,7 +15,7 @@ def test_console_entry_point_prints_help():
     result = subprocess.run([sys.executable, "-m", "em_tutorial.cli", "--help"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0
-    for command in ("tour", "train", "eval"):
+    for command in ("tour", "train", "eval", "ablate"):
         assert command in result.stdout
 
 
@@ -26,6 +26,8 @@ def test_console_entry_point_prints_help():
         ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "--lr", "--batch-size",
                    "--eval-scales", "--device"]),  # fmt: skip
         ("eval", ["--checkpoint", "--scales", "--multi-scale", "--flip", "--figure", "--output"]),
+        ("ablate", ["--out", "--seeds", "--tasks", "--heads", "--quick", "--iterations",
+                    "--workers", "--no-progress"]),  # fmt: skip
     ],
 )
 def test_each_command_help_lists_its_flags(command, flags, capsys):
@@ -45,6 +47,10 @@ def test_flags_reach_the_parsed_settings():
     assert (args.command, args.lr, args.stop_at, args.resume) == ("train", 0.1, 5, True)
     assert args.eval_scales == (0.5, 1.0) and args.no_progress
     assert (args.dataset, args.model, args.iterations) == ("digits", None, None)  # recipe fills them
+    args = build_parser().parse_args(["ablate", "--out", "o", "--tasks", "context", "--heads",
+                                      "none", "pooling", "--seeds", "2"])  # fmt: skip
+    assert (args.tasks, args.heads, args.seeds, args.quick) == (["context"], ["none", "pooling"],
+                                                                2, False)  # fmt: skip
     args = build_parser().parse_args(["eval", "--checkpoint", "c.pt", "--multi-scale"])
     assert (args.checkpoint, args.multi_scale, args.flip, args.dataset) == ("c.pt", True, False, None)
 
@@ -52,9 +58,10 @@ def test_flags_reach_the_parsed_settings():
 @pytest.mark.parametrize(
     "argv",
     [[], ["fly"], ["eval"], ["train", "--model", "vgg"], ["tour", "--iterations", "many"],
-     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"]],  # fmt: skip
+     ["eval", "--checkpoint", "c.pt", "--scales", "0,1"], ["ablate", "--out", "o", "--heads", "aspp"],
+     ["ablate", "--quick"]],  # fmt: skip
     ids=["no command", "unknown command", "eval without checkpoint", "unknown model",
-         "non-integer iterations", "zero scale"],  # fmt: skip
+         "non-integer iterations", "zero scale", "unknown head", "ablate without out"],  # fmt: skip
 )
 def test_bad_command_lines_exit_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
