@@ -206,11 +206,11 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     for row in _train_in_pool(configs, workers, progress, len(planned) - len(todo)):
         rows[Run(row["task"], row["head"], row["seed"])] = row
         _write_rows(csv_path, list(rows.values()))
-    finished = [rows[run] for run in planned]
     from .ablation_report import write_report
 
-    write_report(out_dir, finished, quick, command, overrides)
-    return finished
+    # The report covers every row of the CSV, also those of earlier calls with other subsets.
+    write_report(out_dir, list(rows.values()), quick, command, overrides)
+    return [rows[run] for run in planned]
 
 
 def _train_in_pool(configs: dict, workers: int, progress: bool, runs_done: int):

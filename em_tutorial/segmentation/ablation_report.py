@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ablation import ABLATION_TASKS, QUICK_TASKS, mean_sd
+from .ablation import ABLATION_TASKS, HEADS, QUICK_TASKS, mean_sd
 
 __all__ = ["summarise", "write_report", "ablation_figure"]
 
@@ -19,8 +19,9 @@ def summarise(rows: list[dict], quick: bool = False, overrides=None) -> list[dic
     from .config import TrainConfig, build_model
     from .costs import head_costs
 
+    tasks, heads = list(ABLATION_TASKS), list(HEADS)
     groups: dict[tuple, list] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (tasks.index(r["task"]), heads.index(r["head"]))):
         groups.setdefault((row["task"], row["head"]), []).append(row)
     table = []
     torch.set_num_threads(1)
