@@ -155,6 +155,7 @@ class ContextScenes:
         self.labels = np.empty((num_scenes, size, size), dtype=np.uint8)
         self.windows = np.empty((num_scenes, size, size), dtype=bool)
         for i in range(num_scenes):
+            # the trailing 7 keeps these streams apart from the digit scenes' (seed, split, i)
             rng = np.random.default_rng((self.seed, _SPLIT_CODES[split], i, 7))
             image, self.labels[i], self.windows[i] = self._draw(rng, glyphs, classes)
             self.images[i] = np.round(image * 255).astype(np.uint8)
