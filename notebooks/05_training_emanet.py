@@ -25,7 +25,7 @@
 # arise:
 #
 # * **context task**: one digit class per scene; a few digits cut by the border, of which
-#   only a strip is visible, and one or two whole digits of the same class far away;
+#   only a strip is visible, and two or three whole digits of the same class far away;
 # * **control task**: the digit scenes, where every digit is visible whole.
 #
 # It measures the convolutions' receptive field, trains the tiny EMANet with and without

@@ -88,7 +88,7 @@ RECIPES = {
         "iterations": 1200,
         "batch_size": 8,
         "crop_size": None,
-        "lr": 0.05,
+        "lr": 0.1,
         "checkpoint_every": 300,
         "num_workers": 0,
         "num_scenes": 1000,

@@ -2,7 +2,7 @@
 
 Each scene holds ONE digit class, drawn several times in one ink colour:
 
-* one or two **full** instances, somewhere in the scene, and
+* two or three **full** instances, somewhere in the scene, and
 * two or three **fragments** along one border: digits of the same class (other handwriting
   samples) of which only a strip -- 35 to 50 % of the glyph's width or height -- lies inside
   the image, the rest being cut off by the border.
@@ -65,9 +65,9 @@ class ContextConfig:
     """
 
     image_size: int = 256
-    full_digits: tuple[int, int] = (1, 2)
+    full_digits: tuple[int, int] = (2, 3)
     fragments: tuple[int, int] = (2, 3)
-    digit_size: tuple[int, int] = (44, 56)
+    digit_size: tuple[int, int] = (48, 64)
     visible_fraction: tuple[float, float] = (0.35, 0.5)
     context_distance: int = 104
     ink_threshold: float = 0.25
