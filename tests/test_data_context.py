@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from em_tutorial.segmentation.data import ContextConfig, ContextScenes
 
-SMALL = ContextConfig(image_size=192)
+SMALL = ContextConfig(image_size=208)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_fragments_touch_a_border_and_hold_ink(scenes):
         assert count >= 1  # touching fragments merge into one part
         for part in range(1, count + 1):
             rows, cols = np.nonzero(parts == part)
-            assert min(rows.min(), cols.min()) == 0 or max(rows.max(), cols.max()) == 191
+            assert min(rows.min(), cols.min()) == 0 or max(rows.max(), cols.max()) == 207
         assert (label[windows] > 0).any()
 
 
@@ -60,6 +60,6 @@ def test_fragments_only_ignores_everything_else(scenes):
 
 def test_too_small_a_scene_is_refused():
     with pytest.raises(ValueError, match="no room"):
-        ContextConfig(image_size=128)
+        ContextConfig(image_size=192)
     with pytest.raises(ValueError, match="at least 1"):
         ContextScenes("val", 0, config=SMALL)

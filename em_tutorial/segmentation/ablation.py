@@ -40,7 +40,7 @@ ABLATION_TASKS = {
 }
 #: ``--quick``: every code path in seconds; the numbers mean nothing.
 QUICK_TASKS = {
-    "context": {"dataset": "context", "image_size": 192, "iterations": 3, "batch_size": 2,
+    "context": {"dataset": "context", "image_size": 208, "iterations": 3, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
     "control": {"dataset": "digits", "image_size": 48, "iterations": 3, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
