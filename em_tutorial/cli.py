@@ -4,7 +4,7 @@ Examples
 --------
 ::
 
-    em-tutorial tour                                  # the whole story on a CPU, ~4 minutes
+    em-tutorial tour                                  # the whole story on a CPU, < 10 minutes
     em-tutorial tour --quick                          # every step in seconds (smoke test)
     em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
     em-tutorial train --out runs/digits --resume      # continue an interrupted run
@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in about 4 minutes",
+        help="the whole story on a CPU in under 10 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
         "attention; train the tiny EMANet and the same network without its EMAU on the "
-        "embedded digit scenes; evaluate both; write figures and report.md to OUT. Takes about "
-        "4 minutes on an idle 2-core CPU (under 10 on a busy one).",
+        "embedded context scenes and on the digit scenes (the control), two at a time; evaluate "
+        "them; write figures and report.md to OUT. Designed for under 10 minutes on an idle "
+        "2-core CPU. One seed: for mean +- sd over seeds, use `em-tutorial ablate`.",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
     tour.add_argument("--quick", action="store_true",
@@ -75,7 +76,7 @@ def _add_tour_command(commands):
     tour.add_argument("--iterations", type=int, help="training iterations of each network")
     tour.add_argument("--seed", type=int, default=0)
     tour.add_argument("--threads", type=int,
-                      help="CPU threads of each of the two trainings, which run side by side "
+                      help="CPU threads of each training; two run side by side "
                       "(default: half the CPUs this process may use)")  # fmt: skip
     tour.add_argument("--no-progress", action="store_true", help="no progress bars")
 
