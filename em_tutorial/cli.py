@@ -1,4 +1,4 @@
-"""The ``em-tutorial`` command: ``tour``, ``train``, ``eval`` and ``check-data``.
+"""The ``em-tutorial`` command: ``tour``, ``train``, ``eval``, ``ablate`` and ``check-data``.
 
 Every failure is one line on stderr, ``em-tutorial: error: ...``, with exit status 2 for a
 command line it cannot parse and 1 for anything that goes wrong while running (set
@@ -8,7 +8,7 @@ Examples
 --------
 ::
 
-    em-tutorial tour                                  # the whole story on a CPU, ~4 minutes
+    em-tutorial tour                                  # the whole story on a CPU, < 10 minutes
     em-tutorial tour --quick                          # every step in seconds (smoke test)
     em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
     em-tutorial train --out runs/digits --resume      # continue an interrupted run
@@ -18,6 +18,7 @@ Examples
     em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
     python -m em_tutorial --version
     em-tutorial eval --official-weights emanet_voc.pth --data-root ~/data/VOCdevkit/VOC2012
+    em-tutorial ablate --out runs/ablation             # every head x task x 3 seeds, resumable
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ examples:
   em-tutorial eval --checkpoint runs/voc/checkpoint.pt --multi-scale --flip
   em-tutorial check-data --dataset voc --data-root ~/data/VOCdevkit/VOC2012
   em-tutorial eval --official-weights emanet_voc.pth --data-root ~/data/VOCdevkit/VOC2012
+  em-tutorial ablate --out runs/ablation
 """
 
 
@@ -73,17 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_eval_command(commands)
     _add_check_data_command(commands)
+    _add_ablate_command(commands)
     return parser
 
 
 def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in about 4 minutes",
+        help="the whole story on a CPU in under 10 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
         "attention; train the tiny EMANet and the same network without its EMAU on the "
-        "embedded digit scenes; evaluate both; write figures and report.md to OUT. Takes about "
-        "4 minutes on an idle 2-core CPU (under 10 on a busy one).",
+        "embedded context scenes and on the digit scenes (the control), two at a time; evaluate "
+        "them; write figures and report.md to OUT. Designed for under 10 minutes on an idle "
+        "2-core CPU. One seed: for mean +- sd over seeds, use `em-tutorial ablate`.",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
     tour.add_argument("--quick", action="store_true",
@@ -91,7 +95,7 @@ def _add_tour_command(commands):
     tour.add_argument("--iterations", type=int, help="training iterations of each network")
     tour.add_argument("--seed", type=int, default=0)
     tour.add_argument("--threads", type=int,
-                      help="CPU threads of each of the two trainings, which run side by side "
+                      help="CPU threads of each training; two run side by side "
                       "(default: half the CPUs this process may use)")  # fmt: skip
     tour.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -113,7 +117,7 @@ def _add_train_command(commands):
     train.add_argument("--out", default="runs/emanet", help="output folder (default: %(default)s)")
     train.add_argument("--model", choices=["tiny", "resnet50", "resnet101", "resnet152"],
                        help="EMANet backbone (default: tiny for digits, resnet101 for voc)")  # fmt: skip
-    train.add_argument("--head", choices=["emau", "nonlocal", "none"], default="emau",
+    train.add_argument("--head", choices=["emau", "nonlocal", "pooling", "none"], default="emau",
                        help="attention block; 'none' is the ablation (default: %(default)s)")  # fmt: skip
     train.add_argument("--pretrained-backbone", metavar="FILE",
                        help="backbone state_dict to start from (e.g. ImageNet weights)")  # fmt: skip
@@ -210,8 +214,8 @@ def _add_check_data_command(commands):
 
 def _add_data_arguments(parser, defaults_from_checkpoint=False):
     default = None if defaults_from_checkpoint else "digits"
-    parser.add_argument("--dataset", choices=["digits", "voc"], default=default,
-                        help="embedded digit scenes (no download) or PASCAL VOC 2012"
+    parser.add_argument("--dataset", choices=["digits", "context", "voc"], default=default,
+                        help="embedded digit or context scenes (no download), or PASCAL VOC 2012"
                         + ("" if defaults_from_checkpoint else " (default: %(default)s)"))  # fmt: skip
     parser.add_argument("--data-root", metavar="DIR",
                         help="PASCAL VOC folder holding JPEGImages/, SegmentationClass/, "
@@ -221,12 +225,48 @@ def _add_data_arguments(parser, defaults_from_checkpoint=False):
                             help="VOC training list (default: trainaug if present, else train)")  # fmt: skip
         parser.add_argument("--val-split", default="val", metavar="NAME",
                             help="VOC validation list (default: %(default)s)")  # fmt: skip
-        parser.add_argument("--num-scenes", type=int, default=3000,
-                            help="digit scenes for training (default: %(default)s)")  # fmt: skip
-        parser.add_argument("--val-scenes", type=int, default=300,
-                            help="digit scenes for validation (default: %(default)s)")  # fmt: skip
-        parser.add_argument("--image-size", type=int, default=96,
-                            help="side of a digit scene in pixels (default: %(default)s)")  # fmt: skip
+        parser.add_argument("--num-scenes", type=int,
+                            help="scenes for training (default: 3000 digits, 1000 context)")  # fmt: skip
+        parser.add_argument("--val-scenes", type=int,
+                            help="scenes for validation (default: 300 digits, 100 context)")  # fmt: skip
+        parser.add_argument("--image-size", type=int,
+                            help="side of a scene in pixels (default: 96 digits, 256 context)")  # fmt: skip
+
+
+def _add_ablate_command(commands):
+    from .segmentation.ablation import ABLATION_TASKS, HEADS
+
+    ablate = commands.add_parser(
+        "ablate",
+        help="the seeded ablation over heads on the context task and its control",
+        description="Train the tiny EMANet with every head (none, emau, nonlocal, pooling) on "
+        "the context scenes and on the digit scenes (the control), for seeds 0..N-1, two runs "
+        "at a time. Writes OUT/ablation.csv (a row per finished run; started again, the command "
+        "runs only the missing runs), OUT/ablation.md (mean +- sd with the heads' costs) and "
+        "OUT/ablation.png. Defaults: about an hour on an idle 2-core CPU.",
+    )
+    ablate.add_argument("--out", required=True, help="output folder")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per task and head (default: 3)")
+    ablate.add_argument("--tasks", nargs="+", choices=list(ABLATION_TASKS),
+                        default=list(ABLATION_TASKS), help="default: all")  # fmt: skip
+    ablate.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS),
+                        help="default: all")  # fmt: skip
+    ablate.add_argument("--quick", action="store_true",
+                        help="tiny runs that check every step in seconds (numbers mean nothing)")  # fmt: skip
+    ablate.add_argument("--iterations", type=int,
+                        help="override every task's iterations, for a shorter pilot")  # fmt: skip
+    ablate.add_argument("--workers", type=int, help="runs at a time (default: 2)")
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_ablate(args):
+    from .segmentation.ablation import run_ablation
+
+    command = "em-tutorial ablate " + " ".join(sys.argv[2:] if args.argv is None else args.argv)
+    run_ablation(args.out, args.seeds, args.tasks, args.heads, quick=args.quick,
+                 workers=args.workers, progress=not args.no_progress, command=command,
+                 iterations=args.iterations)  # fmt: skip
+    print(f"ablation: {os.path.join(args.out, 'ablation.md')}")
 
 
 def _model_switches(args):
@@ -374,7 +414,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            _run(args)
+            _run(args, argv)
     except KeyboardInterrupt:
         print("em-tutorial: error: interrupted", file=sys.stderr)
         return 130
@@ -386,7 +426,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run(args):
+def _run(args, argv):
     if args.command == "tour":
         from .tour import run_tour
 
@@ -396,6 +436,9 @@ def _run(args):
         _run_train(args)
     elif args.command == "check-data":
         _run_check_data(args)
+    elif args.command == "ablate":
+        args.argv = None if argv is None else list(argv)[1:]
+        _run_ablate(args)
     else:
         _run_eval(args)
 

@@ -1,13 +1,15 @@
-"""The tour: the whole story on one CPU in about four minutes (``em-tutorial tour``).
+"""The tour: the whole story on one CPU in under ten minutes (``em-tutorial tour``).
 
 1. The three stages agree: EM attention on the same input and bases in NumPy, PyTorch and,
    when a GPU is present, CuPy; the largest differences are printed.
-2. The tiny EMANet trains on the embedded digit scenes and, side by side in a second process,
-   the same network with the EMAU removed, on the same budget (the ablation); one progress
-   bar follows both.
-3. Both are evaluated on the validation scenes.
-4. Figures (attention maps of the bases, predictions, loss curves) and a short markdown
-   report go to the output folder, named at the end.
+2. The tiny EMANet and the same network without its EMAU train, two runs at a time, on the
+   **context** scenes (a fragment's class is decided by a digit beyond the convolutions'
+   reach) and on the **digit** scenes (the control, where the convolutions see every digit
+   whole): one seed of :mod:`em_tutorial.segmentation.ablation`, under one progress bar.
+3. All four are evaluated on their validation scenes; the context task also by the IoU of
+   its fragments alone.
+4. Figures (the receptive field on a scene, attention maps, predictions, loss curves) and a
+   short markdown report go to the output folder, named at the end.
 """
 
 from __future__ import annotations
@@ -20,20 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TOUR_SETTINGS", "QUICK_SETTINGS", "equivalence_check", "run_tour"]
+__all__ = ["NETWORKS", "TOUR_TASKS", "equivalence_check", "run_tour"]
 
-#: Training settings of the tour (fields of :class:`em_tutorial.segmentation.TrainConfig`).
-TOUR_SETTINGS = {"dataset": "digits", "iterations": 3000, "num_scenes": 3000, "val_scenes": 300}
-#: ``--quick``: a smoke run of every step in seconds (the numbers mean nothing).
-QUICK_SETTINGS = {
-    "dataset": "digits",
-    "image_size": 48,
-    "iterations": 4,
-    "num_scenes": 32,
-    "val_scenes": 8,
-    "batch_size": 4,
-    "checkpoint_every": 2,
-}
+#: The tour's runs: both tasks, with and without the EMAU, trained with the settings of
+#: :data:`em_tutorial.segmentation.ablation.ABLATION_TASKS` (``--quick``: ``QUICK_TASKS``).
+TOUR_TASKS = ("context", "control")
+NETWORKS = {"emau": "EMANet", "none": "without EMAU"}
 
 
 def equivalence_check(seed=0, batch=2, n_points=256, channels=64, n_bases=16, n_iter=3):
@@ -78,7 +72,78 @@ def equivalence_check(seed=0, batch=2, n_points=256, channels=64, n_bases=16, n_
     return report
 
 
-def _write_report(path, equivalence, runs, settings, figures, total_seconds):
+def _receptive_fields(model_without, val_set) -> dict:
+    """Theoretical and effective receptive fields of the trained network without the EMAU."""
+    import torch
+
+    from .segmentation.receptive_field import effective_receptive_field, theoretical_receptive_field
+
+    images = torch.stack([torch.as_tensor(val_set[i][0]) for i in range(min(8, len(val_set)))])
+    effective, _ = effective_receptive_field(model_without, images)
+    return {"theoretical": theoretical_receptive_field(model_without), "effective": effective}
+
+
+def _fragment_pixel(val_set, index=0):
+    """(row, column) of an ink pixel of a fragment in scene ``index`` (the middle one)."""
+    ink = val_set.fragment_windows(index) & (val_set.raw(index)[1] > 0)
+    cells = np.argwhere(ink)
+    return tuple(int(v) for v in cells[len(cells) // 2])
+
+
+def _draw_figures(models: dict, val_sets: dict, rows: list, fields: dict, out_dir: Path) -> list:
+    """Receptive field, attention maps, predictions and loss curves; (caption, file) pairs."""
+    from .segmentation.figures import (
+        attention_figure,
+        predictions_figure,
+        receptive_field_figure,
+        training_curves_figure,
+    )
+
+    context = val_sets["context"]
+    names = context.class_names
+    receptive_field_figure(*context.raw(0), _fragment_pixel(context), fields["theoretical"],
+                           fields["effective"], out_dir / "receptive_field.png", names)  # fmt: skip
+    attention_figure(models["context", "emau"], *context[0], out_dir / "attention.png", names)
+    predictions_figure({NETWORKS[h]: models["context", h] for h in NETWORKS}, context,
+                       range(min(4, len(context))), out_dir / "predictions.png")  # fmt: skip
+    logs = {f"{r['task']} / {NETWORKS[r['head']]}": r["log"] for r in rows}
+    training_curves_figure(logs, out_dir / "loss.png")
+    return [
+        ("The convolutions' receptive field around a fragment pixel of a context scene",
+         "receptive_field.png"),
+        ("Attention maps of the EMAU bases for one context scene", "attention.png"),
+        ("Context scenes: truth and both networks' predictions", "predictions.png"),
+        ("Training loss of the four runs", "loss.png"),
+    ]  # fmt: skip
+
+
+def _result_lines(rows: list, fields: dict) -> list:
+    lines = [
+        "| task | network | val mIoU | fragment IoU | pixel accuracy | training time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fragment = "-" if r["fragment_iou"] is None else f"{r['fragment_iou']:.3f}"
+        lines.append(f"| {r['task']} | {NETWORKS[r['head']]} | {r['miou']:.3f} | {fragment} | "
+                     f"{r['pixel_accuracy']:.3f} | {r['train_seconds']:.0f} |")  # fmt: skip
+    return lines + [
+        "",
+        f"Receptive field of the network without the EMAU: {fields['theoretical']} px "
+        f"(theoretical), {fields['effective']} px (effective: the centred square holding 90 % of "
+        "the centre pixel's input gradient, after training). In the context scenes every "
+        "fragment lies more than 104 px from every full instance, beyond the reach of the "
+        "theoretical field (half its side): the convolutions cannot see the digit that "
+        "decides a fragment's class.",
+        "",
+        "**What one seed can show, and what it cannot.** This is one training run per network "
+        "and task. It shows the pipeline end to end, and how far apart the networks are for this "
+        "seed. It cannot say whether a difference is larger than the spread between seeds: "
+        "for that, run `em-tutorial ablate --out runs/ablation` (every head, both tasks, three "
+        "seeds, mean ± sd, with the heads' costs).",
+    ]
+
+
+def _write_report(path, equivalence, rows, fields, figures, total_seconds):
     lines = [
         "# em_tutorial tour report",
         "",
@@ -94,161 +159,66 @@ def _write_report(path, equivalence, runs, settings, figures, total_seconds):
         lines.append(f"| {stage} | {gap['z']:.1e} | {gap['mu']:.1e} | {gap['x_tilde']:.1e} |")
     lines += [
         "",
-        "## 2. EMANet against the same network without the EMAU",
+        "## 2. When does global context help? EMANet against the same network without its EMAU",
         "",
-        f"Digit scenes: {settings['num_scenes']} training and {settings['val_scenes']} validation "
-        f"scenes, {settings['iterations']} iterations of batch {settings['batch_size']} each.",
+        "Context task: one digit class per scene, border fragments whose class is decided by a "
+        "full digit far away. Control: the digit scenes, where every digit is seen whole. "
+        "Fragment IoU: mean IoU of the digit classes on the fragments' pixels alone.",
         "",
-        "| network | val mIoU | pixel accuracy | training time (s) | images/s |",
-        "|---|---|---|---|---|",
+        *_result_lines(rows, fields),
+        "",
+        "## 3. Figures",
+        "",
     ]
-    for name, summary in runs.items():
-        m = summary["metrics"]
-        lines.append(
-            f"| {name} | {m['miou']:.3f} | {m['pixel_accuracy']:.3f} | "
-            f"{summary['train_seconds']:.0f} | {summary['images_per_s']:.0f} |"
-        )
-    names = list(runs)
-    classes = list(runs[names[0]]["metrics"]["iou"])
-    lines += ["", "Per-class IoU:", "", "| class | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]  # fmt: skip
-    for c in classes:
-        cells = []
-        for name in names:
-            value = runs[name]["metrics"]["iou"][c]
-            cells.append("-" if value is None else f"{value:.3f}")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    lines += ["", "## 3. Figures", ""]
     lines += [f"![{caption}]({file})  \n{caption}" for caption, file in figures]
     lines += ["", f"Total tour time: {total_seconds:.0f} s.", ""]
     Path(path).write_text("\n".join(lines))
 
 
-def _train_worker(config: dict) -> dict:
-    """Train in a worker process; return the JSON-friendly summary (the model stays on disk)."""
-    from .segmentation import TrainConfig, train
+def _load_models(rows, runs_dir, quick, iterations):
+    from .segmentation.ablation import Run, load_run
 
-    summary = train(TrainConfig(**config))
-    summary.pop("model")
-    return summary
+    models, val_sets = {}, {}
+    for row in rows:
+        run = Run(row["task"], row["head"], row["seed"])
+        config, models[run.task, run.head] = load_run(run, runs_dir, quick, iterations)
+        row["log"] = str(Path(config.out_dir) / "log.jsonl")
+        if run.task not in val_sets:
+            from .segmentation import build_val_set
 
-
-def _last_progress(log_path: Path):
-    """(iteration, loss) of the last training line of a ``log.jsonl`` being written, or None."""
-    try:
-        lines = log_path.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line still being written
-            continue
-        if record.get("event") == "train":
-            return record["iteration"], record["loss"]
-    return None
-
-
-def _train_side_by_side(configs: dict, progress: bool) -> dict:
-    """Train several configurations at once, one process each, under one progress bar.
-
-    One process per network with ``threads`` CPU threads each keeps every core busy without
-    the threads of one process waiting on each other -- on a 2-core machine that is faster
-    than two runs one after the other with two threads each, and far faster when other
-    programs compete for the cores.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    context = multiprocessing.get_context("spawn")
-    total = sum(config.iterations for config in configs.values())
-    with ProcessPoolExecutor(max_workers=len(configs), mp_context=context) as pool, \
-            tqdm(total=total, unit="it", desc="training", disable=not progress) as bar:  # fmt: skip
-        futures = {name: pool.submit(_train_worker, c.to_dict()) for name, c in configs.items()}
-        while not all(future.done() for future in futures.values()):
-            time.sleep(1.0)
-            done, postfix = 0, {}
-            for name, config in configs.items():
-                last = _last_progress(Path(config.out_dir) / "log.jsonl")
-                if last is not None:
-                    done += last[0]
-                    postfix[name] = f"{last[0]}it loss {last[1]:.3f}"
-            bar.update(done - bar.n)
-            bar.set_postfix(postfix, refresh=False)
-        bar.update(total - bar.n)
-        return {name: future.result() for name, future in futures.items()}
-
-
-def _tour_configs(settings: dict, seed: int, out_dir: Path, threads: int) -> dict:
-    """The two training runs of the tour: EMANet and the same network without its EMAU."""
-    from .segmentation import TrainConfig
-
-    networks = {"EMANet": "emau", "without EMAU": "none"}
-    configs = {}
-    for name, head in networks.items():
-        run_dir = out_dir / f"train_{head}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # the tour always trains from scratch
-        configs[name] = TrainConfig(
-            **settings, head=head, seed=seed, out_dir=str(run_dir), threads=threads,
-            progress=False, log_every=max(1, min(10, settings["iterations"] // 4)),
-        )  # fmt: skip
-    return configs
-
-
-def _draw_figures(configs: dict, runs: dict, out_dir: Path) -> list:
-    """Attention maps, predictions and loss curves of the trained runs; (caption, file) pairs."""
-    from .segmentation import build_model, build_val_set, load_checkpoint
-    from .segmentation.figures import attention_figure, predictions_figure, training_curves_figure
-
-    val_set = build_val_set(configs["EMANet"])
-    models = {}
-    for name, summary in runs.items():
-        models[name] = build_model(configs[name], val_set.num_classes)
-        models[name].load_state_dict(load_checkpoint(summary["checkpoint"])["model"])
-    image, label = val_set[0]
-    attention_figure(models["EMANet"], image, label, out_dir / "attention.png", val_set.class_names)
-    predictions_figure(models, val_set, range(min(4, len(val_set))), out_dir / "predictions.png")
-    training_curves_figure({name: summary["log"] for name, summary in runs.items()},
-                           out_dir / "loss.png")  # fmt: skip
-    return [
-        ("Attention maps of the EMAU bases for one validation scene", "attention.png"),
-        ("Validation scenes: truth and both networks' predictions", "predictions.png"),
-        ("Training loss", "loss.png"),
-    ]
+            val_sets[run.task] = build_val_set(config)
+    return models, val_sets
 
 
 def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, threads=None,
              progress=True) -> dict:  # fmt: skip
-    """Run the tour; return ``{"out_dir", "report", "equivalence", "runs"}``.
+    """Run the tour; return ``{"out_dir", "report", "equivalence", "runs", "receptive_field"}``.
 
     Parameters
     ----------
     out_dir : path
-        Receives ``report.md``, the figures and one training folder per network.
+        Receives ``report.md``, the figures and ``runs/`` (one training folder per run, and
+        the one-seed ``ablation.csv`` / ``.md`` / ``.png``).
     quick : bool
         Tiny data and a few iterations: checks that every step runs, in seconds.
     iterations : int, optional
-        Override the number of training iterations of both networks.
+        Override the number of training iterations of every run.
     seed : int
     threads : int, optional
-        CPU threads of each of the two trainings, which run side by side in two processes;
-        default: half the CPUs this process may use (at least one).
+        CPU threads of each training; two run side by side in two processes. Default: half
+        the CPUs this process may use (at least one).
     progress : bool
         Draw the training progress bar.
     """
     import torch
 
+    from .segmentation.ablation import run_ablation
+
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cpus = len(os.sched_getaffinity(0))
-    threads = threads or max(1, cpus // 2)
+    threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
     torch.set_num_threads(threads)
-    settings = dict(QUICK_SETTINGS if quick else TOUR_SETTINGS)
-    if iterations is not None:
-        settings["iterations"] = iterations
 
     print("== 1. The three stages compute the same EM attention ==")
     equivalence = equivalence_check(seed)
@@ -256,29 +226,31 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
         print(f"  NumPy float64 vs {stage:28s} max |dz| {gap['z']:.1e}  max |dmu| {gap['mu']:.1e}"
               f"  max |dx_tilde| {gap['x_tilde']:.1e}")  # fmt: skip
 
-    configs = _tour_configs(settings, seed, out_dir, threads)
-    config = configs["EMANet"]
-    print(f"\n== 2. Train EMANet and, side by side, the same network without its EMAU ==\n"
-          f"  {config.iterations} iterations of batch {config.batch_size} each on "
-          f"{config.num_scenes} digit scenes of {config.image_size}x{config.image_size}, "
-          f"{threads} thread(s) per network")  # fmt: skip
-    runs = _train_side_by_side(configs, progress)
+    print("\n== 2. Train EMANet and the same network without its EMAU, on the context task "
+          f"and its control, two runs at a time, {threads} thread(s) each ==")  # fmt: skip
+    runs_dir = out_dir / "runs"
+    shutil.rmtree(runs_dir, ignore_errors=True)  # the tour always trains from scratch
+    rows = run_ablation(runs_dir, seeds=[seed], tasks=TOUR_TASKS, heads=tuple(NETWORKS),
+                        quick=quick, workers=2, progress=progress, command="em-tutorial tour",
+                        iterations=iterations, threads=threads)  # fmt: skip
 
     print("\n== 3. Validation ==")
-    for name, summary in runs.items():
-        print(f"  {name:13s} mIoU {summary['metrics']['miou']:.3f}   pixel accuracy "
-              f"{summary['metrics']['pixel_accuracy']:.3f}   {summary['train_seconds']:.0f} s "
-              f"at {summary['images_per_s']:.0f} images/s")  # fmt: skip
+    for r in rows:
+        fragment = "" if r["fragment_iou"] is None else f"   fragment IoU {r['fragment_iou']:.3f}"
+        print(f"  {r['task']:8s} {NETWORKS[r['head']]:13s} mIoU {r['miou']:.3f}{fragment}   "
+              f"{r['train_seconds']:.0f} s")  # fmt: skip
 
     print("\n== 4. Figures and report ==")
-    figures = _draw_figures(configs, runs, out_dir)
+    models, val_sets = _load_models(rows, runs_dir, quick, iterations)
+    fields = _receptive_fields(models["context", "none"], val_sets["context"])
+    figures = _draw_figures(models, val_sets, rows, fields, out_dir)
     total = time.perf_counter() - started
     report = out_dir / "report.md"
-    settings["batch_size"] = config.batch_size
-    _write_report(report, equivalence, runs, settings, figures, total)
-    (out_dir / "tour.json").write_text(json.dumps(
-        {"equivalence": equivalence, "runs": runs, "total_seconds": total}, indent=2))  # fmt: skip
+    _write_report(report, equivalence, rows, fields, figures, total)
+    result = {"equivalence": equivalence, "runs": rows, "receptive_field": fields,
+              "total_seconds": total}  # fmt: skip
+    (out_dir / "tour.json").write_text(json.dumps(result, indent=2))
 
     print(f"\nTour finished in {total:.0f} s. Report and figures are in {out_dir.resolve()}")
     print(f"  {report.resolve()}")
-    return {"out_dir": str(out_dir), "report": str(report), "equivalence": equivalence, "runs": runs}
+    return {"out_dir": str(out_dir), "report": str(report), **result}

@@ -17,7 +17,7 @@ def test_console_entry_point_prints_help():
     result = subprocess.run([sys.executable, "-m", "em_tutorial.cli", "--help"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0
-    for command in ("tour", "train", "eval", "check-data"):
+    for command in ("tour", "train", "eval", "check-data", "ablate"):
         assert command in result.stdout
 
 
@@ -54,6 +54,8 @@ def test_train_help_shows_every_default():
         ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "--lr", "--batch-size",
                    "--eval-scales", "--device"]),  # fmt: skip
         ("eval", ["--checkpoint", "--scales", "--multi-scale", "--flip", "--figure", "--output"]),
+        ("ablate", ["--out", "--seeds", "--tasks", "--heads", "--quick", "--iterations",
+                    "--workers", "--no-progress"]),  # fmt: skip
     ],
 )
 def test_each_command_help_lists_its_flags(command, flags, capsys):
@@ -73,6 +75,10 @@ def test_flags_reach_the_parsed_settings():
     assert (args.command, args.lr, args.stop_at, args.resume) == ("train", 0.1, 5, True)
     assert args.eval_scales == (0.5, 1.0) and args.no_progress
     assert (args.dataset, args.model, args.iterations) == ("digits", None, None)  # recipe fills them
+    args = build_parser().parse_args(["ablate", "--out", "o", "--tasks", "context", "--heads",
+                                      "none", "pooling", "--seeds", "2"])  # fmt: skip
+    assert (args.tasks, args.heads, args.seeds, args.quick) == (["context"], ["none", "pooling"],
+                                                                2, False)  # fmt: skip
     args = build_parser().parse_args(["eval", "--checkpoint", "c.pt", "--multi-scale"])
     assert (args.checkpoint, args.multi_scale, args.flip, args.dataset) == ("c.pt", True, False, None)
 
@@ -81,10 +87,10 @@ def test_flags_reach_the_parsed_settings():
     "argv",
     [[], ["fly"], ["eval"], ["train", "--model", "vgg"], ["tour", "--iterations", "many"],
      ["eval", "--checkpoint", "c.pt", "--scales", "0,1"], ["train", "--dataset", "voc"],
-     ["check-data"]],  # fmt: skip
+     ["check-data"], ["ablate", "--out", "o", "--heads", "aspp"], ["ablate", "--quick"]],  # fmt: skip
     ids=["no command", "unknown command", "eval without checkpoint", "unknown model",
          "non-integer iterations", "zero scale", "voc without data root",
-         "check-data without data root"],  # fmt: skip
+         "check-data without data root", "unknown head", "ablate without out"],  # fmt: skip
 )
 def test_bad_command_lines_exit_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -101,13 +107,17 @@ def test_quick_tour_writes_report_and_figures(tmp_path, capsys):
     assert main(["tour", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "PyTorch float64" in printed and str(out.resolve()) in printed
-    for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json"):
+    for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json",
+                 "receptive_field.png", "runs/ablation.csv"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "tour.json").read_text())
     assert result["equivalence"]["PyTorch float64"]["x_tilde"] < 1e-12
-    assert set(result["runs"]) == {"EMANet", "without EMAU"}
+    assert {(r["task"], r["head"]) for r in result["runs"]} == {
+        ("context", "emau"), ("context", "none"), ("control", "emau"), ("control", "none")}
+    assert result["receptive_field"]["theoretical"] > result["receptive_field"]["effective"] > 1
     report = (out / "report.md").read_text()
     assert "EMANet" in report and "without EMAU" in report and "attention.png" in report
+    assert "em-tutorial ablate" in report and "fragment IoU" in report
 
 
 def test_train_then_eval_a_checkpoint(tmp_path, capsys):

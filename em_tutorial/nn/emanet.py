@@ -22,6 +22,7 @@ from torch import nn
 from .emau import EMAU
 from .functional import check_input_dtype
 from .non_local import NonLocal2d
+from .pooling import GlobalPooling2d
 from .recipe import set_bn_momentum
 from .resnet import RESNET_DEPTHS, ResNet
 
@@ -40,7 +41,7 @@ _BACKBONES = {
     "tiny": TINY_BACKBONE,
     **{f"resnet{depth}": {"block": b, "layers": n} for depth, (b, n) in RESNET_DEPTHS.items()},
 }
-_HEADS = ("emau", "nonlocal", "none")
+_HEADS = ("emau", "nonlocal", "pooling", "none")
 _BACKBONE_KEYS = ("layers", "block", "base_width", "stem_width", "deep_stem", "multi_grid")
 
 
@@ -97,8 +98,10 @@ class EMANet(nn.Module):
     num_bases, num_stages, momentum, lam, renormalize_bases, bases_update
         K, T, the bases' moving-average momentum, lambda, the re-normalisation option and the
         update rule (``"official"`` or ``"mmseg"``) of :class:`~em_tutorial.nn.EMAU`.
-    head : {"emau", "nonlocal", "none", None}
-        The attention block between the two 3x3 convolutions; the other two are ablations.
+    head : {"emau", "nonlocal", "pooling", "none", None}
+        The attention block between the two 3x3 convolutions; the others are ablations
+        (``"pooling"``: :class:`~em_tutorial.nn.pooling.GlobalPooling2d`, global context
+        without attention).
     head_channels : int
         Channels after the second 3x3 convolution (official: 256).
     dropout : float
@@ -179,6 +182,8 @@ class EMANet(nn.Module):
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
+        elif head == "pooling":
+            self.attention = GlobalPooling2d(ema_channels)
         else:
             self.attention = nn.Identity()
         self.fc1 = _conv_bn_relu(ema_channels, head_channels, norm_layer)

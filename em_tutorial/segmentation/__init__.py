@@ -22,13 +22,14 @@ are the entry points. Needs the ``torch`` extra.
 """
 
 from .checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
-from .config import RECIPES, TOUR_MODEL, TrainConfig, build_datasets, build_model, build_val_set
+from .config import CONTEXT_MODEL, RECIPES, TOUR_MODEL, TrainConfig, build_datasets, build_model, build_val_set
 from .distributed import resolve_device
 from .evaluation import VOC_EVAL_SCALES, evaluate, predict_probabilities
 from .metrics import ConfusionMatrix
 from .training import TrainingDiverged, poly_factor, train
 
 __all__ = [
+    "CONTEXT_MODEL",
     "RECIPES",
     "TOUR_MODEL",
     "VOC_EVAL_SCALES",

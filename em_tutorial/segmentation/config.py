@@ -7,7 +7,9 @@ averaged over all pixels of the crop, discrete training scales, the input divide
 colour, validation images padded to 8k + 1. The embedded digit scenes get a small recipe that
 trains the tiny EMANet on two CPU cores in a few minutes (``RECIPES["digits"]``); it keeps
 PyTorch's BatchNorm momentum, Kaiming initialisation, ImageNet normalisation and the loss
-averaged over labelled pixels, which suit a short run from scratch.
+averaged over labelled pixels, which suit a short run from scratch. The context scenes
+(``RECIPES["context"]``) pose the task where a fragment's class is decided far away;
+the digit scenes are its control.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .. import nn as em_nn
 from .data import (
     NORMALIZATIONS,
     OFFICIAL_SCALES,
+    ContextConfig,
+    ContextScenes,
     DigitScenes,
     SceneConfig,
     TrainAugmentation,
@@ -36,6 +40,7 @@ from .data.digits import DIGIT_SPLITS
 from .loss import LOSS_NORMALIZATIONS
 
 __all__ = [
+    "CONTEXT_MODEL",
     "RECIPES",
     "TOUR_MODEL",
     "TrainConfig",
@@ -55,6 +60,11 @@ TOUR_MODEL = {
     "head_channels": 64,
     "align_corners": False,
 }
+
+#: The tiny EMANet for the 256x256 context scenes: the tour's network with K=8 bases, so that on
+#: the 32x32 feature map the non-local block costs over 5 times the EMAU (75 M against 12 M
+#: multiply-adds per image, from ``em-tutorial ablate``'s cost columns).
+CONTEXT_MODEL = {**TOUR_MODEL, "num_bases": 8}
 
 #: Defaults per data set; any :class:`TrainConfig` field given explicitly overrides them.
 RECIPES = {
@@ -87,6 +97,27 @@ RECIPES = {
         "lr": 0.05,
         "checkpoint_every": 500,
         "num_workers": 0,
+        "num_scenes": 3000,
+        "val_scenes": 300,
+        "image_size": 96,
+    },
+    # About five minutes on one idle CPU core: 256x256 scenes cost 7 times the digit scenes.
+    "context": {
+        "model": "tiny",
+        "model_kwargs": CONTEXT_MODEL,
+        "loss_normalization": "labelled",
+        "train_scales": "uniform",  # not used: the scenes are not augmented
+        "normalization": "imagenet",
+        "val_padding": False,
+        "iterations": 1200,
+        "batch_size": 8,
+        "crop_size": None,
+        "lr": 0.1,
+        "checkpoint_every": 300,
+        "num_workers": 0,
+        "num_scenes": 1000,
+        "val_scenes": 100,
+        "image_size": 256,
     },
 }
 
@@ -104,7 +135,7 @@ class TrainConfig:
 
     Attributes
     ----------
-    dataset : {"digits", "voc"}
+    dataset : {"digits", "context", "voc"}
     data_root : str, optional
         PASCAL VOC folder (``dataset="voc"``).
     train_split, val_split : str
@@ -112,9 +143,9 @@ class TrainConfig:
         Digit scenes: ``"train"`` and ``"val"`` are the only splits (``val_split`` may name
         either: it is the split evaluated).
     num_scenes, val_scenes, image_size : int
-        Digit scenes: sizes of the two splits and the side of a scene.
+        Digit and context scenes: sizes of the two splits and the side of a scene.
     model : {"tiny", "resnet50", "resnet101", "resnet152"}
-    head : {"emau", "nonlocal", "none"}
+    head : {"emau", "nonlocal", "pooling", "none"}
         The attention block of EMANet ("none" is the ablation without it).
     model_kwargs : dict
         Extra keyword arguments of the model constructor (``bn_momentum``, ``init``,
@@ -158,9 +189,9 @@ class TrainConfig:
     data_root: str | None = None
     train_split: str | None = None
     val_split: str = "val"
-    num_scenes: int = 3000
-    val_scenes: int = 300
-    image_size: int = 96
+    num_scenes: int | None = None
+    val_scenes: int | None = None
+    image_size: int | None = None
     model: str | None = None
     head: str = "emau"
     model_kwargs: dict | None = None
@@ -200,7 +231,7 @@ class TrainConfig:
             raise ValueError(f"model must be one of {sorted(_MODELS)}, got {self.model!r}")
         if self.dataset == "voc" and not self.data_root:
             raise ValueError("dataset 'voc' needs data_root, the PASCAL VOC 2012 folder")
-        if self.dataset == "digits":
+        if self.dataset in ("digits", "context"):
             self._check_digit_splits()
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "stop_at"):
             value = getattr(self, name)
@@ -245,25 +276,31 @@ def _input_transform(config: TrainConfig, validation: bool):
     return functools.partial(to_model_input, normalization=config.normalization)
 
 
+_SCENES = {"digits": (DigitScenes, SceneConfig), "context": (ContextScenes, ContextConfig)}
+
+
+def _scenes(config: TrainConfig, split: str, count: int, validation: bool):
+    scenes, scene_config = _SCENES[config.dataset]
+    return scenes(split, count, config.seed, scene_config(image_size=config.image_size),
+                  transform=_input_transform(config, validation))  # fmt: skip
+
+
 def build_val_set(config: TrainConfig):
-    """The split ``config.val_split`` evaluates: digit scenes (``val_scenes`` of them, or the
+    """The split ``config.val_split`` evaluates: embedded scenes (``val_scenes`` of them, or the
     ``num_scenes`` training scenes for ``"train"``), or the VOC list of that name."""
-    transform = _input_transform(config, validation=True)
-    if config.dataset == "digits":
+    if config.dataset in _SCENES:
         count = config.num_scenes if config.val_split == "train" else config.val_scenes
-        scenes = SceneConfig(config.image_size)
-        return DigitScenes(config.val_split, count, config.seed, scenes, transform=transform)
-    val_set = VOCSegmentation(config.data_root, config.val_split, transform=transform)
+        return _scenes(config, config.val_split, count, validation=True)
+    val_set = VOCSegmentation(config.data_root, config.val_split,
+                              transform=_input_transform(config, validation=True))  # fmt: skip
     val_set.check_labels()  # now, rather than after hours of training
     return val_set
 
 
 def build_datasets(config: TrainConfig):
     """Training and validation sets for ``config`` (training one augmented for VOC)."""
-    if config.dataset == "digits":
-        scenes = SceneConfig(config.image_size)
-        train_set = DigitScenes("train", config.num_scenes, config.seed, scenes,
-                                transform=_input_transform(config, validation=False))  # fmt: skip
+    if config.dataset in _SCENES:
+        train_set = _scenes(config, "train", config.num_scenes, validation=False)
         return train_set, build_val_set(config)
     split = config.train_split or default_train_split(config.data_root)
     scales = None if config.train_scales == "uniform" else config.train_scales

@@ -159,7 +159,7 @@ def _train(config: TrainConfig, process: Process) -> dict:
     }
     if end == config.iterations:  # not stopped early by stop_at: evaluate
         matrix = evaluate(unwrap(model), val_set, scales=config.eval_scales, flip=config.eval_flip,
-                          batch_size=per_rank_batch if config.dataset == "digits" else 1,
+                          batch_size=per_rank_batch if config.dataset != "voc" else 1,
                           device=process.device, num_workers=config.num_workers)  # fmt: skip
         summary["metrics"] = matrix.summary(train_set.class_names)
         log.write(event="eval", iteration=end, split=config.val_split, **summary["metrics"])

@@ -1,6 +1,8 @@
 """Segmentation data: the embedded digit scenes, PASCAL VOC 2012, and their transforms.
 
 * :class:`DigitScenes` -- built at run time from scikit-learn's handwritten digits; no download.
+* :class:`ContextScenes` -- one digit class per scene, fragments cut by the border far from a
+  full instance: the task that needs global context (the digit scenes are its control).
 * :class:`VOCSegmentation` -- PASCAL VOC 2012 (optionally SBD "trainaug") from a local folder.
 * :class:`TrainAugmentation` -- the official random scale / pad / crop / flip.
 * :class:`ResumableSampler` -- distributed sampling that resumes mid-epoch, with per-sample seeds.
@@ -11,6 +13,7 @@ Every data set returns ``(image (3, H, W) float32, label (H, W) int64)`` pairs, 
 ``raw(i)`` (the uint8 image and label, for display).
 """
 
+from .context import ContextConfig, ContextScenes
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneConfig, render_scene, upscale_glyph
 from .labels import LabelError, check_label, find_bad_samples
 from .sampler import ResumableSampler, sample_seed
@@ -30,6 +33,8 @@ from .voc import VOC_CLASS_NAMES, VOCSegmentation, default_train_split, find_voc
 
 __all__ = [
     "DIGIT_CLASS_NAMES",
+    "ContextConfig",
+    "ContextScenes",
     "DigitScenes",
     "SceneConfig",
     "render_scene",

@@ -33,6 +33,7 @@ __all__ = [
     "DIGIT_SPLITS",
     "DigitScenes",
     "SceneConfig",
+    "composite_glyph",
     "digit_pool",
     "render_scene",
     "textured_background",
@@ -208,13 +209,34 @@ def render_scene(background, glyphs, classes, positions, sizes, colours, ink_thr
     """
     image = np.array(background, dtype=np.float64)
     label = np.zeros(image.shape[:2], dtype=np.uint8)
-    for glyph, cls, (top, left), size, colour in zip(glyphs, classes, positions, sizes, colours):
-        alpha = upscale_glyph(glyph, size)[..., None]  # (size, size, 1)
-        window = (slice(top, top + size), slice(left, left + size))
-        # x = (1 - a) * background + a * ink: the glyph's intensity is its opacity
-        image[window] = (1.0 - alpha) * image[window] + alpha * np.asarray(colour, dtype=float)
-        label[window][alpha[..., 0] >= ink_threshold] = cls + 1
+    for glyph, cls, position, size, colour in zip(glyphs, classes, positions, sizes, colours):
+        composite_glyph(image, label, upscale_glyph(glyph, size), position, colour, cls,
+                        ink_threshold)  # fmt: skip
     return np.clip(image, 0.0, 1.0), label
+
+
+def composite_glyph(image, label, alpha, position, colour, cls, ink_threshold):
+    """Paint one upscaled glyph into ``image`` and ``label`` in place.
+
+    Parameters
+    ----------
+    image : ndarray, shape (S, S, 3), float64
+    label : ndarray, shape (S, S), uint8
+    alpha : ndarray, shape (h, w)
+        Glyph intensity in [0, 1], used as opacity; it must fit inside the image at ``position``.
+    position : (int, int)
+        Top-left corner (row, column).
+    colour : array_like, shape (3,)
+    cls : int
+        Digit class; its ink is labelled ``cls + 1``.
+    ink_threshold : float
+    """
+    top, left = position
+    window = (slice(top, top + alpha.shape[0]), slice(left, left + alpha.shape[1]))
+    # x = (1 - a) * background + a * ink: the glyph's intensity is its opacity
+    opacity = alpha[..., None]  # (h, w, 1)
+    image[window] = (1.0 - opacity) * image[window] + opacity * np.asarray(colour, dtype=float)
+    label[window][alpha >= ink_threshold] = cls + 1
 
 
 def _place(rng, sizes, image_size, tries=50):

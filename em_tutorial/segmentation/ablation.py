@@ -1,0 +1,259 @@
+"""The seeded ablation over heads (``em-tutorial ablate``): when does global context help?
+
+Every (task, head, seed) is one training run of the tiny EMANet:
+
+* tasks: ``context`` (:class:`~em_tutorial.segmentation.data.ContextScenes`, where a fragment's
+  class is decided by a digit beyond the convolutions' receptive field) and ``control`` (the
+  digit scenes, where the convolutions see every digit whole);
+* heads: ``none`` (no context block), ``emau``, ``nonlocal``, ``pooling``.
+
+Seeds are ``0 .. seeds - 1``, fixed before any run. Runs go two at a time (one process per
+run, one thread each), each in ``OUT/runs/<task>-<head>-seed<s>``. ``OUT/ablation.csv`` gains
+one row per finished run the moment it finishes, so an interrupted ablation, started again
+with the same command, keeps the finished rows and runs only the rest (an unfinished run
+resumes from its last checkpoint). At the end ``OUT/ablation.md`` holds the mean +- sd table
+with the heads' costs and ``OUT/ablation.png`` the bar chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "Run", "load_run", "plan_runs", "run_ablation",
+    "run_config",
+]
+
+HEADS = ("none", "emau", "nonlocal", "pooling")
+#: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`);
+#: about 5 and 2 minutes per run on one idle core.
+ABLATION_TASKS = {
+    "context": {"dataset": "context"},
+    "control": {"dataset": "digits", "iterations": 1500},
+}
+#: ``--quick``: every code path in seconds; the numbers mean nothing.
+QUICK_TASKS = {
+    "context": {"dataset": "context", "image_size": 208, "iterations": 3, "batch_size": 2,
+                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
+    "control": {"dataset": "digits", "image_size": 48, "iterations": 3, "batch_size": 2,
+                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
+}  # fmt: skip
+COLUMNS = ("task", "head", "seed", "miou", "pixel_accuracy", "fragment_iou", "train_seconds",
+           "iterations", "image_size")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the ablation."""
+
+    task: str
+    head: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.head}-seed{self.seed}"
+
+
+def plan_runs(tasks, heads, seeds) -> list[Run]:
+    """Every (task, head, seed) in a fixed order; ``seeds``: a count N (seeds 0 .. N-1) or a list."""
+    unknown = [t for t in tasks if t not in ABLATION_TASKS] + [h for h in heads if h not in HEADS]
+    if unknown:
+        raise ValueError(f"unknown tasks or heads {unknown}; tasks: {sorted(ABLATION_TASKS)}, "
+                         f"heads: {list(HEADS)}")  # fmt: skip
+    seeds = range(seeds) if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise ValueError(f"seeds must be at least 1, got {len(seeds)}")
+    return [Run(t, h, s) for s in seeds for t in tasks for h in heads]
+
+
+def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None,
+               overrides=None) -> dict:  # fmt: skip
+    """The :class:`~em_tutorial.segmentation.TrainConfig` fields of ``run`` under ``out_dir``.
+
+    ``overrides``: ``{task: {field: value}}`` replacing the task's settings (a shorter budget).
+    """
+    settings = dict((QUICK_TASKS if quick else ABLATION_TASKS)[run.task])
+    settings.update((overrides or {}).get(run.task, {}))
+    if iterations is not None:
+        settings["iterations"] = iterations
+    run_dir = Path(out_dir) / "runs" / run.name
+    return {**settings, "head": run.head, "seed": run.seed, "out_dir": str(run_dir),
+            "threads": threads, "progress": False, "log_every": 10,
+            "resume": (run_dir / "checkpoint.pt").exists()}  # fmt: skip
+
+
+def load_run(run: Run, out_dir, quick=False, iterations=None, overrides=None):
+    """The config and the trained model of a finished run: ``(TrainConfig, EMANet)``."""
+    from .checkpoint import load_checkpoint
+    from .config import TrainConfig, build_model
+
+    config = TrainConfig(**run_config(run, out_dir, quick, 1, iterations, overrides))
+    model = build_model(config, num_classes=11)
+    model.load_state_dict(load_checkpoint(Path(config.out_dir) / "checkpoint.pt")["model"])
+    return config, model.eval()
+
+
+def _iterations_done(log_path: Path) -> int:
+    """The last logged iteration of a ``log.jsonl`` being written (0 before the first line)."""
+    try:
+        lines = log_path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line still being written
+            continue
+        if record.get("event") == "train":
+            return record["iteration"]
+    return 0
+
+
+def _train_run(run: Run, config: dict) -> dict:
+    """Train one run (in a worker process) and return its CSV row."""
+    from .config import TrainConfig, build_val_set
+    from .evaluation import evaluate
+    from .training import train
+
+    config = TrainConfig(**config)
+    summary = train(config)
+    row = {"task": run.task, "head": run.head, "seed": run.seed,
+           "miou": summary["metrics"]["miou"],
+           "pixel_accuracy": summary["metrics"]["pixel_accuracy"], "fragment_iou": None,
+           "train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
+           "image_size": config.image_size}  # fmt: skip
+    val_set = build_val_set(config)
+    if hasattr(val_set, "fragments_only"):
+        matrix = evaluate(summary["model"], val_set.fragments_only(), batch_size=config.batch_size)
+        # mean IoU of the digit classes (1..10) on the fragments' pixels
+        row["fragment_iou"] = float(np.nanmean(matrix.iou_per_class()[1:]))
+    return row
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of an ``ablation.csv`` (numbers as floats, seed as int); [] if there is none."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        for name in ("miou", "pixel_accuracy", "fragment_iou", "train_seconds"):
+            row[name] = float(row[name]) if row[name] not in ("", None) else None
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    """Rewrite the CSV atomically, so an interruption never leaves half a file."""
+    temporary = path.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
+    os.replace(temporary, path)
+
+
+def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, quick=False,
+                 workers=None, progress=True, command="em-tutorial ablate",
+                 iterations=None, threads=None, overrides=None) -> list[dict]:  # fmt: skip
+    """Run every (task, head, seed) not yet in ``out_dir/ablation.csv``; write the report.
+
+    Parameters
+    ----------
+    out_dir : path
+    seeds : int or sequence of int
+        Seeds 0 .. seeds - 1 of every (task, head), or the seeds themselves.
+    tasks, heads : sequences of str
+        Subsets of :data:`ABLATION_TASKS` and :data:`HEADS`.
+    quick : bool
+        :data:`QUICK_TASKS`: seconds, for tests.
+    workers : int, optional
+        Runs at a time (default: 2, or 1 on a one-CPU machine).
+    threads : int, optional
+        CPU threads of each run (default: ``cpus // workers``).
+    overrides : dict, optional
+        ``{task: {TrainConfig field: value}}`` on top of the task's settings.
+    progress : bool
+    command : str
+        Written into ``ablation.md`` as the command that made it.
+    iterations : int, optional
+        Override every task's iterations (a shorter pilot; the rows record it).
+
+    Returns
+    -------
+    list of dict
+        The rows of the planned runs, in plan order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "ablation.csv"
+    planned = plan_runs(tasks, heads, seeds)
+    rows = {Run(r["task"], r["head"], r["seed"]): r for r in read_rows(csv_path)}
+    todo = [run for run in planned if run not in rows]
+    cpus = len(os.sched_getaffinity(0))
+    workers = workers or max(1, min(2, cpus))
+    threads = threads or max(1, cpus // workers)
+    configs = {run: run_config(run, out_dir, quick, threads, iterations, overrides)
+               for run in todo}  # fmt: skip
+    for row in _train_in_pool(configs, workers, progress, len(planned) - len(todo)):
+        rows[Run(row["task"], row["head"], row["seed"])] = row
+        _write_rows(csv_path, list(rows.values()))
+    from .ablation_report import write_report
+
+    # The report covers every row of the CSV, also those of earlier calls with other subsets.
+    write_report(out_dir, list(rows.values()), quick, command, overrides)
+    return [rows[run] for run in planned]
+
+
+def _train_in_pool(configs: dict, workers: int, progress: bool, runs_done: int):
+    """Train ``{run: config}`` ``workers`` at a time; yield each row as its run finishes.
+
+    One bar counts iterations over all runs, read from the runs' ``log.jsonl`` every second.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    total = sum(_planned_iterations(config) for config in configs.values())
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, \
+            tqdm(total=total, unit="it", desc=f"ablation ({runs_done} runs already done)",
+                 disable=not progress or not configs) as bar:  # fmt: skip
+        pending = {pool.submit(_train_run, run, config): run for run, config in configs.items()}
+        finished_iterations = 0
+        while pending:
+            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = pending.pop(future)
+                finished_iterations += _planned_iterations(configs[run])
+                row = future.result()
+                bar.set_postfix_str(f"{run.name} mIoU {row['miou']:.3f}", refresh=False)
+                yield row
+            running = sum(_iterations_done(Path(configs[r]["out_dir"]) / "log.jsonl")
+                          for r in pending.values())  # fmt: skip
+            bar.update(finished_iterations + running - bar.n)
+
+
+def _planned_iterations(config: dict) -> int:
+    """Iterations of a run's schedule (the recipe's when its config does not set them)."""
+    from .config import TrainConfig
+
+    return TrainConfig(**{**config, "resume": False}).iterations
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for a single value) of the non-missing values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return statistics.fmean(values), sd

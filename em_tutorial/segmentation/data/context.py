@@ -1,0 +1,225 @@
+"""Context scenes: an embedded task that the convolutions alone provably cannot solve.
+
+Each scene holds ONE digit class, drawn several times in one ink colour:
+
+* two or three **full** instances, somewhere in the scene, and
+* two or three **fragments** along one border: digits of the same class (other handwriting
+  samples) of which only a strip -- 35 to 50 % of the glyph's width or height -- lies inside
+  the image, the rest being cut off by the border.
+
+Every ink pixel is labelled with the scene's class (label ``d + 1`` for digit ``d``, 0 for the
+background, as in :class:`~em_tutorial.segmentation.data.DigitScenes`). A strip of a digit is
+ambiguous on its own (the left third of a 0, a 6 and an 8 look alike), so the label of a
+fragment is decided by the full instance. The full instances are placed at least
+``context_distance`` pixels (Chebyshev distance, box to box) from every fragment: with the
+default 104, farther than the reach of the tiny EMANet's theoretical receptive field (99 px,
+measured by :func:`~em_tutorial.segmentation.receptive_field.theoretical_receptive_field`),
+so no output pixel of a fragment even *sees* a pixel of a full instance through the
+convolutions. Only a block that mixes information across the whole image -- global pooling,
+the non-local block, the EMAU -- can carry the class over.
+
+The fragments' pixels are marked (:meth:`ContextScenes.fragment_windows`), so that their IoU
+can be measured apart (:meth:`ContextScenes.fragments_only`). Scene ``i`` depends only on
+``(seed, split, i)``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .digits import (
+    _SPLIT_CODES,
+    DIGIT_CLASS_NAMES,
+    _ink_colour,
+    composite_glyph,
+    digit_pool,
+    textured_background,
+    upscale_glyph,
+)
+from .transforms import IGNORE_INDEX, to_model_input
+
+__all__ = ["ContextConfig", "ContextScenes"]
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """How context scenes are drawn.
+
+    Attributes
+    ----------
+    image_size : int
+        Height and width of a scene in pixels (256: a 32 x 32 feature map at output stride 8).
+    full_digits, fragments : (int, int)
+        Inclusive ranges of the numbers of full instances and of border fragments.
+    digit_size : (int, int)
+        Inclusive range of a glyph's side in pixels.
+    visible_fraction : (float, float)
+        Range of the share of a fragment's glyph that lies inside the image.
+    context_distance : int
+        Least Chebyshev distance in pixels between a full instance's box and a fragment's
+        visible box.
+    ink_threshold, noise_std
+        As in :class:`~em_tutorial.segmentation.data.SceneConfig`.
+    """
+
+    image_size: int = 256
+    full_digits: tuple[int, int] = (2, 3)
+    fragments: tuple[int, int] = (2, 3)
+    digit_size: tuple[int, int] = (48, 64)
+    visible_fraction: tuple[float, float] = (0.35, 0.5)
+    context_distance: int = 104
+    ink_threshold: float = 0.25
+    noise_std: float = 0.04
+
+    def __post_init__(self):
+        strip = int(np.ceil(self.visible_fraction[1] * self.digit_size[1]))
+        if strip + self.context_distance + self.digit_size[1] > self.image_size:
+            raise ValueError(
+                f"image_size {self.image_size} leaves no room for a full digit of "
+                f"{self.digit_size[1]} px at context_distance {self.context_distance} px from a "
+                f"{strip}-px fragment strip; use a larger image or a shorter distance"
+            )
+
+
+def _fragment_boxes(rng, cfg: ContextConfig):
+    """Glyph sides and visible strips of the fragments along the left border (before rotation).
+
+    Returns a list of ``(size, top, visible)``: the glyph's side, its top row, and how many of
+    its rightmost columns lie inside the image (columns ``0 .. visible - 1``).
+    """
+    count = int(rng.integers(cfg.fragments[0], cfg.fragments[1] + 1))
+    boxes, rows_taken = [], []
+    for _ in range(20 * count):
+        if len(boxes) == count:
+            break
+        size = int(rng.integers(cfg.digit_size[0], cfg.digit_size[1] + 1))
+        top = int(rng.integers(0, cfg.image_size - size + 1))
+        if any(top < end and start < top + size for start, end in rows_taken):
+            continue
+        visible = int(round(rng.uniform(*cfg.visible_fraction) * size))
+        boxes.append((size, top, visible))
+        rows_taken.append((top, top + size))
+    return boxes
+
+
+def _full_boxes(rng, cfg: ContextConfig, left_limit: int):
+    """(size, top, left) of the full instances, right of column ``left_limit``, not overlapping."""
+    count = int(rng.integers(cfg.full_digits[0], cfg.full_digits[1] + 1))
+    boxes = []
+    for _ in range(20 * count):
+        if len(boxes) == count:
+            break
+        size = int(rng.integers(cfg.digit_size[0], cfg.digit_size[1] + 1))
+        top = int(rng.integers(0, cfg.image_size - size + 1))
+        left = int(rng.integers(left_limit, cfg.image_size - size + 1))
+        if all(top + size <= t or t + s <= top or left + size <= l or l + s <= left
+               for s, t, l in boxes):  # fmt: skip
+            boxes.append((size, top, left))
+    return boxes
+
+
+class ContextScenes:
+    """The context-scenes segmentation data set (deterministic for a given seed).
+
+    Parameters
+    ----------
+    split : {"train", "val"}
+        Digits from the same held-out writers' samples as :class:`DigitScenes`.
+    num_scenes : int
+    seed : int
+    config : ContextConfig, optional
+    transform : callable, optional
+        As in :class:`DigitScenes`; default :func:`to_model_input`.
+
+    Notes
+    -----
+    ``raw(i)`` gives the uint8 image and label; :meth:`fragment_windows` the boolean map of
+    the fragments' visible strips (``True`` inside them).
+    """
+
+    num_classes = len(DIGIT_CLASS_NAMES)
+    class_names = DIGIT_CLASS_NAMES
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, split="train", num_scenes=1000, seed=0, config=None, transform=None):
+        if num_scenes < 1:
+            raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
+        self.split, self.seed = split, int(seed)
+        self.config = config or ContextConfig()
+        self.transform = transform or to_model_input
+        glyphs, classes = digit_pool(split)
+        size = self.config.image_size
+        self.images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
+        self.labels = np.empty((num_scenes, size, size), dtype=np.uint8)
+        self.windows = np.empty((num_scenes, size, size), dtype=bool)
+        for i in range(num_scenes):
+            # the trailing 7 keeps these streams apart from the digit scenes' (seed, split, i)
+            rng = np.random.default_rng((self.seed, _SPLIT_CODES[split], i, 7))
+            image, self.labels[i], self.windows[i] = self._draw(rng, glyphs, classes)
+            self.images[i] = np.round(image * 255).astype(np.uint8)
+
+    def _draw(self, rng, glyphs, classes):
+        """One scene drawn with its fragments on the left, then turned by 0-3 quarter turns."""
+        cfg = self.config
+        background = textured_background(rng, cfg.image_size)
+        colour = _ink_colour(rng, background.mean(axis=(0, 1)))
+        digit = int(rng.integers(0, 10))
+        samples = np.flatnonzero(classes == digit)
+        image = background
+        label = np.zeros((cfg.image_size,) * 2, dtype=np.uint8)
+        windows = np.zeros_like(label, dtype=bool)
+        fragments = _fragment_boxes(rng, cfg)
+        for size, top, visible in fragments:
+            alpha = upscale_glyph(glyphs[rng.choice(samples)], size)[:, size - visible:]
+            composite_glyph(image, label, alpha, (top, 0), colour, digit, cfg.ink_threshold)
+            windows[top:top + size, :visible] = True
+        strip = max(visible for _, _, visible in fragments)
+        for size, top, left in _full_boxes(rng, cfg, strip + cfg.context_distance):
+            alpha = upscale_glyph(glyphs[rng.choice(samples)], size)
+            composite_glyph(image, label, alpha, (top, left), colour, digit, cfg.ink_threshold)
+        image += cfg.noise_std * rng.standard_normal(image.shape)
+        turns = int(rng.integers(0, 4))  # the fragments' border: left, bottom, right or top
+        return (np.rot90(np.clip(image, 0.0, 1.0), turns), np.rot90(label, turns),
+                np.rot90(windows, turns))  # fmt: skip
+
+    def __len__(self):
+        return len(self.images)
+
+    def raw(self, index):
+        """The scene as stored: image ``(S, S, 3)`` uint8 and label ``(S, S)`` uint8."""
+        return self.images[index], self.labels[index]
+
+    def fragment_windows(self, index):
+        """Boolean map ``(S, S)``: True on the visible strips of the scene's fragments."""
+        return self.windows[index]
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return self.transform(*self.raw(index), rng=None)
+
+    def fragments_only(self):
+        """The same scenes with every label outside the fragments' strips set to ignore (255).
+
+        Evaluating a model on it gives the IoU of the fragments alone.
+        """
+        return _FragmentsOnly(self)
+
+
+class _FragmentsOnly:
+    """View of a :class:`ContextScenes` whose labels count inside the fragments' strips only."""
+
+    def __init__(self, scenes: ContextScenes):
+        self.scenes = scenes
+        self.num_classes, self.class_names = scenes.num_classes, scenes.class_names
+        self.ignore_index = scenes.ignore_index
+
+    def __len__(self):
+        return len(self.scenes)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        image, label = self.scenes[index]
+        label = np.where(self.scenes.fragment_windows(index), label, self.ignore_index)
+        return image, label
