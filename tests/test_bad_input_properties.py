@@ -229,7 +229,7 @@ BAD_MIXTURE_DATA = {
     "float32 1e30": np.float32(1e30) + _GOOD.astype(np.float32),
     "float64 1e300": 1e300 * _GOOD,
 }
-# Open: passes the overflow check, then overflows while whitening (found by the property below).
+# Once passed the overflow check, then overflowed while whitening (found by the property below).
 FLOAT32_NEAR_1E16 = np.array([[1.8446745e16], [0.0], [1.0]], dtype=np.float32)
 BAD_SAMPLE_COUNTS = {"2.5": 2.5, "True": True, "'2'": "2", "None": None, "1e30": 1e30,
                      "10**20": 10**20}
@@ -254,10 +254,10 @@ def test_mixture_refuses_bad_sample_counts(n_samples):
     assert_clear_refusal(caught.value, GMM_NAMES)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="open: float32 data near 1e16 "
-                   "passes the overflow check, then overflows while whitening")
 def test_mixture_float32_near_the_overflow_threshold():
+    """Distances over a variance of reg_covar overflow float32 long before the scatter does."""
     check_fit_predict(FLOAT32_NEAR_1E16, 2)
+    check_fit_predict(np.array([[5.3367084e15], [0.0], [1.0]], dtype=np.float32), 2)
 
 
 @settings(FAST)

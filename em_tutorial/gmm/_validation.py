@@ -18,21 +18,28 @@ def check_n_samples(X, n_components):
         )
 
 
-def check_not_overflowing(shape, dtype, max_abs):
-    """Squared distances of X must fit its dtype: sum_n (x_n - mu)^2 reaches ~4 N d max|X|^2.
+def check_not_overflowing(shape, dtype, max_abs, reg_covar):
+    """Scatter and Mahalanobis distances of X must fit its dtype.
 
+    The scatter sum_n (x_n - mu)^2 reaches ~4 N d max|X|^2; a distance (x - mu)^T Sigma^-1
+    (x - mu) reaches ~4 d max|X|^2 / reg_covar, since every variance is at least reg_covar.
     ``shape`` and ``dtype`` (a NumPy dtype) are X's, ``max_abs`` is max |X|, a Python float.
     Raises a ValueError that names the dtype.
     """
-    largest = float(np.finfo(dtype).max)
+    if max_abs == 0:
+        return
+    # a margin of 16 for the intermediates (whitened differences, their partial sums)
+    log_largest = math.log(float(np.finfo(dtype).max) / 16)
     n_samples, n_features = shape
     # compared in the log domain: max_abs**2 itself overflows a Python float past 1.3e154
-    if max_abs > 0 and math.log(4.0 * n_samples * n_features) + 2 * math.log(max_abs) >= \
-            math.log(largest):
+    log_square = math.log(4.0 * n_features) + 2 * math.log(max_abs)
+    log_distance = log_square - math.log(reg_covar) if reg_covar > 0 else -math.inf
+    if max(log_square + math.log(n_samples), log_distance) >= log_largest:
         advice = "pass float64 data or rescale it" if dtype == np.float32 else "rescale it"
         raise ValueError(
-            f"X has values up to {max_abs:.3g}: its squared distances overflow {dtype} "
-            f"(largest value {largest:.3g}); {advice}, e.g. with "
+            f"X has values up to {max_abs:.3g}: its squared distances (over variances as small "
+            f"as reg_covar={reg_covar:g}) overflow {dtype} (largest value "
+            f"{float(np.finfo(dtype).max):.3g}); {advice}, e.g. with "
             "sklearn.preprocessing.StandardScaler."
         )
 
