@@ -8,7 +8,7 @@ Examples
 --------
 ::
 
-    em-tutorial tour                                  # the whole story on a CPU, < 10 minutes
+    em-tutorial tour                                  # the whole story on a CPU, ~12 minutes
     em-tutorial tour --quick                          # every step in seconds (smoke test)
     em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
     em-tutorial train --out runs/digits --resume      # continue an interrupted run
@@ -82,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in under 10 minutes",
+        help="the whole story on a CPU in about 12 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
         "attention; train the tiny EMANet and the same network without its EMAU on the "
         "embedded context scenes and on the digit scenes (the control), two at a time; evaluate "
-        "them; write figures and report.md to OUT. Designed for under 10 minutes on an idle "
+        "them; write figures and report.md to OUT. About 12 minutes on an idle "
         "2-core CPU. One seed: for mean +- sd over seeds, use `em-tutorial ablate`.",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")

@@ -38,6 +38,7 @@ from .digits import (
     textured_background,
     upscale_glyph,
 )
+from .arguments import check_integer
 from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = ["ContextConfig", "ContextScenes"]
@@ -144,9 +145,11 @@ class ContextScenes:
     ignore_index = IGNORE_INDEX
 
     def __init__(self, split="train", num_scenes=1000, seed=0, config=None, transform=None):
-        if num_scenes < 1:
-            raise ValueError(f"num_scenes must be at least 1, got {num_scenes}")
-        self.split, self.seed = split, int(seed)
+        check_integer("num_scenes", num_scenes, 1)
+        self.split = split
+        self.seed = check_integer("seed", seed, 0)  # numpy's seeds are non-negative
+        if config is not None and not isinstance(config, ContextConfig):
+            raise TypeError(f"config must be a ContextConfig, got {type(config).__name__}")
         self.config = config or ContextConfig()
         self.transform = transform or to_model_input
         glyphs, classes = digit_pool(split)
