@@ -30,16 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .digits import (
-    _SPLIT_CODES,
-    DIGIT_CLASS_NAMES,
+    DigitScenes,
     _ink_colour,
     composite_glyph,
-    digit_pool,
     textured_background,
     upscale_glyph,
 )
-from .arguments import check_integer
-from .transforms import IGNORE_INDEX, to_model_input
 
 __all__ = ["ContextConfig", "ContextScenes"]
 
@@ -121,7 +117,7 @@ def _full_boxes(rng, cfg: ContextConfig, left_limit: int):
     return boxes
 
 
-class ContextScenes:
+class ContextScenes(DigitScenes):
     """The context-scenes segmentation data set (deterministic for a given seed).
 
     Parameters
@@ -137,34 +133,23 @@ class ContextScenes:
     Notes
     -----
     ``raw(i)`` gives the uint8 image and label; :meth:`fragment_windows` the boolean map of
-    the fragments' visible strips (``True`` inside them).
+    the fragments' visible strips (``True`` inside them). Storage, label checks and indexing are
+    :class:`DigitScenes`'s; only the drawing of a scene differs.
     """
 
-    num_classes = len(DIGIT_CLASS_NAMES)
-    class_names = DIGIT_CLASS_NAMES
-    ignore_index = IGNORE_INDEX
+    config_type = ContextConfig
+    stream_key = (7,)  # keeps these streams apart from the digit scenes' (seed, split, i)
+    kind = "context scene"
 
     def __init__(self, split="train", num_scenes=1000, seed=0, config=None, transform=None):
-        check_integer("num_scenes", num_scenes, 1)
-        self.split = split
-        self.seed = check_integer("seed", seed, 0)  # numpy's seeds are non-negative
-        if config is not None and not isinstance(config, ContextConfig):
-            raise TypeError(f"config must be a ContextConfig, got {type(config).__name__}")
-        self.config = config or ContextConfig()
-        self.transform = transform or to_model_input
-        glyphs, classes = digit_pool(split)
-        size = self.config.image_size
-        self.images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
-        self.labels = np.empty((num_scenes, size, size), dtype=np.uint8)
-        self.windows = np.empty((num_scenes, size, size), dtype=bool)
-        for i in range(num_scenes):
-            # the trailing 7 keeps these streams apart from the digit scenes' (seed, split, i)
-            rng = np.random.default_rng((self.seed, _SPLIT_CODES[split], i, 7))
-            image, self.labels[i], self.windows[i] = self._draw(rng, glyphs, classes)
-            self.images[i] = np.round(image * 255).astype(np.uint8)
+        self._windows = []  # filled by _draw, scene by scene
+        super().__init__(split, num_scenes, seed, config, transform)
+        self.windows = np.stack(self._windows)  # (num_scenes, S, S)
+        del self._windows
 
     def _draw(self, rng, glyphs, classes):
-        """One scene drawn with its fragments on the left, then turned by 0-3 quarter turns."""
+        """One scene drawn with its fragments on the left, then turned by 0-3 quarter turns;
+        its fragments' strips go to the windows."""
         cfg = self.config
         background = textured_background(rng, cfg.image_size)
         colour = _ink_colour(rng, background.mean(axis=(0, 1)))
@@ -184,23 +169,12 @@ class ContextScenes:
             composite_glyph(image, label, alpha, (top, left), colour, digit, cfg.ink_threshold)
         image += cfg.noise_std * rng.standard_normal(image.shape)
         turns = int(rng.integers(0, 4))  # the fragments' border: left, bottom, right or top
-        return (np.rot90(np.clip(image, 0.0, 1.0), turns), np.rot90(label, turns),
-                np.rot90(windows, turns))  # fmt: skip
-
-    def __len__(self):
-        return len(self.images)
-
-    def raw(self, index):
-        """The scene as stored: image ``(S, S, 3)`` uint8 and label ``(S, S)`` uint8."""
-        return self.images[index], self.labels[index]
+        self._windows.append(np.rot90(windows, turns))
+        return np.rot90(np.clip(image, 0.0, 1.0), turns), np.rot90(label, turns)
 
     def fragment_windows(self, index):
         """Boolean map ``(S, S)``: True on the visible strips of the scene's fragments."""
         return self.windows[index]
-
-    def __getitem__(self, key):
-        index = key[0] if isinstance(key, tuple) else key
-        return self.transform(*self.raw(index), rng=None)
 
     def fragments_only(self):
         """The same scenes with every label outside the fragments' strips set to ignore (255).

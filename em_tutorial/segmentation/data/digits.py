@@ -285,21 +285,27 @@ class DigitScenes:
     num_classes = len(DIGIT_CLASS_NAMES)
     class_names = DIGIT_CLASS_NAMES
     ignore_index = IGNORE_INDEX
+    config_type = SceneConfig
+    #: appended to each scene's random-stream key (seed, split, i); other scene sets set their own
+    stream_key = ()
+    kind = "digit scene"
 
     def __init__(self, split="train", num_scenes=2000, seed=0, config=None, transform=None):
         check_integer("num_scenes", num_scenes, 1)
         self.split = split
         self.seed = check_integer("seed", seed, 0)  # numpy's seeds are non-negative
-        if config is not None and not isinstance(config, SceneConfig):
-            raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
-        self.config = config or SceneConfig()
+        if config is not None and not isinstance(config, self.config_type):
+            raise TypeError(
+                f"config must be a {self.config_type.__name__}, got {type(config).__name__}"
+            )
+        self.config = config or self.config_type()
         self.transform = transform or to_model_input
         glyphs, classes = digit_pool(split)
         size = self.config.image_size
         self.images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
         self.labels = np.empty((num_scenes, size, size), dtype=np.uint8)
         for i in range(num_scenes):
-            rng = np.random.default_rng((self.seed, _SPLIT_CODES[split], i))
+            rng = np.random.default_rng((self.seed, _SPLIT_CODES[split], i, *self.stream_key))
             image, label = self._draw(rng, glyphs, classes)
             self.images[i] = np.round(image * 255).astype(np.uint8)
             self.labels[i] = label
@@ -334,7 +340,7 @@ class DigitScenes:
         The label is checked like a file read from disk (class indices or 255), so every
         reader keeps the same promise.
         """
-        where = f"of digit scene {index} of the {self.split!r} split"
+        where = f"of {self.kind} {index} of the {self.split!r} split"
         label = check_label(self.labels[index], self.num_classes, self.ignore_index, where)
         return self.images[index], label
 
