@@ -118,3 +118,22 @@ def test_blocked_step_with_narrow_clusters_far_apart(covariance_type, dtype, rto
                                                 *(a.astype(np.float64) for a in inputs[2:]),
                                                 covariance_type)
     assert_allclose(density, expected_density, rtol=rtol, atol=atol_nats)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_fit_samples_without_a_semidefiniteness_warning(covariance_type):
+    # A float32 covariance can be asymmetric in its last bit; NumPy's positive-semidefinite
+    # check (tolerance 1e-8) then warns. sample() symmetrises in float64 before drawing.
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(300, 2)) * [1.0, 5.0] + [[20.0, -30.0]]).astype(np.float32)
+    X[150:] += 10.0
+    fitted = GaussianMixture(n_components=2, covariance_type=covariance_type,
+                             random_state=0).fit(X)
+    covariances = fitted.covariances_.reshape(-1, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        samples, labels = fitted.sample(2000)
+    assert samples.dtype == np.float64 and labels.shape == (2000,)
+    for k in range(2):  # the draws follow the fitted covariance (a few % at 1000 points)
+        expected = covariances[k if covariance_type == "full" else 0]
+        assert_allclose(np.cov(samples[labels == k].T), expected, rtol=0.2, atol=0.3)
