@@ -156,9 +156,9 @@ def _add_train_command(commands):
     recipe.add_argument("--init", choices=["official", "kaiming"], help="head initialisation")
     recipe.add_argument("--bases-update", choices=["official", "mmseg"],
                         help="the EMAU's moving average of the bases")  # fmt: skip
-    recipe.add_argument("--loss-normalization", choices=["all", "labelled"],
-                        help="average the loss over all pixels of the crop (official) or the "
-                        "labelled ones")  # fmt: skip
+    recipe.add_argument("--loss-normalization", choices=["all", "labelled", "classes"],
+                        help="average the loss over all pixels of the crop (official), the "
+                        "labelled ones, or class by class")  # fmt: skip
     recipe.add_argument("--train-scales", type=_train_scales, metavar="S1,S2,...|uniform",
                         help="VOC rescaling factors, or uniform in [0.5, 2]")  # fmt: skip
     recipe.add_argument("--normalization", choices=["official", "imagenet"],

@@ -1,11 +1,20 @@
 """``em-tutorial ablate``: the table's files, and resumption run by run."""
 
 import csv
+import json
 
 import pytest
+import torch
 
 from em_tutorial import cli
-from em_tutorial.segmentation.ablation import COLUMNS, plan_runs, read_rows, run_ablation
+from em_tutorial.segmentation.ablation import (
+    COLUMNS,
+    backbone_path,
+    plan_runs,
+    read_rows,
+    run_ablation,
+)
+from em_tutorial.segmentation.checkpoint import load_checkpoint
 
 
 def _rows(path):
@@ -28,6 +37,13 @@ def test_quick_ablation_writes_table_and_resumes_only_missing_runs(tmp_path, cap
         assert (row["fragment_iou"] != "") == (row["task"] == "context")
     table = (out / "ablation.md").read_text()
     assert "| context | pooling | 1 |" in table and "--quick" in table
+    # The context runs started from the backbone that control-none-seed0 learned.
+    control = load_checkpoint(out / "runs" / "control-none-seed0" / "checkpoint.pt")["model"]
+    backbone = torch.load(backbone_path(out, 0), weights_only=True)
+    assert backbone and all(torch.equal(control["backbone." + name], tensor)
+                            for name, tensor in backbone.items())  # fmt: skip
+    assert json.loads(next(open(out / "runs" / "context-none-seed0" / "log.jsonl")))[
+        "config"]["pretrained_backbone"] == str(backbone_path(out, 0))
     assert (out / "ablation.png").stat().st_size > 1000
 
     # Forget one finished run: a second call trains that one only and keeps the others' rows.
@@ -53,3 +69,14 @@ def test_unknown_names_are_refused():
         plan_runs(["context"], ["emau"], 0)
     assert [r.name for r in plan_runs(["control"], ["none"], 2)] == [
         "control-none-seed0", "control-none-seed1"]
+
+
+def test_context_alone_first_trains_the_backbone_source(tmp_path):
+    # Asked for the context task only, the ablation still trains control-none of each seed
+    # first (its backbone is where the context runs start) and records it as a control row.
+    rows = run_ablation(tmp_path, seeds=[3], tasks=("context",), heads=("emau",), quick=True,
+                        progress=False)  # fmt: skip
+    assert [(r["task"], r["head"], r["seed"]) for r in rows] == [("context", "emau", 3)]
+    recorded = sorted((r["task"], r["head"], r["seed"]) for r in read_rows(tmp_path / "ablation.csv"))
+    assert recorded == [("context", "emau", 3), ("control", "none", 3)]
+    assert backbone_path(tmp_path, 3).exists()

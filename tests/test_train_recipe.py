@@ -46,6 +46,21 @@ def test_loss_normalisations_by_hand():
         segmentation_loss(as_tensor, label_tensor, 255, "mean")
 
 
+def test_class_balanced_loss_by_hand():
+    # Classes 0 (two pixels) and 2 (one pixel) present, one pixel ignored: each class's mean
+    # counts once, L = ((l_1 + l_2) / 2 + l_0) / 2 -- not the pixel mean (l_0 + l_1 + l_2) / 3.
+    logits = [[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [0.5, 0.5, -1.0], [3.0, 0.0, 1.0]]  # (pixel, c)
+    labels = [2, 0, 0, 255]
+    l0, l1, l2 = (math.log(sum(math.exp(a) for a in row)) - row[y]
+                  for row, y in zip(logits[:3], labels[:3]))  # fmt: skip
+    as_tensor = torch.tensor(logits, dtype=torch.float64).T.reshape(1, 3, 2, 2)  # (B, C, H, W)
+    label_tensor = torch.tensor(labels).reshape(1, 2, 2)  # (B, H, W)
+    balanced = segmentation_loss(as_tensor, label_tensor, 255, "classes")
+    assert balanced.item() == pytest.approx(((l1 + l2) / 2 + l0) / 2, rel=1e-12)
+    nothing = torch.full((1, 2, 2), 255)
+    assert segmentation_loss(as_tensor, nothing, 255, "classes").item() == 0.0
+
+
 def test_recipes_official_for_voc_and_unchanged_for_digits():
     voc = TrainConfig(dataset="voc", data_root="/data/voc")
     assert voc.model_kwargs == {"bn_momentum": 3e-4, "init": "official"}

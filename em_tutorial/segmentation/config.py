@@ -154,9 +154,9 @@ class TrainConfig:
         Backbone ``state_dict`` file (ImageNet weights) to start from.
     iterations, batch_size, crop_size, lr, momentum, weight_decay, poly_power
         The optimisation recipe; ``batch_size`` is the total over all processes.
-    loss_normalization : {"all", "labelled"}
-        The loss averaged over all pixels of the crops (official) or over the labelled ones
-        (see :func:`~em_tutorial.segmentation.loss.segmentation_loss`).
+    loss_normalization : {"all", "labelled", "classes"}
+        The loss averaged over all pixels of the crops (official), over the labelled ones, or
+        class by class (see :func:`~em_tutorial.segmentation.loss.segmentation_loss`).
     train_scales : tuple of float or "uniform"
         VOC: the random rescaling factor drawn from this set (official: ``OFFICIAL_SCALES``),
         or uniformly from [0.5, 2.0].

@@ -148,9 +148,12 @@ class ContextScenes(DigitScenes):
         del self._windows
 
     def _draw(self, rng, glyphs, classes):
-        """One scene drawn with its fragments on the left, then turned by 0-3 quarter turns;
-        its fragments' strips go to the windows."""
+        """One scene laid out with its fragments on the left, then turned by 0-3 quarter turns
+        (the fragments' border: left, bottom, right or top); its fragments' strips go to the
+        windows. The glyphs are drawn turned back by the same amount, so that every digit
+        reads upright in the final scene (a 6 turned by half a turn would be a 9)."""
         cfg = self.config
+        turns = int(rng.integers(0, 4))
         background = textured_background(rng, cfg.image_size)
         colour = _ink_colour(rng, background.mean(axis=(0, 1)))
         digit = int(rng.integers(0, 10))
@@ -158,17 +161,20 @@ class ContextScenes(DigitScenes):
         image = background
         label = np.zeros((cfg.image_size,) * 2, dtype=np.uint8)
         windows = np.zeros_like(label, dtype=bool)
+
+        def upright_glyph(size):
+            return np.rot90(upscale_glyph(glyphs[rng.choice(samples)], size), -turns)
+
         fragments = _fragment_boxes(rng, cfg)
         for size, top, visible in fragments:
-            alpha = upscale_glyph(glyphs[rng.choice(samples)], size)[:, size - visible:]
+            alpha = upright_glyph(size)[:, size - visible:]  # the strip inside the image
             composite_glyph(image, label, alpha, (top, 0), colour, digit, cfg.ink_threshold)
             windows[top:top + size, :visible] = True
         strip = max(visible for _, _, visible in fragments)
         for size, top, left in _full_boxes(rng, cfg, strip + cfg.context_distance):
-            alpha = upscale_glyph(glyphs[rng.choice(samples)], size)
-            composite_glyph(image, label, alpha, (top, left), colour, digit, cfg.ink_threshold)
+            composite_glyph(image, label, upright_glyph(size), (top, left), colour, digit,
+                            cfg.ink_threshold)  # fmt: skip
         image += cfg.noise_std * rng.standard_normal(image.shape)
-        turns = int(rng.integers(0, 4))  # the fragments' border: left, bottom, right or top
         self._windows.append(np.rot90(windows, turns))
         return np.rot90(np.clip(image, 0.0, 1.0), turns), np.rot90(label, turns)
 
