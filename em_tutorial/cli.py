@@ -243,8 +243,9 @@ def _add_ablate_command(commands):
         "ablate",
         help="the seeded ablation over heads on the context task and its control",
         description="Train the tiny EMANet with every head (none, emau, nonlocal, pooling) on "
-        "the context scenes and on the digit scenes (the control), for seeds 0..N-1, two runs "
-        "at a time. Writes OUT/ablation.csv (a row per finished run; started again, the command "
+        "the digit scenes (the control) and then on the context scenes, for seeds 0..N-1, two "
+        "runs at a time; the context runs start from the backbone of the control run without "
+        "attention of the same seed. Writes OUT/ablation.csv (a row per finished run; started again, the command "
         "runs only the missing runs), OUT/ablation.md (mean +- sd with the heads' costs) and "
         "OUT/ablation.png. Defaults: about an hour on an idle 2-core CPU.",
     )

@@ -3,9 +3,10 @@
 1. The three stages agree: EM attention on the same input and bases in NumPy, PyTorch and,
    when a GPU is present, CuPy; the largest differences are printed.
 2. The tiny EMANet and the same network without its EMAU train, two runs at a time, on the
-   **context** scenes (a fragment's class is decided by a digit beyond the convolutions'
-   reach) and on the **digit** scenes (the control, where the convolutions see every digit
-   whole): one seed of :mod:`em_tutorial.segmentation.ablation`, under one progress bar.
+   **digit** scenes (the control, where the convolutions see every digit whole) and then on
+   the **context** scenes (a fragment's class is decided by a digit beyond the convolutions'
+   reach), starting from the backbone of the control run without the EMAU: one seed of
+   :mod:`em_tutorial.segmentation.ablation`.
 3. All four are evaluated on their validation scenes; the context task also by the IoU of
    its fragments alone.
 4. Figures (the receptive field on a scene, attention maps, predictions, loss curves) and a
@@ -163,7 +164,9 @@ def _write_report(path, equivalence, rows, fields, figures, total_seconds):
         "",
         "Context task: one digit class per scene, border fragments whose class is decided by a "
         "full digit far away. Control: the digit scenes, where every digit is seen whole. "
-        "Fragment IoU: mean IoU of the digit classes on the fragments' pixels alone.",
+        "Fragment IoU: mean IoU of the digit classes on the fragments' pixels alone. The "
+        "control runs come first; both context runs start from the backbone that the control "
+        "run without the EMAU learned, as EMANet's backbone starts from ImageNet weights.",
         "",
         *_result_lines(rows, fields),
         "",

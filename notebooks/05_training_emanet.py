@@ -128,6 +128,13 @@ for head in ("emau", "nonlocal", "pooling"):
 # %% [markdown]
 # ## With and without the EMAU, on both tasks
 #
+# The control runs come first. The context runs then start from the backbone that the
+# control run *without* the EMAU learned (same seed), the way EMANet's ResNet starts from
+# ImageNet weights: a backbone that already reads digits. From random weights, the tiny
+# network spends a 1200-iteration budget on the context scenes separating ink from
+# background and barely tells the digits apart (mIoU 0.18 in a pilot), with or without the
+# EMAU, and a comparison of the heads would then measure nothing.
+#
 # If `em-tutorial tour` has been run (its output folder is `em_tutorial_out/`, or the folder
 # in the `EM_TUTORIAL_TOUR` environment variable), this notebook reads its four runs, which
 # train at full length. Otherwise it trains the same four networks on a budget that fits the
