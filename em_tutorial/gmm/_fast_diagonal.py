@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import replace_rows, take_rows
 from em_tutorial.gmm._blocks import (
     block_slices,
-    cancels_too_much,
     expansion_is_accurate,
     log_joint_offset,
     over_blocks,
     reference_point,
     responsibilities,
+    rows_that_cancel_too_much,
 )
 from em_tutorial.gmm._e_step import log_exp_floor
 from em_tutorial.gmm._m_step import guarded_counts
@@ -34,8 +35,10 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
 
     Returns
     -------
-    coefficients : array of shape (d + e, K)
-        [-2 P_kj a_kj ; P_kj], stacked over j, with e = d (diag) or 1 (spherical).
+    linear : array of shape (d, K)
+        -2 P_kj a_kj, stacked over j.
+    quadratic : array of shape (e, K)
+        P_kj, with e = d (diag) or 1 (spherical).
     constant : array of shape (K,)
         sum_j P_kj a_kj^2.
     """
@@ -45,21 +48,29 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     else:
         precision = precisions_cholesky**2  # (K, d)
     offsets = means - centre  # a_k: (K, d)
-    coefficients = xp.concat([-2 * precision * offsets, precision], axis=1)  # (K, d + e)
-    return xp.matrix_transpose(coefficients), xp.sum(precision * offsets**2, axis=1)
+    linear = xp.matrix_transpose(-2 * precision * offsets)  # (d, K)
+    return linear, xp.matrix_transpose(precision), xp.sum(precision * offsets**2, axis=1)
 
 
 def expanded_features(X_block, centre, covariance_type):
-    """[x - c, (x - c)^2] for a block, shape (B, d + e); e as in :func:`per_type_squares`."""
+    """x - c, shape (B, d), and its squares as in :func:`per_type_squares`, shape (B, e).
+
+    Two arrays rather than one [x - c, (x - c)^2]: no copy into a (B, d + e) array, and for
+    spherical ||x - c||^2 as one dot product per sample, never the (B, d) squares.
+    """
     xp = get_array_module(X_block, centre)
     centred = X_block - centre  # (B, d)
-    return xp.concat([centred, per_type_squares(centred * centred, covariance_type)], axis=1)
+    if covariance_type == "spherical":
+        return centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (B, 1)
+    return centred, centred * centred  # (B, d)
 
 
-def diagonal_mahalanobis(features, coefficients, constant):
+def diagonal_mahalanobis(features, coefficients):
     """||(x_n - mu_k) p_k||^2 from the expansion, shape (B, K), clipped at 0."""
-    xp = get_array_module(features, coefficients)
-    distances = xp.matmul(features, coefficients) + constant  # (B, d + e) @ (d + e, K)
+    xp = get_array_module(*features)
+    (centred, squares), (linear, quadratic, constant) = features, coefficients
+    # (B, d) @ (d, K) + (B, e) @ (e, K) -> (B, K)
+    distances = xp.matmul(centred, linear) + xp.matmul(squares, quadratic) + constant
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
@@ -71,10 +82,9 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
     components, such as clusters 1e5 standard deviations apart in float32.
     """
     xp = get_array_module(means, precisions_cholesky)
-    coefficients, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
-    if expansion_is_accurate(constant):
-        return lambda X_block, features: diagonal_mahalanobis(features, coefficients, constant)
+    coefficients = diagonal_coefficients(means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(coefficients[2]):
+        return lambda X_block, features: diagonal_mahalanobis(features, coefficients)
     # p_k per coordinate: (K, d) for diag, (K, 1) for spherical
     scales = precisions_cholesky[:, None] if covariance_type == "spherical" else precisions_cholesky
 
@@ -97,46 +107,70 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
     return xp.concat(blocks, axis=0)  # (N, K)
 
 
-def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_size,
-                     n_threads, centres=None):
-    """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
+def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, block_size):
+    """``e_step(X_block)`` -> (features, z_nk (B, K), the block's sum_n ln p(x_n)), and c.
 
-    Returns
-    -------
-    counts : (K,), sum_n z_nk
-    moments : (K, d + e), [sum_n z_nk (x_n - c), sum_n z_nk (x_n - c)^2], the squares as in
-        :func:`per_type_squares`; with ``centres`` given, sum_n z_nk (x_n - centres_k)^2
-        instead, shape (K, e) (trick 4's second pass)
-    total_log_norm : 0-d, sum_n ln p(x_n)
-    centre : (1, d), c
+    ``features`` as :func:`expanded_features` returns them, around c (1, d).
     """
-    xp = get_array_module(X, means, precisions_cholesky, weights)
     centre = reference_point(X, block_size)
     distances = distance_function(means, precisions_cholesky, covariance_type, centre)
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
     log_floor = log_exp_floor(X)
 
+    def e_step(X_block):
+        features = expanded_features(X_block, centre, covariance_type)
+        # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
+        log_joint = offset - 0.5 * distances(X_block, features)
+        return (features, *responsibilities(log_joint, 1, log_floor))
+
+    return e_step, centre
+
+
+def diagonal_em_sums(X, e_step, block_size, n_threads):
+    """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
+
+    ``e_step`` is from :func:`diagonal_e_step`. Returns
+    counts (K,), sum_n z_nk; sums (K, d), sum_n z_nk (x_n - c); squares (K, e),
+    sum_n z_nk (x_n - c)^2 as in :func:`per_type_squares`; total_log_norm (0-d),
+    sum_n ln p(x_n).
+    """
+    xp = get_array_module(X)
+
     def sums_over(slices):
-        counts = moments = total_log_norm = 0.0
+        counts = sums = squares = total_log_norm = 0.0
         for start, stop in slices:
-            X_block = X[start:stop, :]  # (B, d)
-            features = expanded_features(X_block, centre, covariance_type)  # (B, d + e)
-            # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
-            log_joint = offset - 0.5 * distances(X_block, features)
-            resp, log_norm = responsibilities(log_joint, 1, log_floor)  # z_nk: (B, K)
+            (centred, centred_squares), resp, log_norm = e_step(X[start:stop, :])
+            resp_t = xp.matrix_transpose(resp)  # z_nk: (K, B)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=0)  # (K,)
-            if centres is None:
-                # z^T [x - c, (x - c)^2]: (K, B) @ (B, d + e) -> (K, d + e)
-                moments = moments + xp.matmul(xp.matrix_transpose(resp), features)
-            else:
-                centred = X[None, start:stop, :] - centres[:, None, :]  # (K, B, d)
-                # sum_n z_nk (x_nj - c_kj)^2: (K, 1, B) @ (K, B, d) -> (K, d)
-                squares = xp.matmul(xp.matrix_transpose(resp)[:, None, :], centred * centred)
-                moments = moments + per_type_squares(squares[:, 0, :], covariance_type)
-        return counts, moments, total_log_norm
+            sums = sums + xp.matmul(resp_t, centred)  # (K, B) @ (B, d) -> (K, d)
+            squares = squares + xp.matmul(resp_t, centred_squares)  # (K, B) @ (B, e) -> (K, e)
+        return counts, sums, squares, total_log_norm
 
-    return (*over_blocks(sums_over, X.shape[0], block_size, n_threads), centre)
+    return over_blocks(sums_over, X.shape[0], block_size, n_threads)
+
+
+def recentred_squares(X, e_step, centres, components, covariance_type, block_size, n_threads):
+    """sum_n z_nk (x_n - centres_k)^2 for the listed ``components`` only, shape (K', e).
+
+    Trick 4's second pass: the E-step again, then the centred squares of these K'
+    components, (K', B, d) per block rather than (K, B, d). ``centres`` has shape (K, d).
+    """
+    xp = get_array_module(X, centres)
+    centres = take_rows(centres, components)  # (K', d)
+
+    def sums_over(slices):
+        squares = 0.0
+        for start, stop in slices:
+            resp = e_step(X[start:stop, :])[1]  # z_nk: (B, K)
+            resp = take_rows(xp.matrix_transpose(resp), components)  # (K', B)
+            centred = X[None, start:stop, :] - centres[:, None, :]  # (K', B, d)
+            # sum_n z_nk (x_nj - c_kj)^2: (K', 1, B) @ (K', B, d) -> (K', 1, d)
+            block_squares = xp.matmul(resp[:, None, :], centred * centred)
+            squares = squares + per_type_squares(block_squares[:, 0, :], covariance_type)
+        return (squares,)
+
+    return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
 
 
 def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_form,
@@ -151,9 +185,10 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     with a second pass centred on the new means where that cancels too much.
     """
     n_features = X.shape[1]
-    counts, moments, total_log_norm, centre = diagonal_em_sums(
-        X, weights, means, precisions_cholesky, covariance_type, block_size, n_threads)
-    sums, squares = moments[:, :n_features], moments[:, n_features:]  # around c: (K, d), (K, e)
+    e_step, centre = diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type,
+                                     block_size)
+    # around c: (K,), (K, d), (K, e), 0-d
+    counts, sums, squares, total_log_norm = diagonal_em_sums(X, e_step, block_size, n_threads)
     safe_counts = guarded_counts(counts)  # as in m_step: an empty component gets mean 0
     # mu_k = (1/N_k) sum_n z_nk x_n = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
@@ -161,9 +196,10 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     # sum_n z_nk (x_n - mu_k)^2 = sum_n z_nk (x_n - c)^2 - N_k m_k^2
     correction = per_type_squares(counts[:, None] * shift * shift, covariance_type)  # (K, e)
     scatter = squares - correction
-    if cancels_too_much(correction, scatter, X.dtype):
-        scatter = diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type,
-                                   block_size, n_threads, centres=new_means)[1]
+    flagged = rows_that_cancel_too_much(correction, scatter, X.dtype)
+    if flagged:
+        scatter = replace_rows(scatter, flagged, recentred_squares(
+            X, e_step, new_means, flagged, covariance_type, block_size, n_threads))
     if seed_form:
         # Around the old means instead: + N_k (mu_new - mu_old)^2, no cancellation.
         scatter = scatter + per_type_squares(counts[:, None] * (new_means - means) ** 2,
