@@ -126,10 +126,11 @@ def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, blo
     return e_step, centre
 
 
-def diagonal_em_sums(X, e_step, block_size, n_threads):
+def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
 
-    ``e_step`` is from :func:`diagonal_e_step`. Returns
+    ``e_step`` is from :func:`diagonal_e_step`; a dict ``kept`` receives every block's z_nk
+    (B, K) under the block's first sample, for :func:`recentred_squares`. Returns
     counts (K,), sum_n z_nk; sums (K, d), sum_n z_nk (x_n - c); squares (K, e),
     sum_n z_nk (x_n - c)^2 as in :func:`per_type_squares`; total_log_norm (0-d),
     sum_n ln p(x_n).
@@ -140,6 +141,8 @@ def diagonal_em_sums(X, e_step, block_size, n_threads):
         counts = sums = squares = total_log_norm = 0.0
         for start, stop in slices:
             (centred, centred_squares), resp, log_norm = e_step(X[start:stop, :])
+            if kept is not None:
+                kept[start] = resp
             resp_t = xp.matrix_transpose(resp)  # z_nk: (K, B)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=0)  # (K,)
@@ -150,11 +153,13 @@ def diagonal_em_sums(X, e_step, block_size, n_threads):
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)
 
 
-def recentred_squares(X, e_step, centres, components, covariance_type, block_size, n_threads):
+def recentred_squares(X, responsibilities_of, centres, components, covariance_type,
+                      block_size, n_threads):
     """sum_n z_nk (x_n - centres_k)^2 for the listed ``components`` only, shape (K', e).
 
-    Trick 4's second pass: the E-step again, then the centred squares of these K'
-    components, (K', B, d) per block rather than (K, B, d). ``centres`` has shape (K, d).
+    Trick 4's second pass: the centred squares of these K' components, (K', B, d) per block
+    rather than (K, B, d). ``centres`` has shape (K, d); ``responsibilities_of(start,
+    X_block)`` gives the block's z_nk, (B, K).
     """
     xp = get_array_module(X, centres)
     centres = take_rows(centres, components)  # (K', d)
@@ -162,12 +167,16 @@ def recentred_squares(X, e_step, centres, components, covariance_type, block_siz
     def sums_over(slices):
         squares = 0.0
         for start, stop in slices:
-            resp = e_step(X[start:stop, :])[1]  # z_nk: (B, K)
+            resp = responsibilities_of(start, X[start:stop, :])  # z_nk: (B, K)
             resp = take_rows(xp.matrix_transpose(resp), components)  # (K', B)
             centred = X[None, start:stop, :] - centres[:, None, :]  # (K', B, d)
-            # sum_n z_nk (x_nj - c_kj)^2: (K', 1, B) @ (K', B, d) -> (K', 1, d)
-            block_squares = xp.matmul(resp[:, None, :], centred * centred)
-            squares = squares + per_type_squares(block_squares[:, 0, :], covariance_type)
+            if covariance_type == "spherical":
+                # sum_n z_nk ||x_n - c_k||^2: (K', B) . (K', B) -> (K', 1)
+                block_squares = xp.vecdot(resp, xp.vecdot(centred, centred, axis=-1))[:, None]
+            else:
+                # sum_n z_nk (x_nj - c_kj)^2: (K', 1, B) @ (K', B, d) -> (K', d)
+                block_squares = xp.matmul(resp[:, None, :], centred * centred)[:, 0, :]
+            squares = squares + block_squares
         return (squares,)
 
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
@@ -187,8 +196,11 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     n_features = X.shape[1]
     e_step, centre = diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type,
                                      block_size)
+    # The step keeps its z_nk for a second pass where they take no more memory than X.
+    kept = {} if means.shape[0] <= n_features else None
     # around c: (K,), (K, d), (K, e), 0-d
-    counts, sums, squares, total_log_norm = diagonal_em_sums(X, e_step, block_size, n_threads)
+    counts, sums, squares, total_log_norm = diagonal_em_sums(
+        X, e_step, block_size, n_threads, kept)
     safe_counts = guarded_counts(counts)  # as in m_step: an empty component gets mean 0
     # mu_k = (1/N_k) sum_n z_nk x_n = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
@@ -198,8 +210,12 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     scatter = squares - correction
     flagged = rows_that_cancel_too_much(correction, scatter, X.dtype)
     if flagged:
+        def responsibilities_of(start, X_block):  # kept, or the E-step again
+            return kept[start] if kept is not None else e_step(X_block)[1]
+
         scatter = replace_rows(scatter, flagged, recentred_squares(
-            X, e_step, new_means, flagged, covariance_type, block_size, n_threads))
+            X, responsibilities_of, new_means, flagged, covariance_type, block_size,
+            n_threads))
     if seed_form:
         # Around the old means instead: + N_k (mu_new - mu_old)^2, no cancellation.
         scatter = scatter + per_type_squares(counts[:, None] * (new_means - means) ** 2,
