@@ -35,9 +35,9 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
 
     Returns
     -------
-    linear : array of shape (d, K)
-        -2 P_kj a_kj, stacked over j.
-    quadratic : array of shape (e, K)
+    linear : array of shape (K, d)
+        -2 P_kj a_kj.
+    quadratic : array of shape (K, e)
         P_kj, with e = d (diag) or 1 (spherical).
     constant : array of shape (K,)
         sum_j P_kj a_kj^2.
@@ -48,8 +48,7 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     else:
         precision = precisions_cholesky**2  # (K, d)
     offsets = means - centre  # a_k: (K, d)
-    linear = xp.matrix_transpose(-2 * precision * offsets)  # (d, K)
-    return linear, xp.matrix_transpose(precision), xp.sum(precision * offsets**2, axis=1)
+    return -2 * precision * offsets, precision, xp.sum(precision * offsets**2, axis=1)
 
 
 def expanded_features(X_block, centre, covariance_type):
@@ -66,16 +65,18 @@ def expanded_features(X_block, centre, covariance_type):
 
 
 def diagonal_mahalanobis(features, coefficients):
-    """||(x_n - mu_k) p_k||^2 from the expansion, shape (B, K), clipped at 0."""
+    """||(x_n - mu_k) p_k||^2 from the expansion, shape (K, B), clipped at 0."""
     xp = get_array_module(*features)
     (centred, squares), (linear, quadratic, constant) = features, coefficients
-    # (B, d) @ (d, K) + (B, e) @ (e, K) -> (B, K)
-    distances = xp.matmul(centred, linear) + xp.matmul(squares, quadratic) + constant
+    # (K, d) @ (d, B) + (K, e) @ (e, B) -> (K, B)
+    distances = (xp.matmul(linear, xp.matrix_transpose(centred))
+                 + xp.matmul(quadratic, xp.matrix_transpose(squares)) + constant[:, None])
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
 def distance_function(means, precisions_cholesky, covariance_type, centre):
-    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (B, K).
+    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (K, B): k along the
+    rows, so that the E-step's sums over k run across whole rows of B samples.
 
     The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
     from the centred differences, (K, B, d) per block: data far from c next to narrow
@@ -90,7 +91,7 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
 
     def centred_distances(X_block, features):
         whitened = (X_block[None, :, :] - means[:, None, :]) * scales[:, None, :]  # (K, B, d)
-        return xp.matrix_transpose(xp.vecdot(whitened, whitened, axis=-1))  # (B, K)
+        return xp.vecdot(whitened, whitened, axis=-1)  # (K, B)
 
     return centred_distances
 
@@ -104,11 +105,11 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
     for start, stop in block_slices(X.shape[0], block_size):
         X_block = X[start:stop, :]  # (B, d)
         blocks.append(distances(X_block, expanded_features(X_block, centre, covariance_type)))
-    return xp.concat(blocks, axis=0)  # (N, K)
+    return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (K, N) -> (N, K)
 
 
 def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, block_size):
-    """``e_step(X_block)`` -> (features, z_nk (B, K), the block's sum_n ln p(x_n)), and c.
+    """``e_step(X_block)`` -> (features, z_nk (K, B), the block's sum_n ln p(x_n)), and c.
 
     ``features`` as :func:`expanded_features` returns them, around c (1, d).
     """
@@ -119,9 +120,9 @@ def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, blo
 
     def e_step(X_block):
         features = expanded_features(X_block, centre, covariance_type)
-        # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
-        log_joint = offset - 0.5 * distances(X_block, features)
-        return (features, *responsibilities(log_joint, 1, log_floor))
+        # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (K, B)
+        log_joint = offset[:, None] - 0.5 * distances(X_block, features)
+        return (features, *responsibilities(log_joint, 0, log_floor))
 
     return e_step, centre
 
@@ -130,7 +131,7 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
 
     ``e_step`` is from :func:`diagonal_e_step`; a dict ``kept`` receives every block's z_nk
-    (B, K) under the block's first sample, for :func:`recentred_squares`. Returns
+    (K, B) under the block's first sample, for :func:`recentred_squares`. Returns
     counts (K,), sum_n z_nk; sums (K, d), sum_n z_nk (x_n - c); squares (K, e),
     sum_n z_nk (x_n - c)^2 as in :func:`per_type_squares`; total_log_norm (0-d),
     sum_n ln p(x_n).
@@ -143,11 +144,10 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
             (centred, centred_squares), resp, log_norm = e_step(X[start:stop, :])
             if kept is not None:
                 kept[start] = resp
-            resp_t = xp.matrix_transpose(resp)  # z_nk: (K, B)
             total_log_norm = total_log_norm + log_norm
-            counts = counts + xp.sum(resp, axis=0)  # (K,)
-            sums = sums + xp.matmul(resp_t, centred)  # (K, B) @ (B, d) -> (K, d)
-            squares = squares + xp.matmul(resp_t, centred_squares)  # (K, B) @ (B, e) -> (K, e)
+            counts = counts + xp.sum(resp, axis=1)  # (K,)
+            sums = sums + xp.matmul(resp, centred)  # (K, B) @ (B, d) -> (K, d)
+            squares = squares + xp.matmul(resp, centred_squares)  # (K, B) @ (B, e) -> (K, e)
         return counts, sums, squares, total_log_norm
 
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)
@@ -159,7 +159,7 @@ def recentred_squares(X, responsibilities_of, centres, components, covariance_ty
 
     Trick 4's second pass: the centred squares of these K' components, (K', B, d) per block
     rather than (K, B, d). ``centres`` has shape (K, d); ``responsibilities_of(start,
-    X_block)`` gives the block's z_nk, (B, K).
+    X_block)`` gives the block's z_nk, (K, B).
     """
     xp = get_array_module(X, centres)
     centres = take_rows(centres, components)  # (K', d)
@@ -167,8 +167,7 @@ def recentred_squares(X, responsibilities_of, centres, components, covariance_ty
     def sums_over(slices):
         squares = 0.0
         for start, stop in slices:
-            resp = responsibilities_of(start, X[start:stop, :])  # z_nk: (B, K)
-            resp = take_rows(xp.matrix_transpose(resp), components)  # (K', B)
+            resp = take_rows(responsibilities_of(start, X[start:stop, :]), components)  # (K', B)
             centred = X[None, start:stop, :] - centres[:, None, :]  # (K', B, d)
             if covariance_type == "spherical":
                 # sum_n z_nk ||x_n - c_k||^2: (K', B) . (K', B) -> (K', 1)
