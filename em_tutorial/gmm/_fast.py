@@ -35,11 +35,12 @@ loading at the time, so the ratios are indicative:
    ~2900 in float32, ~7e7 in float64) the step makes a second pass over X centred on the
    new means. A component that shrinks a lot in one step is caught this way; the old
    spread would not show it. Diag and spherical re-centre only the components that cancel
-   (a spherical fit at 20k x 128 x 8 has one component on a few points, caught in every
-   step from the fourth on), and reuse the step's z_nk where they take no more memory than
-   X (K <= d) instead of running the E-step again: the second pass then only forms the
-   (K', B, d) differences of those K' components. Centring on c keeps the moments of trick 3 accurate: data at
-   1000 with spread 0.01 lose no more digits than data at 0.
+   (in the spherical fit at 20k x 128 x 8 one component shrinks to almost no spread and is
+   caught in every step from the fourth on), and reuse the step's z_nk where they take no
+   more memory than X (K <= d) instead of running the E-step again: the second pass then
+   only forms the (K', B, d) differences of those K' components. Centring on c keeps the
+   moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more digits than
+   data at 0.
 5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block; NumPy and BLAS
    release the interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``: the
    full-covariance ratio to scikit-learn went from 0.154 to 0.25-0.27 with one core busy);
