@@ -10,6 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from em_tutorial import gmm
 from em_tutorial.gmm import GaussianMixture
+from em_tutorial.gmm import _fast_diagonal as fast_diagonal
 
 TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -60,6 +61,43 @@ def test_blocked_step_when_a_covariance_shrinks_a_lot(covariance_type, dtype, rt
                            reg_covar=0.0)
     got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0)
     assert_allclose(got[2], expected[2], rtol=rtol)  # the covariances, ~2e-6
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-3), (np.float64, 1e-9)])
+@pytest.mark.parametrize("n_features", [2, 4])  # K = 3 > d: the E-step again; K <= d: kept
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_second_pass_for_the_one_component_that_shrinks(monkeypatch, covariance_type,
+                                                        n_features, dtype, rtol):
+    # Two wide clusters keep their spread; the third component's five points lie 1e-4 apart
+    # at 8, ~11 from the reference point c: re-centring its scatter cancels ~1e10 against
+    # 1e-8, so the step re-centres that component alone (the other two would pass).
+    # The reference is float64 arithmetic on the same inputs.
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.standard_normal((150, n_features)),
+                   rng.standard_normal((150, n_features)) - 6.0,
+                   8.0 + 1e-4 * rng.standard_normal((5, n_features))]).astype(dtype)
+    means = np.array([0.5, -5.5, 7.5])[:, None] * np.ones(n_features)  # (K, d)
+    variances = np.ones((3, n_features)) if covariance_type == "diag" else np.ones(3)
+    inputs = tuple(a.astype(dtype) for a in (
+        X, np.array([0.45, 0.45, 0.1]), means,
+        gmm.precisions_cholesky_from_covariances(variances, covariance_type)))
+    recentred = []
+    original = fast_diagonal.recentred_squares
+
+    def spy(X, responsibilities_of, centres, components, *args):
+        recentred.append(components)
+        return original(X, responsibilities_of, centres, components, *args)
+
+    monkeypatch.setattr(fast_diagonal, "recentred_squares", spy)
+    expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type,
+                           reg_covar=0.0)
+    got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64,
+                              n_threads=2)
+    assert recentred == [[2]]  # the shrinking component, and only it
+    assert_allclose(got[2][2], expected[2][2], rtol=rtol)  # its variances, ~1e-8
     for g, e in zip(got, expected):
         assert g.dtype == dtype
         assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))

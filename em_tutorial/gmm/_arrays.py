@@ -41,3 +41,20 @@ def to_host(array):
     if array_api_compat.is_cupy_array(array) or array_api_compat.is_torch_array(array):
         return to_numpy(array)
     return np.from_dlpack(array, device="cpu")
+
+
+def take_rows(array, rows):
+    """``array[rows]`` for a host list of row indices, on the array's device."""
+    xp = get_array_module(array)
+    return xp.take(array, xp.asarray(rows, device=array_api_compat.device(array)), axis=0)
+
+
+def replace_rows(array, rows, replacements):
+    """``array`` with its row ``rows[i]`` replaced by ``replacements[i]`` (a host list of
+    indices; no in-place assignment, which not every array library allows)."""
+    xp = get_array_module(array, replacements)
+    n_rows = array.shape[0]
+    source = list(range(n_rows))  # row i of the result is row source[i] of the stack below
+    for position, row in enumerate(rows):
+        source[row] = n_rows + position
+    return take_rows(xp.concat([array, replacements], axis=0), source)

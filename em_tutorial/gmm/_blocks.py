@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._arrays import full_like_shape
+from em_tutorial.gmm._arrays import full_like_shape, to_host
 from em_tutorial.gmm._density import log_density_from_mahalanobis
 from em_tutorial.gmm._e_step import shifted_exp
 from em_tutorial.gmm._precision import log_det_cholesky
@@ -77,14 +79,24 @@ def log_joint_offset(weights, precisions_cholesky, covariance_type, means):
     return log_weights + log_density_from_mahalanobis(0.0, log_det, n_features)  # (K,)
 
 
-def cancels_too_much(correction, result, dtype):
-    """Trick 4: does ``result = total - correction`` lose more than half the dtype's digits?
+def rows_that_cancel_too_much(correction, result, dtype):
+    """Trick 4, row by row: the i (a host list) where some ``result[i] = total - correction``
+    loses more than half the dtype's digits.
 
     True where correction / result > eps^(-1/2), or where a correction left a result that is
-    not positive; written without a division, so that zero needs no special case.
+    not positive; written without a division, so that zero needs no special case. One
+    host read.
     """
     xp = get_array_module(correction, result)
-    return bool(xp.any(correction * xp.finfo(dtype).eps ** 0.5 > result))
+    loses = correction * xp.finfo(dtype).eps ** 0.5 > result
+    loses = xp.reshape(loses, (loses.shape[0], -1))  # (rows, entries per row)
+    return np.flatnonzero(to_host(xp.any(loses, axis=1))).tolist()
+
+
+def cancels_too_much(correction, result, dtype):
+    """Does any ``result = total - correction`` lose more than half the dtype's digits?
+    (:func:`rows_that_cancel_too_much`)"""
+    return bool(rows_that_cancel_too_much(correction, result, dtype))
 
 
 #: The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
+from em_tutorial.gmm._arrays import replace_rows, take_rows
 from em_tutorial.gmm._blocks import (
     block_slices,
-    cancels_too_much,
     expansion_is_accurate,
     log_joint_offset,
     over_blocks,
     reference_point,
     responsibilities,
+    rows_that_cancel_too_much,
 )
 from em_tutorial.gmm._e_step import log_exp_floor
 from em_tutorial.gmm._m_step import guarded_counts
@@ -34,8 +35,10 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
 
     Returns
     -------
-    coefficients : array of shape (d + e, K)
-        [-2 P_kj a_kj ; P_kj], stacked over j, with e = d (diag) or 1 (spherical).
+    linear : array of shape (K, d)
+        -2 P_kj a_kj.
+    quadratic : array of shape (K, e)
+        P_kj, with e = d (diag) or 1 (spherical).
     constant : array of shape (K,)
         sum_j P_kj a_kj^2.
     """
@@ -45,42 +48,50 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     else:
         precision = precisions_cholesky**2  # (K, d)
     offsets = means - centre  # a_k: (K, d)
-    coefficients = xp.concat([-2 * precision * offsets, precision], axis=1)  # (K, d + e)
-    return xp.matrix_transpose(coefficients), xp.sum(precision * offsets**2, axis=1)
+    return -2 * precision * offsets, precision, xp.sum(precision * offsets**2, axis=1)
 
 
 def expanded_features(X_block, centre, covariance_type):
-    """[x - c, (x - c)^2] for a block, shape (B, d + e); e as in :func:`per_type_squares`."""
+    """x - c, shape (B, d), and its squares as in :func:`per_type_squares`, shape (B, e).
+
+    Two arrays rather than one [x - c, (x - c)^2]: no copy into a (B, d + e) array, and for
+    spherical ||x - c||^2 as one dot product per sample, never the (B, d) squares.
+    """
     xp = get_array_module(X_block, centre)
     centred = X_block - centre  # (B, d)
-    return xp.concat([centred, per_type_squares(centred * centred, covariance_type)], axis=1)
+    if covariance_type == "spherical":
+        return centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (B, 1)
+    return centred, centred * centred  # (B, d)
 
 
-def diagonal_mahalanobis(features, coefficients, constant):
-    """||(x_n - mu_k) p_k||^2 from the expansion, shape (B, K), clipped at 0."""
-    xp = get_array_module(features, coefficients)
-    distances = xp.matmul(features, coefficients) + constant  # (B, d + e) @ (d + e, K)
+def diagonal_mahalanobis(features, coefficients):
+    """||(x_n - mu_k) p_k||^2 from the expansion, shape (K, B), clipped at 0."""
+    xp = get_array_module(*features)
+    (centred, squares), (linear, quadratic, constant) = features, coefficients
+    # (K, d) @ (d, B) + (K, e) @ (e, B) -> (K, B)
+    distances = (xp.matmul(linear, xp.matrix_transpose(centred))
+                 + xp.matmul(quadratic, xp.matrix_transpose(squares)) + constant[:, None])
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
 def distance_function(means, precisions_cholesky, covariance_type, centre):
-    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (B, K).
+    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (K, B): k along the
+    rows, so that the E-step's sums over k run across whole rows of B samples.
 
     The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
     from the centred differences, (K, B, d) per block: data far from c next to narrow
     components, such as clusters 1e5 standard deviations apart in float32.
     """
     xp = get_array_module(means, precisions_cholesky)
-    coefficients, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
-    if expansion_is_accurate(constant):
-        return lambda X_block, features: diagonal_mahalanobis(features, coefficients, constant)
+    coefficients = diagonal_coefficients(means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(coefficients[2]):
+        return lambda X_block, features: diagonal_mahalanobis(features, coefficients)
     # p_k per coordinate: (K, d) for diag, (K, 1) for spherical
     scales = precisions_cholesky[:, None] if covariance_type == "spherical" else precisions_cholesky
 
     def centred_distances(X_block, features):
         whitened = (X_block[None, :, :] - means[:, None, :]) * scales[:, None, :]  # (K, B, d)
-        return xp.matrix_transpose(xp.vecdot(whitened, whitened, axis=-1))  # (B, K)
+        return xp.vecdot(whitened, whitened, axis=-1)  # (K, B)
 
     return centred_distances
 
@@ -94,49 +105,80 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
     for start, stop in block_slices(X.shape[0], block_size):
         X_block = X[start:stop, :]  # (B, d)
         blocks.append(distances(X_block, expanded_features(X_block, centre, covariance_type)))
-    return xp.concat(blocks, axis=0)  # (N, K)
+    return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (K, N) -> (N, K)
 
 
-def diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type, block_size,
-                     n_threads, centres=None):
-    """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
+def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, block_size):
+    """``e_step(X_block)`` -> (features, z_nk (K, B), the block's sum_n ln p(x_n)), and c.
 
-    Returns
-    -------
-    counts : (K,), sum_n z_nk
-    moments : (K, d + e), [sum_n z_nk (x_n - c), sum_n z_nk (x_n - c)^2], the squares as in
-        :func:`per_type_squares`; with ``centres`` given, sum_n z_nk (x_n - centres_k)^2
-        instead, shape (K, e) (trick 4's second pass)
-    total_log_norm : 0-d, sum_n ln p(x_n)
-    centre : (1, d), c
+    ``features`` as :func:`expanded_features` returns them, around c (1, d).
     """
-    xp = get_array_module(X, means, precisions_cholesky, weights)
     centre = reference_point(X, block_size)
     distances = distance_function(means, precisions_cholesky, covariance_type, centre)
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
     log_floor = log_exp_floor(X)
 
-    def sums_over(slices):
-        counts = moments = total_log_norm = 0.0
-        for start, stop in slices:
-            X_block = X[start:stop, :]  # (B, d)
-            features = expanded_features(X_block, centre, covariance_type)  # (B, d + e)
-            # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (B, K)
-            log_joint = offset - 0.5 * distances(X_block, features)
-            resp, log_norm = responsibilities(log_joint, 1, log_floor)  # z_nk: (B, K)
-            total_log_norm = total_log_norm + log_norm
-            counts = counts + xp.sum(resp, axis=0)  # (K,)
-            if centres is None:
-                # z^T [x - c, (x - c)^2]: (K, B) @ (B, d + e) -> (K, d + e)
-                moments = moments + xp.matmul(xp.matrix_transpose(resp), features)
-            else:
-                centred = X[None, start:stop, :] - centres[:, None, :]  # (K, B, d)
-                # sum_n z_nk (x_nj - c_kj)^2: (K, 1, B) @ (K, B, d) -> (K, d)
-                squares = xp.matmul(xp.matrix_transpose(resp)[:, None, :], centred * centred)
-                moments = moments + per_type_squares(squares[:, 0, :], covariance_type)
-        return counts, moments, total_log_norm
+    def e_step(X_block):
+        features = expanded_features(X_block, centre, covariance_type)
+        # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (K, B)
+        log_joint = offset[:, None] - 0.5 * distances(X_block, features)
+        return (features, *responsibilities(log_joint, 0, log_floor))
 
-    return (*over_blocks(sums_over, X.shape[0], block_size, n_threads), centre)
+    return e_step, centre
+
+
+def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
+    """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
+
+    ``e_step`` is from :func:`diagonal_e_step`; a dict ``kept`` receives every block's z_nk
+    (K, B) under the block's first sample, for :func:`recentred_squares`. Returns
+    counts (K,), sum_n z_nk; sums (K, d), sum_n z_nk (x_n - c); squares (K, e),
+    sum_n z_nk (x_n - c)^2 as in :func:`per_type_squares`; total_log_norm (0-d),
+    sum_n ln p(x_n).
+    """
+    xp = get_array_module(X)
+
+    def sums_over(slices):
+        counts = sums = squares = total_log_norm = 0.0
+        for start, stop in slices:
+            (centred, centred_squares), resp, log_norm = e_step(X[start:stop, :])
+            if kept is not None:
+                kept[start] = resp
+            total_log_norm = total_log_norm + log_norm
+            counts = counts + xp.sum(resp, axis=1)  # (K,)
+            sums = sums + xp.matmul(resp, centred)  # (K, B) @ (B, d) -> (K, d)
+            squares = squares + xp.matmul(resp, centred_squares)  # (K, B) @ (B, e) -> (K, e)
+        return counts, sums, squares, total_log_norm
+
+    return over_blocks(sums_over, X.shape[0], block_size, n_threads)
+
+
+def recentred_squares(X, responsibilities_of, centres, components, covariance_type,
+                      block_size, n_threads):
+    """sum_n z_nk (x_n - centres_k)^2 for the listed ``components`` only, shape (K', e).
+
+    Trick 4's second pass: the centred squares of these K' components, (K', B, d) per block
+    rather than (K, B, d). ``centres`` has shape (K, d); ``responsibilities_of(start,
+    X_block)`` gives the block's z_nk, (K, B).
+    """
+    xp = get_array_module(X, centres)
+    centres = take_rows(centres, components)  # (K', d)
+
+    def sums_over(slices):
+        squares = 0.0
+        for start, stop in slices:
+            resp = take_rows(responsibilities_of(start, X[start:stop, :]), components)  # (K', B)
+            centred = X[None, start:stop, :] - centres[:, None, :]  # (K', B, d)
+            if covariance_type == "spherical":
+                # sum_n z_nk ||x_n - c_k||^2: (K', B) . (K', B) -> (K', 1)
+                block_squares = xp.vecdot(resp, xp.vecdot(centred, centred, axis=-1))[:, None]
+            else:
+                # sum_n z_nk (x_nj - c_kj)^2: (K', 1, B) @ (K', B, d) -> (K', d)
+                block_squares = xp.matmul(resp[:, None, :], centred * centred)[:, 0, :]
+            squares = squares + block_squares
+        return (squares,)
+
+    return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
 
 
 def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_form,
@@ -151,9 +193,13 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     with a second pass centred on the new means where that cancels too much.
     """
     n_features = X.shape[1]
-    counts, moments, total_log_norm, centre = diagonal_em_sums(
-        X, weights, means, precisions_cholesky, covariance_type, block_size, n_threads)
-    sums, squares = moments[:, :n_features], moments[:, n_features:]  # around c: (K, d), (K, e)
+    e_step, centre = diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type,
+                                     block_size)
+    # The step keeps its z_nk for a second pass where they take no more memory than X.
+    kept = {} if means.shape[0] <= n_features else None
+    # around c: (K,), (K, d), (K, e), 0-d
+    counts, sums, squares, total_log_norm = diagonal_em_sums(
+        X, e_step, block_size, n_threads, kept)
     safe_counts = guarded_counts(counts)  # as in m_step: an empty component gets mean 0
     # mu_k = (1/N_k) sum_n z_nk x_n = c + (1/N_k) sum_n z_nk (x_n - c)
     new_means = (sums + counts[:, None] * centre) / safe_counts[:, None]
@@ -161,9 +207,14 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     # sum_n z_nk (x_n - mu_k)^2 = sum_n z_nk (x_n - c)^2 - N_k m_k^2
     correction = per_type_squares(counts[:, None] * shift * shift, covariance_type)  # (K, e)
     scatter = squares - correction
-    if cancels_too_much(correction, scatter, X.dtype):
-        scatter = diagonal_em_sums(X, weights, means, precisions_cholesky, covariance_type,
-                                   block_size, n_threads, centres=new_means)[1]
+    flagged = rows_that_cancel_too_much(correction, scatter, X.dtype)
+    if flagged:
+        def responsibilities_of(start, X_block):  # kept, or the E-step again
+            return kept[start] if kept is not None else e_step(X_block)[1]
+
+        scatter = replace_rows(scatter, flagged, recentred_squares(
+            X, responsibilities_of, new_means, flagged, covariance_type, block_size,
+            n_threads))
     if seed_form:
         # Around the old means instead: + N_k (mu_new - mu_old)^2, no cancellation.
         scatter = scatter + per_type_squares(counts[:, None] * (new_means - means) ** 2,

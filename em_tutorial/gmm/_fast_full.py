@@ -44,6 +44,17 @@ def whitened_differences(X_block, p_augmented):
     return xp.matmul(xp.concat([X_block, ones], axis=1)[None, :, :], p_augmented)
 
 
+def weighted_gram(vectors, resp):
+    """sum_n z_nk v_nk^T v_nk for every k, shape (K, d, d), from v (K, B, d) and z (K, B).
+
+    Written as sum_n (sqrt(z_nk) v_nk)^T (sqrt(z_nk) v_nk): the product of one array with
+    its own transpose, which BLAS forms as a symmetric rank-k update, half the products.
+    """
+    xp = get_array_module(vectors, resp)
+    rooted = vectors * xp.sqrt(resp)[:, :, None]  # sqrt(z_nk) v_nk: (K, B, d)
+    return xp.matmul(xp.matrix_transpose(rooted), rooted)  # (K, d, B) @ (K, B, d)
+
+
 def full_mahalanobis(X, means, precisions_cholesky, block_size):
     """||(x_n - mu_k) P_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
@@ -81,10 +92,7 @@ def full_em_sums(X, weights, means, precisions_cholesky, block_size, n_threads):
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=1)  # (K,)
             weighted_sums = weighted_sums + xp.matmul(resp, X_block)  # (K, B) @ (B, d)
-            # sum_n z_nk y_nk^T y_nk: (K, d, B) @ (K, B, d) -> (K, d, d)
-            weighted = whitened * resp[:, :, None]  # z_nk y_nk: (K, B, d)
-            whitened_scatter = whitened_scatter + xp.matmul(
-                xp.matrix_transpose(weighted), whitened)
+            whitened_scatter = whitened_scatter + weighted_gram(whitened, resp)
         return counts, weighted_sums, whitened_scatter, total_log_norm
 
     counts, weighted_sums, whitened_scatter, total_log_norm = over_blocks(
@@ -113,8 +121,7 @@ def centred_scatter(X, weights, means, precisions_cholesky, centres, block_size,
             log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
             resp, _ = responsibilities(log_joint, 0, log_floor)  # (K, B)
             centred = X_block[None, :, :] - centres[:, None, :]  # x_n - c_k: (K, B, d)
-            weighted = centred * resp[:, :, None]  # (K, B, d)
-            scatter = scatter + xp.matmul(xp.matrix_transpose(weighted), centred)  # (K, d, d)
+            scatter = scatter + weighted_gram(centred, resp)  # (K, d, d)
         return (scatter,)
 
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
