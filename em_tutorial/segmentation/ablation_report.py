@@ -57,9 +57,11 @@ def write_report(out_dir, rows: list[dict], quick: bool, command: str, overrides
         "",
         "mIoU, pixel accuracy and fragment IoU on the validation scenes: mean ± sample standard "
         "deviation over the seeds. Fragment IoU: mean IoU of the digit classes on the pixels "
-        "of the border fragments only (context task). Costs: the head alone, per image, on top "
-        "of the network without one (head `none`); time is the median of 20 forward passes on "
-        "one CPU thread and depends on the machine and its load.",
+        "of the border fragments only (context task). The context runs start from the "
+        "backbone of the control run with head `none` of the same seed. Costs: the head "
+        "alone, per image, on top of the network without one (head `none`); time is the "
+        "median of 20 forward passes on one CPU thread and depends on the machine and its "
+        "load.",
         "",
         "| task | head | runs | mIoU | pixel accuracy | fragment IoU | head ms / forward "
         "| extra memory (KiB) | extra MACs (M) | train s |",
