@@ -10,7 +10,7 @@ Examples
 --------
 ::
 
-    em-tutorial tour                                  # the whole story on a CPU, ~12 minutes
+    em-tutorial tour                                  # the whole story on a CPU, ~9 minutes
     em-tutorial tour --quick                          # every step in seconds (smoke test)
     em-tutorial train --out runs/digits               # tiny EMANet on the digit scenes
     em-tutorial train --out runs/digits --resume      # continue an interrupted run
@@ -85,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in about 12 minutes",
+        help="the whole story on a CPU in about 9 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
         "attention; train the tiny EMANet and the same network without its EMAU on the "
         "embedded context scenes and on the digit scenes (the control), two at a time; evaluate "
-        "them; write figures and report.md to OUT. About 12 minutes on an idle "
+        "them; write figures and report.md to OUT. About 9 minutes on an idle "
         "2-core CPU. One seed: for mean +- sd over seeds, use `em-tutorial ablate`.",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
@@ -247,7 +247,7 @@ def _add_ablate_command(commands):
         "runs at a time; the context runs start from the backbone of the control run without "
         "attention of the same seed. Writes OUT/ablation.csv (a row per finished run; started again, the command "
         "runs only the missing runs), OUT/ablation.md (mean +- sd with the heads' costs) and "
-        "OUT/ablation.png. Defaults: about an hour on an idle 2-core CPU.",
+        "OUT/ablation.png. Defaults: about 50 minutes on an idle 2-core CPU.",
     )
     ablate.add_argument("--out", required=True, help="output folder")
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per task and head (default: 3)")

@@ -92,14 +92,16 @@ def ablation_figure(table: list[dict], path=None):
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     width = 0.8 / len(heads)
     for ax, (metric, title) in zip(axes, panels):
+        shown = [t for t in tasks  # the tasks that have this metric
+                 if any(e["task"] == t and not np.isnan(e[metric][0]) for e in table)]
         for h, head in enumerate(heads):
             entries = [next((e for e in table if e["task"] == t and e["head"] == head), None)
-                       for t in tasks]  # fmt: skip
+                       for t in shown]  # fmt: skip
             means = [np.nan if e is None else e[metric][0] for e in entries]
             sds = [0.0 if e is None or np.isnan(e[metric][1]) else e[metric][1] for e in entries]
-            ax.bar(np.arange(len(tasks)) + (h - (len(heads) - 1) / 2) * width, means, width,
+            ax.bar(np.arange(len(shown)) + (h - (len(heads) - 1) / 2) * width, means, width,
                    yerr=sds, capsize=3, label=head)  # fmt: skip
-        ax.set_xticks(np.arange(len(tasks)), tasks)
+        ax.set_xticks(np.arange(len(shown)), shown)
         ax.set_ylim(0, 1)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
