@@ -37,6 +37,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "CorruptCheckpoint",
     "UnverifiedCheckpointWarning",
+    "atomic_torch_save",
     "check_resumable",
     "content_checksum",
     "load_checkpoint",
@@ -126,14 +127,23 @@ def save_checkpoint(state: dict, path) -> None:
     bad = _non_finite_entries(state)
     if bad:
         raise ValueError(f"refusing to save a checkpoint with non-finite values in {_describe(bad)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stamped = {**state, "format": CHECKPOINT_FORMAT}
     stamped["sha256"] = content_checksum(stamped)
+    atomic_torch_save(stamped, path)
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save(obj, path)`` through a temporary file, fsync and an atomic rename.
+
+    A reader (or a crash) sees either the old complete file or the new one; a failed write
+    removes its temporary file (:func:`remove_stale_temporaries` finds those of a killed one).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            torch.save(stamped, handle)
+            torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
