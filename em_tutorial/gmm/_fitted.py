@@ -80,15 +80,13 @@ class FittedMixtureMethods:
         means = to_host(self.means_).astype(np.float64)
         covariances = to_host(self.covariances_).astype(np.float64)
         counts = rng.multinomial(n_samples, to_host(self.weights_))
-        if self.covariance_type == "tied":
-            covariances = covariances[np.newaxis]  # (1, d, d)
         if self.covariance_type in ("full", "tied"):
             # NumPy's positive-semidefinite check has a tolerance of 1e-8: a float32 fit's
             # covariance, accurate to its own precision but asymmetric in the last bit, would
             # warn. Sigma_k is symmetric by definition, so symmetrise it in float64.
-            covariances = (covariances + covariances.swapaxes(-1, -2)) / 2  # (K or 1, d, d)
+            covariances = (covariances + covariances.swapaxes(-1, -2)) / 2  # (K, d, d) or (d, d)
             if self.covariance_type == "tied":
-                covariances = [covariances[0]] * self.n_components
+                covariances = [covariances] * self.n_components
             parts = [rng.multivariate_normal(mean, cov, int(count))
                      for mean, cov, count in zip(means, covariances, counts)]
         else:  # diag (K, d) or spherical (K,) variances
