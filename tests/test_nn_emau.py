@@ -218,12 +218,17 @@ def _distributed_step(rank, world_size, port, out_dir, rule):
         dist.destroy_process_group()
 
 
+def _run_on_two_ranks(step, tmp_path, rule):
+    """Spawn ``step(rank, world_size, port, out_dir, rule)`` on two gloo ranks; return what
+    each saved in ``out_dir/rank<r>.pt``."""
+    world_size = 2
+    mp.spawn(step, args=(world_size, _free_port(), str(tmp_path), rule), nprocs=world_size)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+
+
 @pytest.mark.parametrize("rule", ["official", "mmseg"])
 def test_distributed_bases_identical_across_ranks(tmp_path, rule):
-    world_size = 2
-    args = (world_size, _free_port(), str(tmp_path), rule)
-    mp.spawn(_distributed_step, args=args, nprocs=world_size)
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+    results = _run_on_two_ranks(_distributed_step, tmp_path, rule)
     assert not torch.equal(results[0]["x"], results[1]["x"])
     assert torch.equal(results[0]["mu"], results[1]["mu"])
 
@@ -272,10 +277,7 @@ def _distributed_skip_step(rank, world_size, port, out_dir, rule):
 
 @pytest.mark.parametrize("rule", ["official", "mmseg"])
 def test_distributed_skip_on_one_rank_is_a_skip_on_every_rank(tmp_path, rule):
-    world_size = 2
-    args = (world_size, _free_port(), str(tmp_path), rule)
-    mp.spawn(_distributed_skip_step, args=args, nprocs=world_size)
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+    results = _run_on_two_ranks(_distributed_skip_step, tmp_path, rule)
     for result in results:  # bit-identical to the initial bases on both ranks, after both steps
         assert torch.equal(result["mu after empty"], result["initial"])
         assert torch.equal(result["mu after nan"], result["initial"])
