@@ -14,6 +14,7 @@ between the two fits' means is printed too (they must agree).
     python benchmarks/bench_gmm.py                 # the full grid (minutes)
     python benchmarks/bench_gmm.py --quick         # n / 20, one repeat: a smoke run
     python benchmarks/bench_gmm.py --torch         # plus PyTorch CPU beside NumPy
+    python benchmarks/bench_gmm.py --shape 20000x128x8   # one row of the grid
 """
 
 import argparse
@@ -85,6 +86,15 @@ def compare(runs, repeats):
     return {name: statistics.median(values) for name, values in times.items()}, models
 
 
+def parse_shape(text):
+    """"20000x128x8" -> (20000, 128, 8)."""
+    try:
+        n_samples, n_features, n_components = (int(part) for part in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NxDxK, e.g. 20000x128x8, not {text!r}")
+    return n_samples, n_features, n_components
+
+
 def cell(ours, theirs):
     return f"{ours:6.3f} / {theirs:6.3f} = {ours / theirs:5.2f}"
 
@@ -102,10 +112,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="n / 20 and one repeat")
     parser.add_argument("--repeats", type=int, default=3, help="fits per estimator and cell")
     parser.add_argument("--torch", action="store_true", help="also PyTorch CPU tensors")
+    parser.add_argument("--shape", action="append", type=parse_shape, metavar="NxDxK",
+                        help="only this shape, e.g. 20000x128x8 (repeatable)")
     args = parser.parse_args()
     divisor, repeats = (20, 1) if args.quick else (1, args.repeats)
     ratios, rows, torch_rows = [], [], []
-    for n_samples, n_features, n_components in SHAPES:
+    for n_samples, n_features, n_components in args.shape or SHAPES:
         n_samples //= divisor
         X = make_data(n_samples, n_features, n_components)
         cells, torch_cells = [], []

@@ -90,13 +90,15 @@ def test_log_density_matches_scipy(problem, density):
     assert_allclose(density(X, means, precisions_chol, covariance_type), expected, rtol=1e-10)
 
 
-def test_blocked_density_uses_several_blocks(problem):
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_blocked_density_uses_several_blocks(problem, n_threads):
+    # Blocks in order whatever the threads: a block out of place would move its rows.
     covariance_type, X, _, means, _, precisions_chol = problem
     plain = gmm.log_gaussian_density(X, means, precisions_chol, covariance_type)
     for block_size in (1, 7, N):
         blocked = gmm.log_gaussian_density_blocked(
-            X, means, precisions_chol, covariance_type, block_size=block_size
-        )
+            X, means, precisions_chol, covariance_type, block_size=block_size,
+            n_threads=n_threads)
         assert_allclose(blocked, plain, rtol=1e-12)
 
 

@@ -3,6 +3,7 @@ shrink a lot in one step, and the two engines (fast and reference) giving the sa
 
 import warnings
 
+import array_api_strict
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -66,41 +67,65 @@ def test_blocked_step_when_a_covariance_shrinks_a_lot(covariance_type, dtype, rt
         assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
 
 
+def one_shrinking_component(covariance_type, n_features, dtype):
+    """(X, pi, mu, P) where one step shrinks the third component's spread ~1e8-fold."""
+    # Two wide clusters keep their spread; the third component's five points lie 1e-4 apart
+    # at 8, ~11 from the reference point c: re-centring its scatter cancels ~1e10 against
+    # 1e-8, so the step re-centres that component alone (the other two would pass).
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.standard_normal((150, n_features)),
+                   rng.standard_normal((150, n_features)) - 6.0,
+                   8.0 + 1e-4 * rng.standard_normal((5, n_features))])
+    means = np.array([0.5, -5.5, 7.5])[:, None] * np.ones(n_features)  # (K, d)
+    variances = np.ones((3, n_features)) if covariance_type == "diag" else np.ones(3)
+    return tuple(a.astype(dtype) for a in (
+        X, np.array([0.45, 0.45, 0.1]), means,
+        gmm.precisions_cholesky_from_covariances(variances, covariance_type)))
+
+
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-3), (np.float64, 1e-9)])
 @pytest.mark.parametrize("n_features", [2, 4])  # K = 3 > d: the E-step again; K <= d: kept
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 def test_second_pass_for_the_one_component_that_shrinks(monkeypatch, covariance_type,
                                                         n_features, dtype, rtol):
-    # Two wide clusters keep their spread; the third component's five points lie 1e-4 apart
-    # at 8, ~11 from the reference point c: re-centring its scatter cancels ~1e10 against
-    # 1e-8, so the step re-centres that component alone (the other two would pass).
     # The reference is float64 arithmetic on the same inputs.
-    rng = np.random.default_rng(3)
-    X = np.vstack([rng.standard_normal((150, n_features)),
-                   rng.standard_normal((150, n_features)) - 6.0,
-                   8.0 + 1e-4 * rng.standard_normal((5, n_features))]).astype(dtype)
-    means = np.array([0.5, -5.5, 7.5])[:, None] * np.ones(n_features)  # (K, d)
-    variances = np.ones((3, n_features)) if covariance_type == "diag" else np.ones(3)
-    inputs = tuple(a.astype(dtype) for a in (
-        X, np.array([0.45, 0.45, 0.1]), means,
-        gmm.precisions_cholesky_from_covariances(variances, covariance_type)))
-    recentred = []
+    inputs = one_shrinking_component(covariance_type, n_features, dtype)
+    X = inputs[0]
+    recentred = []  # (components, samples) of every second pass
     original = fast_diagonal.recentred_squares
 
-    def spy(X, responsibilities_of, centres, components, *args):
-        recentred.append(components)
-        return original(X, responsibilities_of, centres, components, *args)
+    def spy(X, responsibilities_of, centres, *args):
+        recentred.append((centres.shape[0], X.shape[0]))
+        return original(X, responsibilities_of, centres, *args)
 
     monkeypatch.setattr(fast_diagonal, "recentred_squares", spy)
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type,
                            reg_covar=0.0)
     got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64,
                               n_threads=2)
-    assert recentred == [[2]]  # the shrinking component, and only it
+    # The shrinking component alone; with kept z_nk (K <= d) only the samples it weighs
+    # (z_nk > 0: its five points, and in float64 the wide clusters' near side), else all of X.
+    [(components, samples)] = recentred
+    assert components == 1
+    assert 5 <= samples < len(X) if n_features >= 3 else samples == len(X)
     assert_allclose(got[2][2], expected[2][2], rtol=rtol)  # its variances, ~1e-8
     for g, e in zip(got, expected):
         assert g.dtype == dtype
         assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+
+
+@pytest.mark.parametrize("n_features", [2, 4])
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_second_pass_runs_on_array_api_strict(covariance_type, n_features):
+    # The second pass's gathers (take, nonzero) in the standard's calls only: the same
+    # numbers from array_api_strict arrays as from NumPy's, float64.
+    inputs = one_shrinking_component(covariance_type, n_features, np.float64)
+    expected = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64)
+    got = gmm.em_step_blocked(*(array_api_strict.asarray(a) for a in inputs), covariance_type,
+                              reg_covar=0.0, block_size=64)
+    for g, e in zip(got, expected):
+        assert type(g).__module__.startswith("array_api_strict")
+        assert_allclose(np.from_dlpack(g), e, rtol=1e-12, atol=1e-12 * np.max(np.abs(e)))
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
@@ -175,3 +200,35 @@ def test_float32_fit_samples_without_a_semidefiniteness_warning(covariance_type)
     for k in range(2):  # the draws follow the fitted covariance (a few % at 1000 points)
         expected = covariances[k if covariance_type == "full" else 0]
         assert_allclose(np.cov(samples[labels == k].T), expected, rtol=0.2, atol=0.3)
+
+
+def test_numpy_fit_runs_blas_single_threaded_and_restores_it(monkeypatch, rng):
+    # The engine's threads each take blocks; NumPy's BLAS threading on top would
+    # oversubscribe the cores. Inside every EM step it has one thread; after the fit, what
+    # it had before.
+    from threadpoolctl import threadpool_info
+
+    from em_tutorial.gmm import _estimator
+
+    def numpy_blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+
+    before = numpy_blas_threads()
+    if not before or max(before) == 1:
+        pytest.skip("NumPy's BLAS is not its bundled one, or runs one thread already: a "
+                    "limit could not be told apart")
+    during = []
+    original = _estimator.one_em_step
+
+    def spy(*args):
+        during.append(numpy_blas_threads())
+        return original(*args)
+
+    monkeypatch.setattr(_estimator, "one_em_step", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        GaussianMixture(n_components=2, max_iter=3, tol=0.0, random_state=0).fit(
+            rng.standard_normal((500, 3)))
+    assert during == [[1] * len(before)] * 3
+    assert numpy_blas_threads() == before

@@ -45,6 +45,15 @@ def over_blocks(sums_over, n_samples, block_size, n_threads):
     return tuple(sum(part) for part in zip(*parts))
 
 
+def map_blocks(of_block, n_samples, block_size, n_threads):
+    """``[of_block(start, stop) for every block]``, in order, on ``n_threads`` threads."""
+    slices = block_slices(n_samples, block_size)
+    if n_threads == 1:
+        return [of_block(start, stop) for start, stop in slices]
+    with ThreadPoolExecutor(n_threads) as pool:
+        return list(pool.map(lambda bounds: of_block(*bounds), slices))
+
+
 def reference_point(X, block_size):
     """c, the mean of the first block, shape (1, d): a point inside the data to centre on."""
     xp = get_array_module(X)

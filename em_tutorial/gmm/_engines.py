@@ -9,10 +9,11 @@ in one blocked, threaded pass. Both see X in its own namespace and on its own de
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import array_api_compat
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace
 from em_tutorial.gmm._blocks import BLOCK_SIZE
@@ -47,12 +48,19 @@ def threads_for(X):
     return max(1, min(cores or 1, n_blocks))
 
 
+@functools.cache
+def _blas_controller():
+    """The BLAS libraries loaded when first asked (NumPy's among them), found once: looking
+    them up reads the process's memory map, a few milliseconds per fit otherwise."""
+    return ThreadpoolController()
+
+
 def single_threaded_blas(X):
     """For NumPy, BLAS limited to one thread: the per-block products are too small to split,
     and the cores are already busy with one block each (waiting threads would spin)."""
     if not _on_cpu(X):
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def initial_m_step(algorithm, X, resp, covariance_type, reg_covar):
@@ -76,4 +84,5 @@ def component_log_density(algorithm, X, means, precisions_cholesky, covariance_t
         return log_gaussian_density(X, means, precisions_cholesky, covariance_type)
     with single_threaded_blas(X):
         return log_gaussian_density_blocked(X, means, precisions_cholesky, covariance_type,
-                                            block_size=block_size_for(X))
+                                            block_size=block_size_for(X),
+                                            n_threads=threads_for(X))

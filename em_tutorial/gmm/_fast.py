@@ -41,11 +41,15 @@ loading at the time, so the ratios are indicative:
    (in the spherical fit at 20k x 128 x 8 one component shrinks to almost no spread and is
    caught in every step from the fourth on), and reuse the step's z_nk where they take no
    more memory than X (K <= d) instead of running the E-step again: the second pass then
-   only forms the (K', B, d) differences of those K' components. Centring on c keeps the
-   moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more digits than
-   data at 0.
-5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block; NumPy and BLAS
-   release the interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``: the
+   only forms the (K', B, d) differences of those K' components, and only for the samples
+   with some z_nk > 0 in them. A component that shrinks that far weighs few: in that fit,
+   1 sample of 20 000, so a step with the second pass now takes as long as one without
+   (going over every sample, the pass had added ~5 ms to an ~11 ms step). Centring on c
+   keeps the moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more
+   digits than data at 0.
+5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block (in the last
+   E-step too, the one that labels the samples after a fit); NumPy and BLAS release the
+   interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``: the
    full-covariance ratio to scikit-learn went from 0.154 to 0.25-0.27 with one core busy);
    with the second core loaded, as during the measurements above, it gives nothing.
 
@@ -73,12 +77,12 @@ DIAGONAL_TYPES = ("diag", "spherical")
 
 
 def log_gaussian_density_blocked(
-    X, means, precisions_cholesky, covariance_type="full", block_size=BLOCK_SIZE
+    X, means, precisions_cholesky, covariance_type="full", block_size=BLOCK_SIZE, n_threads=1
 ):
     """Same result as :func:`em_tutorial.gmm.log_gaussian_density`, block by block.
 
     Arguments as there (X (N, d), mu_k (K, d), P_k per ``covariance_type``), plus
-    ``block_size``, the samples per block.
+    ``block_size``, the samples per block, and ``n_threads``, as in :func:`em_step_blocked`.
 
     Returns
     -------
@@ -87,11 +91,13 @@ def log_gaussian_density_blocked(
     check_parameter_shapes(X, means, precisions_cholesky, covariance_type)
     if covariance_type in DIAGONAL_TYPES:
         mahalanobis = diagonal_mahalanobis_all(
-            X, means, precisions_cholesky, covariance_type, block_size)  # trick 3
+            X, means, precisions_cholesky, covariance_type, block_size, n_threads)  # trick 3
     elif covariance_type == "tied":
-        mahalanobis = tied_mahalanobis_all(X, means, precisions_cholesky, block_size)  # trick 3
+        mahalanobis = tied_mahalanobis_all(
+            X, means, precisions_cholesky, block_size, n_threads)  # trick 3
     else:
-        mahalanobis = full_mahalanobis(X, means, precisions_cholesky, block_size)  # trick 2
+        mahalanobis = full_mahalanobis(
+            X, means, precisions_cholesky, block_size, n_threads)  # trick 2
     log_det = log_det_cholesky(precisions_cholesky, covariance_type, X.shape[1])
     return log_density_from_mahalanobis(mahalanobis, log_det, X.shape[1])
 

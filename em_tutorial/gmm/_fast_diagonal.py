@@ -6,9 +6,9 @@ from __future__ import annotations
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import replace_rows, take_rows
 from em_tutorial.gmm._blocks import (
-    block_slices,
     expansion_is_accurate,
     log_joint_offset,
+    map_blocks,
     over_blocks,
     reference_point,
     responsibilities,
@@ -96,15 +96,18 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
     return centred_distances
 
 
-def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, block_size):
+def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, block_size,
+                             n_threads=1):
     """||(x_n - mu_k) p_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
     centre = reference_point(X, block_size)
     distances = distance_function(means, precisions_cholesky, covariance_type, centre)
-    blocks = []
-    for start, stop in block_slices(X.shape[0], block_size):
+
+    def of_block(start, stop):
         X_block = X[start:stop, :]  # (B, d)
-        blocks.append(distances(X_block, expanded_features(X_block, centre, covariance_type)))
+        return distances(X_block, expanded_features(X_block, centre, covariance_type))  # (K, B)
+
+    blocks = map_blocks(of_block, X.shape[0], block_size, n_threads)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (K, N) -> (N, K)
 
 
@@ -131,7 +134,7 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     """The E-step and the M-step's sums for diag and spherical, in one blocked pass.
 
     ``e_step`` is from :func:`diagonal_e_step`; a dict ``kept`` receives every block's z_nk
-    (K, B) under the block's first sample, for :func:`recentred_squares`. Returns
+    (K, B) under the block's first sample, for :func:`weighted_samples`. Returns
     counts (K,), sum_n z_nk; sums (K, d), sum_n z_nk (x_n - c); squares (K, e),
     sum_n z_nk (x_n - c)^2 as in :func:`per_type_squares`; total_log_norm (0-d),
     sum_n ln p(x_n).
@@ -153,22 +156,21 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)
 
 
-def recentred_squares(X, responsibilities_of, centres, components, covariance_type,
-                      block_size, n_threads):
-    """sum_n z_nk (x_n - centres_k)^2 for the listed ``components`` only, shape (K', e).
+def recentred_squares(X, responsibilities_of, centres, covariance_type, block_size, n_threads):
+    """sum_n z_nk (x_n - centres_k)^2 for K' components, shape (K', e): trick 4's second pass.
 
-    Trick 4's second pass: the centred squares of these K' components, (K', B, d) per block
-    rather than (K, B, d). ``centres`` has shape (K, d); ``responsibilities_of(start,
-    X_block)`` gives the block's z_nk, (K, B).
+    ``centres`` has shape (K', d); ``responsibilities_of(start, stop, X_block)`` gives those
+    components' z_nk for the block, (K', B). The centred squares are (K', B, d) per block
+    rather than (K, B, d).
     """
     xp = get_array_module(X, centres)
-    centres = take_rows(centres, components)  # (K', d)
 
     def sums_over(slices):
         squares = 0.0
         for start, stop in slices:
-            resp = take_rows(responsibilities_of(start, X[start:stop, :]), components)  # (K', B)
-            centred = X[None, start:stop, :] - centres[:, None, :]  # (K', B, d)
+            X_block = X[start:stop, :]  # (B, d)
+            resp = responsibilities_of(start, stop, X_block)  # (K', B)
+            centred = X_block[None, :, :] - centres[:, None, :]  # (K', B, d)
             if covariance_type == "spherical":
                 # sum_n z_nk ||x_n - c_k||^2: (K', B) . (K', B) -> (K', 1)
                 block_squares = xp.vecdot(resp, xp.vecdot(centred, centred, axis=-1))[:, None]
@@ -179,6 +181,21 @@ def recentred_squares(X, responsibilities_of, centres, components, covariance_ty
         return (squares,)
 
     return over_blocks(sums_over, X.shape[0], block_size, n_threads)[0]
+
+
+def weighted_samples(X, kept, components):
+    """The samples with some z_nk > 0 in the listed ``components``, and those z_nk.
+
+    ``kept`` holds every block's z_nk (K, B) under the block's first sample. Returns
+    (M, d) and (K', M). Only these samples add to trick 4's second pass, and a component
+    that cancels is mostly one that shrank onto a few samples: at 20k x 128 x 8 the
+    spherical fit's shrinking component has z_nk > 0 for 1 sample of 20 000.
+    """
+    xp = get_array_module(X)
+    resp = xp.concat([take_rows(kept[start], components) for start in sorted(kept)],
+                     axis=1)  # (K', N)
+    used = xp.nonzero(xp.any(resp > 0, axis=0))[0]  # (M,)
+    return xp.take(X, used, axis=0), xp.take(resp, used, axis=1)
 
 
 def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_form,
@@ -209,12 +226,17 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     scatter = squares - correction
     flagged = rows_that_cancel_too_much(correction, scatter, X.dtype)
     if flagged:
-        def responsibilities_of(start, X_block):  # kept, or the E-step again
-            return kept[start] if kept is not None else e_step(X_block)[1]
-
-        scatter = replace_rows(scatter, flagged, recentred_squares(
-            X, responsibilities_of, new_means, flagged, covariance_type, block_size,
-            n_threads))
+        new_centres = take_rows(new_means, flagged)  # (K', d)
+        if kept is None:  # the E-step again, for the flagged components' z_nk
+            recentred = recentred_squares(
+                X, lambda start, stop, X_block: take_rows(e_step(X_block)[1], flagged),
+                new_centres, covariance_type, block_size, n_threads)
+        else:  # the kept z_nk, and only the samples they weigh
+            X_used, resp_used = weighted_samples(X, kept, flagged)  # (M, d), (K', M)
+            recentred = recentred_squares(
+                X_used, lambda start, stop, X_block: resp_used[:, start:stop],
+                new_centres, covariance_type, block_size, n_threads)
+        scatter = replace_rows(scatter, flagged, recentred)
     if seed_form:
         # Around the old means instead: + N_k (mu_new - mu_old)^2, no cancellation.
         scatter = scatter + per_type_squares(counts[:, None] * (new_means - means) ** 2,

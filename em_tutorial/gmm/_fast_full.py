@@ -6,9 +6,9 @@ from __future__ import annotations
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import full_like_shape
 from em_tutorial.gmm._blocks import (
-    block_slices,
     cancels_too_much,
     log_joint_offset,
+    map_blocks,
     over_blocks,
     responsibilities,
 )
@@ -55,14 +55,16 @@ def weighted_gram(vectors, resp):
     return xp.matmul(xp.matrix_transpose(rooted), rooted)  # (K, d, B) @ (K, B, d)
 
 
-def full_mahalanobis(X, means, precisions_cholesky, block_size):
+def full_mahalanobis(X, means, precisions_cholesky, block_size, n_threads=1):
     """||(x_n - mu_k) P_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
     p_augmented = augmented_precisions_cholesky(means, precisions_cholesky)
-    blocks = []
-    for start, stop in block_slices(X.shape[0], block_size):
+
+    def of_block(start, stop):
         whitened = whitened_differences(X[start:stop, :], p_augmented)  # (K, B, d)
-        blocks.append(xp.vecdot(whitened, whitened, axis=-1))  # squares and sums: (K, B)
+        return xp.vecdot(whitened, whitened, axis=-1)  # squares and sums: (K, B)
+
+    blocks = map_blocks(of_block, X.shape[0], block_size, n_threads)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (N, K)
 
 

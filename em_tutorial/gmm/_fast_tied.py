@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._blocks import (
-    block_slices,
     cancels_too_much,
     expansion_is_accurate,
     log_joint_offset,
+    map_blocks,
     over_blocks,
     responsibilities,
     reference_point,
@@ -34,18 +34,19 @@ def tied_mahalanobis(whitened, whitened_means, expand):
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
-def tied_mahalanobis_all(X, means, precision_cholesky, block_size):
+def tied_mahalanobis_all(X, means, precision_cholesky, block_size, n_threads=1):
     """||(x_n - mu_k) P||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precision_cholesky)
     centre = reference_point(X, block_size)
     whitened_means = xp.matmul(means - centre, precision_cholesky)  # v_k: (K, d) @ (d, d)
     expand = expansion_is_accurate(xp.sum(whitened_means * whitened_means, axis=1))
-    return xp.concat([
+
+    def of_block(start, stop):
         # u_n = (x_n - c) P: (B, d) @ (d, d)
-        tied_mahalanobis(xp.matmul(X[start:stop, :] - centre, precision_cholesky),
-                         whitened_means, expand)
-        for start, stop in block_slices(X.shape[0], block_size)
-    ], axis=0)
+        whitened = xp.matmul(X[start:stop, :] - centre, precision_cholesky)
+        return tied_mahalanobis(whitened, whitened_means, expand)  # (B, K)
+
+    return xp.concat(map_blocks(of_block, X.shape[0], block_size, n_threads), axis=0)
 
 
 def tied_em_sums(X, weights, means, precision_cholesky, block_size, n_threads, centres=None):
