@@ -17,7 +17,8 @@ one EM iteration, (5) then (7)             :func:`em_step`
 ``algorithm="reference"`` it runs exactly these functions; by default (``"fast"``) it runs
 the fast engine of :mod:`em_tutorial.gmm._fast` -- :func:`em_step_blocked`,
 :func:`m_step_blocked`, :func:`log_gaussian_density_blocked` -- which computes the same
-numbers in one pass over cache-sized blocks of :data:`BLOCK_SIZE` samples.
+numbers in one pass over cache-sized blocks of samples (:data:`BLOCK_SIZE`, more for tied,
+diag and spherical at small d and K).
 """
 
 from em_tutorial.gmm._blocks import BLOCK_SIZE

@@ -16,13 +16,27 @@ from em_tutorial.gmm._density import log_density_from_mahalanobis
 from em_tutorial.gmm._e_step import shifted_exp
 from em_tutorial.gmm._precision import log_det_cholesky
 
-#: Samples per block on the CPU. A block's largest temporary is (K, BLOCK_SIZE, d) floats
-#: for full covariances (and in the initial M-step), 4 MiB for K = d = 16 in float64, and
-#: (BLOCK_SIZE, 2 d) or (BLOCK_SIZE, K) for tied, diag and spherical: all stay in a 2 MiB L2
-#: plus a shared L3 (4096 ran 1.5x slower on a 2-core Xeon), while the ~30 array calls per
-#: block, and the threads' turns at the interpreter lock, stay small next to the arithmetic
-#: (512 ran 1.3x slower with two threads). The one remark on block sizes in the package.
+#: Samples per block on the CPU where a block's largest temporary is (K, B, d) floats: full
+#: covariances, and the initial M-step of every type; 4 MiB for K = d = 16 in float64.
+#: Those stay in L2 plus a shared L3 (4096 ran 1.5x slower on a 2-core Xeon), while the ~30
+#: array calls per block, and the threads' turns at the interpreter lock, stay small next to
+#: the arithmetic (512 ran 1.3x slower with two threads).
 BLOCK_SIZE = 2048
+
+
+def cpu_block_size(n_features, n_components, covariance_type):
+    """Samples per block on the CPU: :data:`BLOCK_SIZE`, or more for tied, diag and spherical.
+
+    Their largest temporaries are (B, d) and (B, K) floats, so at small d and K a block of
+    2048 samples is small next to its ~30 array calls: with (B, max(d, K)) at 2 MiB in float64,
+    up to 4 x 2048 samples, a step ran ~20% faster at 100k x 16 x 16 and 200k x 4 x 32 (diag
+    and spherical, 2-core AMD EPYC), and at 20k x 128 x 8 the block stays at 2048. The
+    package's remarks on block sizes are here and at :data:`BLOCK_SIZE`.
+    """
+    if covariance_type == "full":
+        return BLOCK_SIZE
+    rows_in_2_mib = 2**18 // max(n_features, n_components)  # (B, max(d, K)) float64
+    return min(4 * BLOCK_SIZE, max(BLOCK_SIZE, rows_in_2_mib))
 
 
 def block_slices(n_samples, block_size):

@@ -16,7 +16,7 @@ import array_api_compat
 from threadpoolctl import ThreadpoolController
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace
-from em_tutorial.gmm._blocks import BLOCK_SIZE
+from em_tutorial.gmm._blocks import cpu_block_size
 from em_tutorial.gmm._density import log_gaussian_density
 from em_tutorial.gmm._em_step import em_step
 from em_tutorial.gmm._fast import em_step_blocked, log_gaussian_density_blocked, m_step_blocked
@@ -33,18 +33,20 @@ def _on_cpu(X):
     return is_numpy_namespace(get_array_module(X))
 
 
-def block_size_for(X):
-    """Samples per block: cache-sized in host memory (:data:`BLOCK_SIZE`), large on a GPU."""
+def block_size_for(X, n_components, covariance_type):
+    """Samples per block: cache-sized in host memory (:func:`cpu_block_size`), large on a GPU."""
     on_host = _on_cpu(X) or "cpu" in str(array_api_compat.device(X)).lower()
-    return BLOCK_SIZE if on_host else GPU_BLOCK_SIZE
+    if not on_host:
+        return GPU_BLOCK_SIZE
+    return cpu_block_size(X.shape[1], n_components, covariance_type)
 
 
-def threads_for(X):
+def threads_for(X, block_size):
     """Threads for the fast engine: the available cores for NumPy, 1 for other libraries."""
     if not _on_cpu(X):
         return 1  # torch and CuPy parallelise inside each operation
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n_blocks = -(-X.shape[0] // BLOCK_SIZE)
+    n_blocks = -(-X.shape[0] // block_size)
     return max(1, min(cores or 1, n_blocks))
 
 
@@ -67,22 +69,27 @@ def initial_m_step(algorithm, X, resp, covariance_type, reg_covar):
     """(pi_k, mu_k, Sigma_k) from the first responsibilities, eq. 7."""
     if algorithm == "reference":
         return m_step(X, resp, covariance_type, reg_covar)
-    return m_step_blocked(X, resp, covariance_type, reg_covar, block_size=block_size_for(X))
+    n_components = resp.shape[1]
+    # Its temporaries are (K, B, d) for every type, as a full step's are.
+    block_size = block_size_for(X, n_components, "full")
+    return m_step_blocked(X, resp, covariance_type, reg_covar, block_size=block_size)
 
 
 def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar):
     """One iteration, eqs. 5 then 7: (pi, mu, Sigma, mean ln p(x_n) of the parameters in)."""
     if algorithm == "reference":
         return em_step(X, weights, means, precisions_cholesky, covariance_type, reg_covar)
+    block_size = block_size_for(X, means.shape[0], covariance_type)
     return em_step_blocked(X, weights, means, precisions_cholesky, covariance_type, reg_covar,
-                           block_size=block_size_for(X), n_threads=threads_for(X))
+                           block_size=block_size, n_threads=threads_for(X, block_size))
 
 
 def component_log_density(algorithm, X, means, precisions_cholesky, covariance_type):
     """ln N(x_n | mu_k, Sigma_k), eq. 3, shape (N, K)."""
     if algorithm == "reference":
         return log_gaussian_density(X, means, precisions_cholesky, covariance_type)
+    block_size = block_size_for(X, means.shape[0], covariance_type)
     with single_threaded_blas(X):
         return log_gaussian_density_blocked(X, means, precisions_cholesky, covariance_type,
-                                            block_size=block_size_for(X),
-                                            n_threads=threads_for(X))
+                                            block_size=block_size,
+                                            n_threads=threads_for(X, block_size))

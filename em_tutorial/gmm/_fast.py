@@ -6,10 +6,11 @@ tested equal. Each trick below, with what it bought in fits of 10 iterations, Nu
 measured side by side (alternating, median of 3) on a 2-core machine that other work was
 loading at the time, so the ratios are indicative:
 
-1. **Blocking.** X is walked in blocks of :data:`BLOCK_SIZE` samples. Each block goes through
-   the E-step and straight into the M-step's sums while it is still in cache, and no (N, K)
-   or (N, K, d) array is ever built. The fast engine against the reference engine, full
-   covariance, 50k x 16 x 16: 1.7x.
+1. **Blocking.** X is walked in blocks of :data:`BLOCK_SIZE` samples (the estimator picks
+   the size per type and shape, :func:`em_tutorial.gmm._blocks.cpu_block_size`). Each block
+   goes through the E-step and straight into the M-step's sums while it is still in cache,
+   and no (N, K) or (N, K, d) array is ever built. The fast engine against the reference
+   engine, full covariance, 50k x 16 x 16: 1.7x.
 2. **Full: whitened differences, reused.** One batched product against
    [[P_k], [-mu_k P_k]] gives every y_nk = (x_n - mu_k) P_k of a block, shape (K, B, d);
    their squared norms are the Mahalanobis distances, and the M-step's scatter
