@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import warnings
-from numbers import Integral, Real
 
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -27,10 +25,11 @@ from sklearn.utils._array_api import get_namespace
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._engines import ALGORITHMS, initial_m_step, one_em_step, single_threaded_blas
+from em_tutorial.gmm._engines import initial_m_step, one_em_step, single_threaded_blas
 from em_tutorial.gmm._fitted import FittedMixtureMethods
+from em_tutorial.gmm._hyperparameters import check_hyperparameters
+from em_tutorial.gmm._progress import ProgressMessages
 from em_tutorial.gmm._precision import (
-    COVARIANCE_TYPES,
     collapse_error,
     collapsed_components,
     covariances_from_precisions_cholesky,
@@ -40,7 +39,6 @@ from em_tutorial.gmm._precision import (
     rounding_floors,
 )
 from em_tutorial.gmm._start import (
-    INIT_PARAMS,
     checked_inits,
     host_dtype,
     initial_responsibilities,
@@ -48,7 +46,7 @@ from em_tutorial.gmm._start import (
 from em_tutorial.gmm._validation import check_n_samples, check_not_overflowing
 
 
-class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
+class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM (eqs. 3-7), a drop-in for scikit-learn's.
 
     Parameters
@@ -153,30 +151,7 @@ class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.algorithm = algorithm
 
-    # ------------------------------------------------------------------ checks
-
-    def _check_hyperparameters(self):
-        def check(name, ok, expected):
-            if not ok:
-                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(value):
-            return isinstance(value, Integral) and not isinstance(value, bool)
-
-        def is_real(value):
-            return isinstance(value, Real) and not isinstance(value, bool)
-
-        check("n_components", is_int(self.n_components) and self.n_components >= 1, "an int >= 1")
-        check("covariance_type", self.covariance_type in COVARIANCE_TYPES,
-              f"one of {COVARIANCE_TYPES}")
-        check("tol", is_real(self.tol) and self.tol >= 0, "a number >= 0")
-        check("reg_covar", is_real(self.reg_covar) and self.reg_covar >= 0, "a number >= 0")
-        check("max_iter", is_int(self.max_iter) and self.max_iter >= 0, "an int >= 0")
-        check("n_init", is_int(self.n_init) and self.n_init >= 1, "an int >= 1")
-        check("init_params", self.init_params in INIT_PARAMS, f"one of {INIT_PARAMS}")
-        check("verbose_interval", is_int(self.verbose_interval) and self.verbose_interval >= 1,
-              "an int >= 1")
-        check("algorithm", self.algorithm in ALGORITHMS, f"one of {ALGORITHMS}")
+    # ------------------------------------------------------------------ checks of X
 
     def _fit_samples(self, X):
         """X checked for fitting: NumPy, or under array-API dispatch its own namespace."""
@@ -282,7 +257,7 @@ class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
         -------
         labels : array of shape (N,), in X's namespace
         """
-        self._check_hyperparameters()
+        check_hyperparameters(self)
         X = self._fit_samples(X)
         xp = get_array_module(X)
         check_n_samples(X, self.n_components)
@@ -317,28 +292,6 @@ class GaussianMixture(FittedMixtureMethods, DensityMixin, BaseEstimator):
     def _set_parameters(self, params):
         self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
-
-    # ------------------------------------------------------------------ progress messages
-
-    def _print_init_start(self, init):
-        if self.verbose >= 1:
-            print(f"Initialization {init}")
-            self._iteration_time = time.time()
-
-    def _print_iteration(self, n_iter, change):
-        if self.verbose >= 1 and n_iter % self.verbose_interval == 0:
-            if self.verbose == 1:
-                print(f"  Iteration {n_iter}")
-            else:
-                now = time.time()
-                print(f"  Iteration {n_iter}\t time lapse {now - self._iteration_time:.5f}s"
-                      f"\t ll change {change:.5f}")
-                self._iteration_time = now
-
-    def _print_init_end(self, lower_bound, converged):
-        if self.verbose >= 1:
-            state = "converged" if converged else "did not converge"
-            print(f"Initialization {state}. lower bound {lower_bound:.5f}.")
 
 
 @contextlib.contextmanager
