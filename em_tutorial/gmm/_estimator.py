@@ -247,7 +247,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
         -------
         self
         """
-        self.fit_predict(X, y)
+        self._fit(X)
         return self
 
     def fit_predict(self, X, y=None):
@@ -257,6 +257,15 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
         -------
         labels : array of shape (N,), in X's namespace
         """
+        X = self._fit(X)
+        # A last E-step, with the fitted parameters, so that fit_predict(X) always equals
+        # fit(X).predict(X). (scikit-learn's fit runs it too and drops the labels; fit here
+        # does not run it.)
+        return get_array_module(X).argmax(self._weighted_log_density(X), axis=1)
+
+    def _fit(self, X):
+        """EM from ``n_init`` starts, the best kept as the fitted attributes; returns X as
+        checked (NumPy, or under array-API dispatch its own namespace)."""
         check_hyperparameters(self)
         X = self._fit_samples(X)
         xp = get_array_module(X)
@@ -286,8 +295,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
                 ConvergenceWarning,
             )
         self._set_parameters(params)
-        # A last E-step, so that fit_predict(X) always equals fit(X).predict(X).
-        return xp.argmax(self._weighted_log_density(X), axis=1)
+        return X
 
     def _set_parameters(self, params):
         self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
