@@ -11,6 +11,7 @@ from scipy.special import logsumexp as scipy_logsumexp
 from scipy.stats import multivariate_normal
 
 from em_tutorial import gmm
+from em_tutorial.gmm._fast_diagonal import centred_data
 
 TYPES = ["full", "tied", "diag", "spherical"]
 N, D, K = 60, 3, 4
@@ -188,10 +189,16 @@ def test_em_step_is_e_step_then_m_step(problem, weighted, seed_form):
     expected_log_likelihood = float(
         gmm.log_likelihood(X, means, precisions_chol, covariance_type, weights)
     ) / N
-    for step, block_size, n_threads in [(gmm.em_step, None, None), (gmm.em_step_blocked, 1, 1),
-                                        (gmm.em_step_blocked, 7, 1), (gmm.em_step_blocked, 7, 3),
-                                        (gmm.em_step_blocked, 1000, 1)]:
-        kwargs = {} if block_size is None else {"block_size": block_size, "n_threads": n_threads}
+    # X centred once for a fit (diag, spherical; the others ignore it), here around the mean
+    # of all samples rather than of the step's first block: any c gives the same step.
+    centred = centred_data(X, covariance_type, N)
+    for step, block_size, n_threads, once in [
+        (gmm.em_step, None, None, None), (gmm.em_step_blocked, 1, 1, None),
+        (gmm.em_step_blocked, 7, 1, None), (gmm.em_step_blocked, 7, 3, None),
+        (gmm.em_step_blocked, 1000, 1, None), (gmm.em_step_blocked, 7, 3, centred),
+    ]:
+        kwargs = {} if block_size is None else {"block_size": block_size, "n_threads": n_threads,
+                                                "centred": once}
         *got, mean_log_likelihood = step(X, weights, means, precisions_chol, covariance_type,
                                          1e-3, seed_form, **kwargs)
         for g, e in zip(got, expected):

@@ -19,7 +19,13 @@ from em_tutorial.backend import get_array_module, is_numpy_namespace
 from em_tutorial.gmm._blocks import cpu_block_size
 from em_tutorial.gmm._density import log_gaussian_density
 from em_tutorial.gmm._em_step import em_step
-from em_tutorial.gmm._fast import em_step_blocked, log_gaussian_density_blocked, m_step_blocked
+from em_tutorial.gmm._fast import (
+    DIAGONAL_TYPES,
+    em_step_blocked,
+    log_gaussian_density_blocked,
+    m_step_blocked,
+)
+from em_tutorial.gmm._fast_diagonal import centred_data
 from em_tutorial.gmm._m_step import m_step
 
 ALGORITHMS = ("fast", "reference")
@@ -75,13 +81,26 @@ def initial_m_step(algorithm, X, resp, covariance_type, reg_covar):
     return m_step_blocked(X, resp, covariance_type, reg_covar, block_size=block_size)
 
 
-def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar):
-    """One iteration, eqs. 5 then 7: (pi, mu, Sigma, mean ln p(x_n) of the parameters in)."""
+def centred_for_fit(algorithm, X, n_components, covariance_type):
+    """What the fast engine forms once per fit (its trick 6): X centred for diag and
+    spherical; None otherwise."""
+    if algorithm == "reference" or covariance_type not in DIAGONAL_TYPES:
+        return None
+    return centred_data(X, covariance_type, block_size_for(X, n_components, covariance_type))
+
+
+def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar,
+                centred=None):
+    """One iteration, eqs. 5 then 7: (pi, mu, Sigma, mean ln p(x_n) of the parameters in).
+
+    ``centred`` is :func:`centred_for_fit`'s.
+    """
     if algorithm == "reference":
         return em_step(X, weights, means, precisions_cholesky, covariance_type, reg_covar)
     block_size = block_size_for(X, means.shape[0], covariance_type)
     return em_step_blocked(X, weights, means, precisions_cholesky, covariance_type, reg_covar,
-                           block_size=block_size, n_threads=threads_for(X, block_size))
+                           block_size=block_size, n_threads=threads_for(X, block_size),
+                           centred=centred)
 
 
 def component_log_density(algorithm, X, means, precisions_cholesky, covariance_type):

@@ -25,7 +25,12 @@ from sklearn.utils._array_api import get_namespace
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._engines import initial_m_step, one_em_step, single_threaded_blas
+from em_tutorial.gmm._engines import (
+    centred_for_fit,
+    initial_m_step,
+    one_em_step,
+    single_threaded_blas,
+)
 from em_tutorial.gmm._fitted import FittedMixtureMethods
 from em_tutorial.gmm._hyperparameters import check_hyperparameters
 from em_tutorial.gmm._progress import ProgressMessages
@@ -83,8 +88,9 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
     algorithm : {"fast", "reference"}, default="fast"
         The engine. ``"reference"`` runs the plain functions of the equations
         (:func:`em_tutorial.gmm.e_step`, :func:`em_tutorial.gmm.m_step`, ...), the code to
-        read; ``"fast"`` runs :mod:`em_tutorial.gmm._fast`, blocked and threaded. Both give
-        the same numbers (to rounding).
+        read; ``"fast"`` runs :mod:`em_tutorial.gmm._fast`, blocked and threaded (for diag
+        and spherical it holds a centred copy of X while it fits). Both give the same
+        numbers (to rounding).
 
     Attributes
     ----------
@@ -200,8 +206,11 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
         covariances = covariances_from_precisions_cholesky(precisions_chol, self.covariance_type)
         return weights, means, covariances, precisions_chol
 
-    def _em(self, X, params, lower_bound):
+    def _em(self, X, centred, params, lower_bound):
         """Run EM from ``params``; return (params, lower_bound, lower_bounds, n_iter, converged).
+
+        ``centred`` is what the engine forms once per fit
+        (:func:`em_tutorial.gmm._engines.centred_for_fit`).
 
         Everything here stays on X's device. The host round-trip per iteration is the scalar
         ``float(mean ln p(x_n))`` that decides convergence (plus, in the fast engine, one
@@ -218,7 +227,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
                 # that of the parameters going in, as in scikit-learn.
                 weights, means, covariances, mean_log_likelihood = one_em_step(
                     self.algorithm, X, weights, means, precisions_chol, self.covariance_type,
-                    self.reg_covar)
+                    self.reg_covar, centred)
                 lower_bound = float(mean_log_likelihood)  # eq. 4 / N: a host round-trip
                 if not math.isfinite(lower_bound):
                     raise collapse_error(incoming_covariances, self.covariance_type,
@@ -275,6 +284,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
                               self.means_init, self.precisions_init)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         random_state = check_random_state(self.random_state)
+        centred = centred_for_fit(self.algorithm, X, self.n_components, self.covariance_type)
         best = None
         for init in range(self.n_init if do_init else 1):
             self._print_init_start(init)
@@ -283,7 +293,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
             else:
                 params = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
                 lower_bound = self.lower_bound_
-            result = self._em(X, params, lower_bound)
+            result = self._em(X, centred, params, lower_bound)
             self._print_init_end(result[1], result[4])
             if best is None or result[1] > best[1]:
                 best = result

@@ -48,13 +48,22 @@ loading at the time, so the ratios are indicative:
    (going over every sample, the pass had added ~5 ms to an ~11 ms step). Centring on c
    keeps the moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more
    digits than data at 0.
-5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block (in the last
-   E-step too, the one that labels the samples after a fit); NumPy and BLAS release the
-   interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``: the
-   full-covariance ratio to scikit-learn went from 0.154 to 0.25-0.27 with one core busy);
-   with the second core loaded, as during the measurements above, it gives nothing.
+5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block (in the E-step of
+   ``predict`` and ``score`` too); NumPy and BLAS release the interpreter lock. With both
+   cores free this gave ~1.7x (``RESULTS.md``: the full-covariance ratio to scikit-learn
+   went from 0.154 to 0.25-0.27 with one core busy); with the second core loaded, as during
+   the measurements above, it gives nothing.
+6. **Diag and spherical: X centred once per fit.** The reference point c does not change
+   from step to step, so the estimator forms x_n - c (and for spherical ||x_n - c||^2) once
+   for the fit, an extra copy of X, instead of in every block of every step. Those
+   element-by-element passes run at the speed of memory, and a second thread barely helps them
+   (1.07x on X * X block by block, against 1.75x for the products). Fits of 10 iterations at
+   20k x 128 x 8, alternating with fits that centre every block, 11 each: diag 0.80x the
+   time, spherical 0.84x; at 100k x 16 x 16 0.87x and 0.89x; at 200k x 4 x 32 no change.
+   Diag still squares its block in each step: keeping the (N, d) squares too would be a
+   second copy of X.
 
-Tricks 1 and 5 leave the arithmetic as it is; tricks 2-4 reorder it, which is why the tests
+Tricks 1, 5 and 6 leave the arithmetic as it is; tricks 2-4 reorder it, which is why the tests
 compare every function here with its plain counterpart (``tests/test_gmm_equations.py``,
 ``tests/test_gmm_properties.py``, ``tests/test_gmm_numerics.py``).
 """
@@ -132,7 +141,8 @@ def m_step_blocked(
 
 
 def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="full",
-                    reg_covar=1e-6, seed_form=False, block_size=BLOCK_SIZE, n_threads=1):
+                    reg_covar=1e-6, seed_form=False, block_size=BLOCK_SIZE, n_threads=1,
+                    centred=None):
     """Same result as :func:`em_tutorial.gmm.em_step`, in one blocked pass over X.
 
     Arguments and returns as in :func:`em_tutorial.gmm.em_step`, plus
@@ -143,13 +153,17 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
         CPU threads that share the blocks (NumPy only; a GPU parallelises inside each
         operation). With more than one, limit BLAS to one thread each, as
         :class:`GaussianMixture` does, or they oversubscribe the cores.
+    centred : tuple, optional
+        For diag and spherical, X centred once for the whole fit
+        (:func:`em_tutorial.gmm._fast_diagonal.centred_data`, trick 6); formed in the step
+        if not given. Other types ignore it.
     """
     check_parameter_shapes(X, means, precisions_cholesky, covariance_type)
     xp = get_array_module(X, means, precisions_cholesky, weights)
     if covariance_type in DIAGONAL_TYPES:
         counts, new_means, scatter, total_log_norm = diagonal_step(
             X, weights, means, precisions_cholesky, covariance_type, seed_form, block_size,
-            n_threads)
+            n_threads, centred)
     elif covariance_type == "tied":
         counts, new_means, scatter, total_log_norm = tied_step(
             X, weights, means, precisions_cholesky, seed_form, block_size, n_threads)

@@ -51,16 +51,31 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     return -2 * precision * offsets, precision, xp.sum(precision * offsets**2, axis=1)
 
 
-def expanded_features(X_block, centre, covariance_type):
-    """x - c, shape (B, d), and its squares as in :func:`per_type_squares`, shape (B, e).
+def centred_data(X, covariance_type, block_size):
+    """c (1, d); x_n - c for every sample, (N, d); for spherical ||x_n - c||^2, (N, 1).
+
+    c is :func:`reference_point`, which does not depend on the parameters, so a fit forms
+    these once (trick 6 of :mod:`em_tutorial.gmm._fast`) rather than in every step.
+    """
+    xp = get_array_module(X)
+    centre = reference_point(X, block_size)
+    centred = X - centre  # (N, d)
+    if covariance_type == "spherical":
+        return centre, centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (N, 1)
+    return centre, centred, None
+
+
+def expanded_features(data, start, stop):
+    """x - c, shape (B, d), and its squares as in :func:`per_type_squares`, shape (B, e),
+    for the samples ``start:stop`` of :func:`centred_data`'s ``data``.
 
     Two arrays rather than one [x - c, (x - c)^2]: no copy into a (B, d + e) array, and for
     spherical ||x - c||^2 as one dot product per sample, never the (B, d) squares.
     """
-    xp = get_array_module(X_block, centre)
-    centred = X_block - centre  # (B, d)
-    if covariance_type == "spherical":
-        return centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (B, 1)
+    _, centred, norms = data
+    centred = centred[start:stop, :]  # (B, d)
+    if norms is not None:  # spherical
+        return centred, norms[start:stop, :]  # (B, 1)
     return centred, centred * centred  # (B, d)
 
 
@@ -100,34 +115,33 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
                              n_threads=1):
     """||(x_n - mu_k) p_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
-    centre = reference_point(X, block_size)
-    distances = distance_function(means, precisions_cholesky, covariance_type, centre)
+    data = centred_data(X, covariance_type, block_size)
+    distances = distance_function(means, precisions_cholesky, covariance_type, data[0])
 
     def of_block(start, stop):
-        X_block = X[start:stop, :]  # (B, d)
-        return distances(X_block, expanded_features(X_block, centre, covariance_type))  # (K, B)
+        return distances(X[start:stop, :], expanded_features(data, start, stop))  # (K, B)
 
     blocks = map_blocks(of_block, X.shape[0], block_size, n_threads)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (K, N) -> (N, K)
 
 
-def diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type, block_size):
-    """``e_step(X_block)`` -> (features, z_nk (K, B), the block's sum_n ln p(x_n)), and c.
+def diagonal_e_step(X, data, weights, means, precisions_cholesky, covariance_type):
+    """``e_step(start, stop)`` -> (features, z_nk (K, B), the block's sum_n ln p(x_n)).
 
-    ``features`` as :func:`expanded_features` returns them, around c (1, d).
+    ``data`` is :func:`centred_data`'s; ``features`` as :func:`expanded_features` returns
+    them, around its c.
     """
-    centre = reference_point(X, block_size)
-    distances = distance_function(means, precisions_cholesky, covariance_type, centre)
+    distances = distance_function(means, precisions_cholesky, covariance_type, data[0])
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
     log_floor = log_exp_floor(X)
 
-    def e_step(X_block):
-        features = expanded_features(X_block, centre, covariance_type)
+    def e_step(start, stop):
+        features = expanded_features(data, start, stop)
         # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (K, B)
-        log_joint = offset[:, None] - 0.5 * distances(X_block, features)
+        log_joint = offset[:, None] - 0.5 * distances(X[start:stop, :], features)
         return (features, *responsibilities(log_joint, 0, log_floor))
 
-    return e_step, centre
+    return e_step
 
 
 def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
@@ -144,7 +158,7 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     def sums_over(slices):
         counts = sums = squares = total_log_norm = 0.0
         for start, stop in slices:
-            (centred, centred_squares), resp, log_norm = e_step(X[start:stop, :])
+            (centred, centred_squares), resp, log_norm = e_step(start, stop)
             if kept is not None:
                 kept[start] = resp
             total_log_norm = total_log_norm + log_norm
@@ -199,8 +213,10 @@ def weighted_samples(X, kept, components):
 
 
 def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_form,
-                  block_size, n_threads):
+                  block_size, n_threads, data=None):
     """(counts, new means, scatter, sum_n ln p(x_n)) for diag and spherical.
+
+    ``data`` is :func:`centred_data`'s, formed here if not given.
 
     The scatter is (K, d) diagonals for diag; for spherical, (K, 1) holding
     (1/d) sum_n z_nk ||x_n - mu_k||^2, so that its mean over coordinates is the variance.
@@ -210,8 +226,10 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     with a second pass centred on the new means where that cancels too much.
     """
     n_features = X.shape[1]
-    e_step, centre = diagonal_e_step(X, weights, means, precisions_cholesky, covariance_type,
-                                     block_size)
+    if data is None:
+        data = centred_data(X, covariance_type, block_size)
+    centre = data[0]
+    e_step = diagonal_e_step(X, data, weights, means, precisions_cholesky, covariance_type)
     # The step keeps its z_nk for a second pass where they take no more memory than X.
     kept = {} if means.shape[0] <= n_features else None
     # around c: (K,), (K, d), (K, e), 0-d
@@ -229,7 +247,7 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
         new_centres = take_rows(new_means, flagged)  # (K', d)
         if kept is None:  # the E-step again, for the flagged components' z_nk
             recentred = recentred_squares(
-                X, lambda start, stop, X_block: take_rows(e_step(X_block)[1], flagged),
+                X, lambda start, stop, X_block: take_rows(e_step(start, stop)[1], flagged),
                 new_centres, covariance_type, block_size, n_threads)
         else:  # the kept z_nk, and only the samples they weigh
             X_used, resp_used = weighted_samples(X, kept, flagged)  # (M, d), (K', M)
