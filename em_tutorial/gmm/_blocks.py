@@ -48,14 +48,16 @@ def block_slices(n_samples, block_size):
 def over_blocks(sums_over, n_samples, block_size, n_threads):
     """``sums_over(slices)`` for all blocks, the blocks shared by ``n_threads`` threads.
 
-    ``sums_over`` returns a tuple of partial sums; the threads' tuples are added up.
+    ``sums_over`` returns a tuple of partial sums; the blocks' tuples are added up.
     """
     slices = block_slices(n_samples, block_size)
     if n_threads == 1:
         return sums_over(slices)
-    # Every thread takes every n_threads-th block; NumPy and BLAS release the GIL.
-    with ThreadPoolExecutor(n_threads) as pool:
-        parts = list(pool.map(sums_over, [slices[i::n_threads] for i in range(n_threads)]))
+    # Each thread takes the next block when it is free, so a thread the system holds up for
+    # a while delays the step by a block, not by its share of them; NumPy and BLAS release
+    # the interpreter lock. The blocks' sums are added in block order, whatever the timing.
+    parts = map_blocks(lambda start, stop: sums_over([(start, stop)]), n_samples, block_size,
+                       n_threads)
     return tuple(sum(part) for part in zip(*parts))
 
 

@@ -48,11 +48,14 @@ loading at the time, so the ratios are indicative:
    (going over every sample, the pass had added ~5 ms to an ~11 ms step). Centring on c
    keeps the moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more
    digits than data at 0.
-5. **Threads.** On the CPU, ``n_threads`` threads take every n-th block (in the E-step of
-   ``predict`` and ``score`` too); NumPy and BLAS release the interpreter lock. With both
-   cores free this gave ~1.7x (``RESULTS.md``: the full-covariance ratio to scikit-learn
-   went from 0.154 to 0.25-0.27 with one core busy); with the second core loaded, as during
-   the measurements above, it gives nothing.
+5. **Threads.** On the CPU, ``n_threads`` threads share the blocks (in the E-step of
+   ``predict`` and ``score`` too), each taking the next block when it is free; NumPy and
+   BLAS release the interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``:
+   the full-covariance ratio to scikit-learn went from 0.154 to 0.25-0.27 with one core
+   busy); with the second core loaded, as during the measurements above, it gives nothing.
+   Taking the next free block rather than every n-th one matters on a shared machine, where
+   the system now and then holds one thread up: at 20k x 128 x 8 (10 blocks) diag fits
+   took 0.76x the time and spherical 0.82x (9 each, alternating); elsewhere no change.
 6. **Diag and spherical: X centred once per fit.** The reference point c does not change
    from step to step, so the estimator forms x_n - c (and for spherical ||x_n - c||^2) once
    for the fit, an extra copy of X, instead of in every block of every step. Those
