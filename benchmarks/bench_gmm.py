@@ -4,8 +4,9 @@ For every cell of the grid -- three shapes n x d x K (100k x 16 x 16, 20k x 128 
 200k x 4 x 32) times the four covariance types -- both estimators fit the same float64 data
 from the same initial parameters for the same 10 EM iterations (tol = 0, so neither stops
 early). The fits alternate (ours, scikit-learn's, ours, ...) so that a burst of load on a
-shared machine hits both, and each time is the median of ``--repeats`` fits. A cell reads
-``ours / scikit-learn = ratio`` (seconds per fit). With ``--torch`` a second table gives our
+shared machine hits both; each starts after a pause that lets the previous fit's BLAS
+threads go idle (:data:`SETTLE_SECONDS`); each time is the median of ``--repeats`` fits. A
+cell reads ``ours / scikit-learn = ratio`` (seconds per fit). With ``--torch`` a second table gives our
 estimator on PyTorch CPU tensors under array-API dispatch, beside NumPy, for information.
 
 Targets: every cell at most 0.5 of scikit-learn's time; goal 0.2. The largest difference
@@ -36,6 +37,12 @@ SHAPES = [(100_000, 16, 16), (20_000, 128, 8), (200_000, 4, 32)]
 TYPES = ["full", "tied", "diag", "spherical"]
 N_ITER = 10
 TARGET, GOAL = 0.5, 0.2
+#: A pause before every timed fit. After a multithreaded product OpenBLAS's worker threads
+#: keep spinning on the cores for ~0.1 s (2**28 cycles) before they sleep, so a fit started
+#: straight after scikit-learn's shares a core with them: at 20k x 128 x 8, diag, ours took
+#: 248 ms straight after scikit-learn's fit and 180 ms half a second later (9 each), while
+#: scikit-learn's own time did not depend on what ran before it (410 and 402 ms).
+SETTLE_SECONDS = 0.5
 
 
 def make_data(n_samples, n_features, n_components, seed=0):
@@ -65,11 +72,12 @@ def starting_point(X, n_components, covariance_type, seed=0):
 
 
 def timed_fit(model_class, X, covariance_type, start, dispatch=False):
-    """(seconds, fitted model) for one fit of N_ITER iterations."""
+    """(seconds, fitted model) for one fit of N_ITER iterations, after SETTLE_SECONDS."""
     model = model_class(n_components=len(start["weights_init"]),
                         covariance_type=covariance_type, tol=0.0, max_iter=N_ITER, **start)
     with warnings.catch_warnings(), sklearn.config_context(array_api_dispatch=dispatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
+        time.sleep(SETTLE_SECONDS)
         begin = time.perf_counter()
         model.fit(X)
         return time.perf_counter() - begin, model
