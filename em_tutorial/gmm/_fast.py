@@ -55,7 +55,8 @@ loading at the time, so the ratios are indicative:
    busy); with the second core loaded, as during the measurements above, it gives nothing.
    Taking the next free block rather than every n-th one matters on a shared machine, where
    the system now and then holds one thread up: at 20k x 128 x 8 (10 blocks) diag fits
-   took 0.76x the time and spherical 0.82x (9 each, alternating); elsewhere no change.
+   took 0.75-0.76x the time and spherical 0.82-0.86x (two runs of 9 fits each,
+   alternating); elsewhere no change.
 6. **Diag and spherical: X centred once per fit.** The reference point c does not change
    from step to step, so the estimator forms x_n - c (and for spherical ||x_n - c||^2) once
    for the fit, an extra copy of X, instead of in every block of every step. Those
