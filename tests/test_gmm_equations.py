@@ -191,7 +191,7 @@ def test_em_step_is_e_step_then_m_step(problem, weighted, seed_form):
     ) / N
     # X centred once for a fit (diag, spherical; the others ignore it), here around the mean
     # of all samples rather than of the step's first block: any c gives the same step.
-    centred = centred_data(X, covariance_type, N)
+    centred = centred_data(X, np.mean(X, axis=0, keepdims=True), covariance_type)
     for step, block_size, n_threads, once in [
         (gmm.em_step, None, None, None), (gmm.em_step_blocked, 1, 1, None),
         (gmm.em_step_blocked, 7, 1, None), (gmm.em_step_blocked, 7, 3, None),

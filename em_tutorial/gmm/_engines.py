@@ -16,7 +16,7 @@ import array_api_compat
 from threadpoolctl import ThreadpoolController
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace
-from em_tutorial.gmm._blocks import cpu_block_size
+from em_tutorial.gmm._blocks import cpu_block_size, reference_point
 from em_tutorial.gmm._density import log_gaussian_density
 from em_tutorial.gmm._em_step import em_step
 from em_tutorial.gmm._fast import (
@@ -86,7 +86,8 @@ def centred_for_fit(algorithm, X, n_components, covariance_type):
     spherical; None otherwise."""
     if algorithm == "reference" or covariance_type not in DIAGONAL_TYPES:
         return None
-    return centred_data(X, covariance_type, block_size_for(X, n_components, covariance_type))
+    centre = reference_point(X, block_size_for(X, n_components, covariance_type))
+    return centred_data(X, centre, covariance_type)
 
 
 def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar,

@@ -51,14 +51,13 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     return -2 * precision * offsets, precision, xp.sum(precision * offsets**2, axis=1)
 
 
-def centred_data(X, covariance_type, block_size):
-    """c (1, d); x_n - c for every sample, (N, d); for spherical ||x_n - c||^2, (N, 1).
+def centred_data(X, centre, covariance_type):
+    """c (1, d); x_n - c for every sample of X, (N, d); for spherical ||x_n - c||^2, (N, 1).
 
-    c is :func:`reference_point`, which does not depend on the parameters, so a fit forms
+    With c from :func:`reference_point`, which does not depend on the parameters, a fit forms
     these once (trick 6 of :mod:`em_tutorial.gmm._fast`) rather than in every step.
     """
-    xp = get_array_module(X)
-    centre = reference_point(X, block_size)
+    xp = get_array_module(X, centre)
     centred = X - centre  # (N, d)
     if covariance_type == "spherical":
         return centre, centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (N, 1)
@@ -115,11 +114,14 @@ def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, blo
                              n_threads=1):
     """||(x_n - mu_k) p_k||^2 for every n and k, block by block, shape (N, K)."""
     xp = get_array_module(X, means, precisions_cholesky)
-    data = centred_data(X, covariance_type, block_size)
-    distances = distance_function(means, precisions_cholesky, covariance_type, data[0])
+    centre = reference_point(X, block_size)
+    distances = distance_function(means, precisions_cholesky, covariance_type, centre)
 
-    def of_block(start, stop):
-        return distances(X[start:stop, :], expanded_features(data, start, stop))  # (K, B)
+    def of_block(start, stop):  # centred block by block: no copy of X for one pass
+        X_block = X[start:stop, :]  # (B, d)
+        features = expanded_features(centred_data(X_block, centre, covariance_type), 0,
+                                     stop - start)
+        return distances(X_block, features)  # (K, B)
 
     blocks = map_blocks(of_block, X.shape[0], block_size, n_threads)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (K, N) -> (N, K)
@@ -227,7 +229,7 @@ def diagonal_step(X, weights, means, precisions_cholesky, covariance_type, seed_
     """
     n_features = X.shape[1]
     if data is None:
-        data = centred_data(X, covariance_type, block_size)
+        data = centred_data(X, reference_point(X, block_size), covariance_type)
     centre = data[0]
     e_step = diagonal_e_step(X, data, weights, means, precisions_cholesky, covariance_type)
     # The step keeps its z_nk for a second pass where they take no more memory than X.
