@@ -51,7 +51,7 @@ def over_blocks(sums_over, n_samples, block_size, n_threads):
     ``sums_over`` returns a tuple of partial sums; the blocks' tuples are added up.
     """
     slices = block_slices(n_samples, block_size)
-    if n_threads == 1:
+    if n_threads == 1 or len(slices) == 1:
         return sums_over(slices)
     # Each thread takes the next block when it is free, so a thread the system holds up for
     # a while delays the step by a block, not by its share of them; NumPy and BLAS release
@@ -64,7 +64,7 @@ def over_blocks(sums_over, n_samples, block_size, n_threads):
 def map_blocks(of_block, n_samples, block_size, n_threads):
     """``[of_block(start, stop) for every block]``, in order, on ``n_threads`` threads."""
     slices = block_slices(n_samples, block_size)
-    if n_threads == 1:
+    if n_threads == 1 or len(slices) == 1:  # no pool to start for one block
         return [of_block(start, stop) for start, stop in slices]
     with ThreadPoolExecutor(n_threads) as pool:
         return list(pool.map(lambda bounds: of_block(*bounds), slices))
