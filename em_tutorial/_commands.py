@@ -15,7 +15,7 @@ def run_command(args, argv=None):
     if args.command == "tour":
         from .tour import run_tour
 
-        run_tour(args.out, quick=args.quick, iterations=args.iterations, seed=args.seed,
+        run_tour(args.out, quick=args.quick, iterations=args.iterations, seeds=args.seeds,
                  threads=args.threads, progress=not args.no_progress)  # fmt: skip
     elif args.command == "train":
         _run_train(args)

@@ -85,18 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tour_command(commands):
     tour = commands.add_parser(
         "tour",
-        help="the whole story on a CPU in about 9 minutes",
+        help="the whole story on a CPU in under 10 minutes",
         description="Check that NumPy, PyTorch (and CuPy, with a GPU) compute the same EM "
-        "attention; train the tiny EMANet and the same network without its EMAU on the "
-        "embedded context scenes and on the digit scenes (the control), two at a time; evaluate "
-        "them; write figures and report.md to OUT. About 9 minutes on an idle "
-        "2-core CPU. One seed: for mean +- sd over seeds, use `em-tutorial ablate`.",
+        "attention; for three seeds, train the tiny EMANet and the same network without its "
+        "EMAU on the embedded digit scenes (the control) and on the context scenes (from the "
+        "same backbone), two at a time; evaluate them (fragment IoU per seed, the swap test); "
+        "write figures, report.md and tour.json to OUT. Under 10 minutes on an idle 2-core "
+        "CPU. For ten seeds, every head and paired statistics, use `em-tutorial ablate`.",
     )
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
     tour.add_argument("--quick", action="store_true",
                       help="tiny data, a few iterations: checks every step runs, in seconds")  # fmt: skip
     tour.add_argument("--iterations", type=int, help="training iterations of each network")
-    tour.add_argument("--seed", type=int, default=0)
+    tour.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                      help="seeds, each trained with and without the EMAU on both tasks "
+                      "(default: 0 1 2)")  # fmt: skip
     tour.add_argument("--threads", type=int,
                       help="CPU threads of each training; two run side by side "
                       "(default: half the CPUs this process may use)")  # fmt: skip
@@ -120,7 +123,8 @@ def _add_train_command(commands):
     train.add_argument("--out", default="runs/emanet", help="output folder (default: %(default)s)")
     train.add_argument("--model", choices=["tiny", "resnet50", "resnet101", "resnet152"],
                        help="EMANet backbone (default: tiny for digits, resnet101 for voc)")  # fmt: skip
-    train.add_argument("--head", choices=["emau", "nonlocal", "pooling", "none"], default="emau",
+    train.add_argument("--head", choices=["emau", "emau_gamma0", "nonlocal", "pooling", "none"],
+                       default="emau",
                        help="attention block; 'none' is the ablation (default: %(default)s)")  # fmt: skip
     train.add_argument("--pretrained-backbone", metavar="FILE",
                        help="backbone state_dict to start from (e.g. ImageNet weights)")  # fmt: skip
@@ -242,19 +246,22 @@ def _add_ablate_command(commands):
     ablate = commands.add_parser(
         "ablate",
         help="the seeded ablation over heads on the context task and its control",
-        description="Train the tiny EMANet with every head (none, emau, nonlocal, pooling) on "
-        "the digit scenes (the control) and then on the context scenes, for seeds 0..N-1, two "
-        "runs at a time; the context runs start from the backbone of the control run without "
-        "attention of the same seed. Writes OUT/ablation.csv (a row per finished run; started again, the command "
-        "runs only the missing runs), OUT/ablation.md (mean +- sd with the heads' costs) and "
-        "OUT/ablation.png. Defaults: about 50 minutes on an idle 2-core CPU.",
+        description="The planned experiment (results/ablation/PLAN.md): for seeds 0..N-1, the "
+        "tiny EMANet without attention and with the EMAU on the digit scenes (the control), then "
+        "every head (none, emau, emau_gamma0, nonlocal, pooling) on the context scenes, from the "
+        "backbone of that seed's control run without attention; two runs at a time. Writes "
+        "OUT/ablation.csv (a row per finished run; started again, the command runs only the "
+        "missing runs), OUT/ablation.md (per-seed tables, paired statistics, the decision "
+        "rules, the swap test, the heads' costs) and OUT/ablation.png (paired differences).",
     )
     ablate.add_argument("--out", required=True, help="output folder")
-    ablate.add_argument("--seeds", type=int, default=3, help="seeds per task and head (default: 3)")
+    ablate.add_argument("--seeds", type=int, default=10,
+                        help="seeds per task and head (default: %(default)s)")  # fmt: skip
     ablate.add_argument("--tasks", nargs="+", choices=list(ABLATION_TASKS),
                         default=list(ABLATION_TASKS), help="default: all")  # fmt: skip
-    ablate.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS),
-                        help="default: all")  # fmt: skip
+    ablate.add_argument("--heads", nargs="+", choices=list(HEADS),
+                        help="heads of every task (default: all on context; none and emau on "
+                        "the control)")  # fmt: skip
     ablate.add_argument("--quick", action="store_true",
                         help="tiny runs that check every step in seconds (numbers mean nothing)")  # fmt: skip
     ablate.add_argument("--iterations", type=int,

@@ -2,15 +2,18 @@
 
 1. The three stages agree: EM attention on the same input and bases in NumPy, PyTorch and,
    when a GPU is present, CuPy; the largest differences are printed.
-2. The tiny EMANet and the same network without its EMAU train, two runs at a time, on the
-   **digit** scenes (the control, where the convolutions see every digit whole) and then on
-   the **context** scenes (a fragment's class is decided by a digit beyond the convolutions'
-   reach), starting from the backbone of the control run without the EMAU: one seed of
-   :mod:`em_tutorial.segmentation.ablation`.
-3. All four are evaluated on their validation scenes; the context task also by the IoU of
-   its fragments alone.
-4. Figures (the receptive field on a scene, attention maps, predictions, loss curves) and a
-   short markdown report go to the output folder, named at the end.
+2. For each of three seeds fixed in advance (0, 1, 2; none is picked or dropped), the tiny
+   EMANet and the same network without its EMAU train, two runs at a time, on the **digit**
+   scenes (the control, where the convolutions see every digit whole) and then on the
+   **context** scenes (a fragment's class is decided by a digit beyond the convolutions'
+   reach). Both context runs of a seed start from the backbone that the control run without
+   the EMAU learned, so they differ only in the EMAU. A shortened form of the ablation's
+   recipe (:data:`TOUR_OVERRIDES`), so that the nine runs fit the budget.
+3. All are evaluated on their validation scenes; the context task by the IoU of its fragments
+   (the headline), and by the swap test: the far digits redrawn as another class, do the
+   fragments' predictions follow?
+4. Figures (the per-seed paired gains, the swap test, the receptive field on a scene,
+   attention maps, predictions, loss curves) and a markdown report go to the output folder.
 """
 
 from __future__ import annotations
@@ -23,12 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NETWORKS", "TOUR_TASKS", "equivalence_check", "run_tour"]
+__all__ = ["NETWORKS", "TOUR_OVERRIDES", "TOUR_SEEDS", "TOUR_TASKS", "equivalence_check",
+           "run_tour"]  # fmt: skip
 
-#: The tour's runs: both tasks, with and without the EMAU, trained with the settings of
-#: :data:`em_tutorial.segmentation.ablation.ABLATION_TASKS` (``--quick``: ``QUICK_TASKS``).
+#: The tour's runs: both tasks, with and without the EMAU, for each of :data:`TOUR_SEEDS`.
 TOUR_TASKS = ("context", "control")
+TOUR_SEEDS = (0, 1, 2)
 NETWORKS = {"emau": "EMANet", "none": "without EMAU"}
+#: The ablation's recipe (:data:`~em_tutorial.segmentation.ablation.ABLATION_TASKS`),
+#: shortened to fit ten minutes on an idle 2-core CPU: fewer iterations and scenes.
+TOUR_OVERRIDES = {
+    "control": {"iterations": 800, "num_scenes": 1500, "val_scenes": 150},
+    "context": {"iterations": 400, "num_scenes": 600, "val_scenes": 150},
+}
 
 
 def equivalence_check(seed=0, batch=2, n_points=256, channels=64, n_bases=16, n_iter=3):
@@ -91,63 +101,103 @@ def _fragment_pixel(val_set, index=0):
     return tuple(int(v) for v in cells[len(cells) // 2])
 
 
-def _draw_figures(models: dict, val_sets: dict, rows: list, fields: dict, out_dir: Path) -> list:
-    """Receptive field, attention maps, predictions and loss curves; (caption, file) pairs."""
+def _draw_figures(models: dict, configs: dict, rows: list, fields: dict, out_dir: Path) -> list:
+    """Paired gains, swap test, receptive field, attention maps, predictions and loss curves;
+    (caption, file) pairs. Single-seed figures show the first seed."""
+    from .segmentation.ablation_report import ablation_figure
+    from .segmentation.config import build_val_set
     from .segmentation.figures import (
         attention_figure,
         predictions_figure,
         receptive_field_figure,
+        swap_figure,
         training_curves_figure,
     )
 
-    context = val_sets["context"]
+    seed = min(r["seed"] for r in rows)
+    config = configs["context", "emau", seed]
+    context, swapped = (build_val_set(config, far_digits=m, num_scenes=4) for m in ("keep", "swap"))
     names = context.class_names
+    pair = {NETWORKS[h]: models["context", h, seed] for h in NETWORKS}
+    figures = []
+    if len({r["seed"] for r in rows}) > 1:
+        ablation_figure(rows, out_dir / "paired_gains.png")
+        figures.append(("Per seed, the EMAU's gain over the network without it (dots), with the "
+                        "mean and its paired 95 % CI", "paired_gains.png"))  # fmt: skip
+    swap_figure(pair, context, swapped, 0, out_dir / "swap_test.png")
     receptive_field_figure(*context.raw(0), _fragment_pixel(context), fields["theoretical"],
                            fields["effective"], out_dir / "receptive_field.png", names)  # fmt: skip
-    attention_figure(models["context", "emau"], *context[0], out_dir / "attention.png", names)
-    predictions_figure({NETWORKS[h]: models["context", h] for h in NETWORKS}, context,
-                       range(min(4, len(context))), out_dir / "predictions.png")  # fmt: skip
-    logs = {f"{r['task']} / {NETWORKS[r['head']]}": r["log"] for r in rows}
+    attention_figure(models["context", "emau", seed], *context[0], out_dir / "attention.png",
+                     names)  # fmt: skip
+    predictions_figure(pair, context, range(len(context)), out_dir / "predictions.png")
+    logs = {f"{r['task']} / {NETWORKS[r['head']]}": r["log"] for r in rows if r["seed"] == seed}
     training_curves_figure(logs, out_dir / "loss.png")
-    return [
+    return figures + [
+        (f"The swap test on a context scene (seed {seed}): the far digits redrawn as another "
+         "class; fragment strips outlined", "swap_test.png"),
         ("The convolutions' receptive field around a fragment pixel of a context scene",
          "receptive_field.png"),
-        ("Attention maps of the EMAU bases for one context scene", "attention.png"),
-        ("Context scenes: truth and both networks' predictions", "predictions.png"),
-        ("Training loss of the four runs", "loss.png"),
+        (f"Attention maps of the EMAU bases for one context scene (seed {seed})", "attention.png"),
+        (f"Context scenes: truth and both networks' predictions (seed {seed})", "predictions.png"),
+        (f"Training loss of the runs of seed {seed}", "loss.png"),
     ]  # fmt: skip
 
 
-def _result_lines(rows: list, fields: dict) -> list:
+def _result_lines(rows: list, swap_tests: list, fields: dict) -> list:
+    value = {(r["task"], r["head"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    follows = {(t["head"], t["seed"]): t["follows_swap"] for t in swap_tests}
     lines = [
-        "| task | network | val mIoU | fragment IoU | pixel accuracy | training time (s) |",
+        "**Context task, fragment IoU (the headline)**: the pixels whose class only a far digit "
+        "decides. Same backbone and scenes for both networks of a seed.",
+        "",
+        "| seed | without EMAU | EMANet | gain (points) | mIoU without / with | follows the swap "
+        "without / with |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        fragment = "-" if r["fragment_iou"] is None else f"{r['fragment_iou']:.3f}"
-        lines.append(f"| {r['task']} | {NETWORKS[r['head']]} | {r['miou']:.3f} | {fragment} | "
-                     f"{r['pixel_accuracy']:.3f} | {r['train_seconds']:.0f} |")  # fmt: skip
-    return lines + [
+    for seed in seeds:
+        none, emau = value["context", "none", seed], value["context", "emau", seed]
+        gain = 100 * (emau["fragment_iou"] - none["fragment_iou"])
+        lines.append(f"| {seed} | {none['fragment_iou']:.3f} | {emau['fragment_iou']:.3f} | "
+                     f"{gain:+.1f} | {none['miou']:.3f} / {emau['miou']:.3f} | "
+                     f"{follows['none', seed]:.3f} / {follows['emau', seed]:.3f} |")  # fmt: skip
+    gains = [value["context", "emau", s]["fragment_iou"] - value["context", "none", s]["fragment_iou"]
+             for s in seeds]  # fmt: skip
+    lines += [
+        "",
+        f"The EMAU gains fragment IoU on {sum(g > 0 for g in gains)} of {len(seeds)} seeds "
+        f"(mean {100 * np.mean(gains):+.1f} points). *Follows the swap*: the share of fragment "
+        "pixels whose prediction changes to the far digits' new class when they are redrawn as "
+        "another class. Without a global block it is 0 by construction: the far digits lie "
+        "beyond the convolutions' reach.",
+        "",
+        "**Control** (digit scenes, every digit seen whole), mIoU:",
+        "",
+        "| seed | without EMAU | EMANet |",
+        "|---|---|---|",
+        *[f"| {s} | {value['control', 'none', s]['miou']:.3f} | "
+          f"{value['control', 'emau', s]['miou']:.3f} |" for s in seeds],
         "",
         f"Receptive field of the network without the EMAU: {fields['theoretical']} px "
         f"(theoretical), {fields['effective']} px (effective: the centred square holding 90 % of "
         "the centre pixel's input gradient, after training). In the context scenes every "
         "fragment lies more than 104 px from every full instance, beyond the reach of the "
-        "theoretical field (half its side): the convolutions cannot see the digit that "
-        "decides a fragment's class.",
+        "theoretical field (half its side).",
         "",
-        "**What one seed can show, and what it cannot.** This is one training run per network "
-        "and task. It shows the pipeline end to end, and how far apart the networks are for this "
-        "seed. It cannot say whether a difference is larger than the spread between seeds: "
-        "for that, run `em-tutorial ablate --out runs/ablation` (every head, both tasks, three "
-        "seeds, mean ± sd, with the heads' costs).",
+        "**What three seeds can show, and what they cannot.** The tour's recipe is a shortened "
+        "form of the ablation's. For the paired statistics over ten seeds, the other heads "
+        "(standard non-local block, image pooling, the EMAU started as the identity) and "
+        "their costs, see `results/ablation/` or run `em-tutorial ablate --out runs/ablation`.",
     ]
+    return lines
 
 
-def _write_report(path, equivalence, rows, fields, figures, total_seconds):
+def _write_report(path, equivalence, rows, swap_tests, fields, figures, total_seconds, quick):
     lines = [
         "# em_tutorial tour report",
         "",
+        *(["**Quick tour** (`--quick`): a few iterations on a few scenes to check that every "
+           "step runs; its numbers mean nothing.", ""] if quick else []),  # fmt: skip
         "## 1. The three stages agree",
         "",
         "EM attention (T=3) on the same input and bases; largest absolute difference from the "
@@ -164,11 +214,11 @@ def _write_report(path, equivalence, rows, fields, figures, total_seconds):
         "",
         "Context task: one digit class per scene, border fragments whose class is decided by a "
         "full digit far away. Control: the digit scenes, where every digit is seen whole. "
-        "Fragment IoU: mean IoU of the digit classes on the fragments' pixels alone. The "
-        "control runs come first; both context runs start from the backbone that the control "
-        "run without the EMAU learned, as EMANet's backbone starts from ImageNet weights.",
+        "The control runs come first; both context runs of a seed start from the backbone that "
+        "the control run without the EMAU learned, as EMANet's backbone starts from ImageNet "
+        "weights.",
         "",
-        *_result_lines(rows, fields),
+        *_result_lines(rows, swap_tests, fields),
         "",
         "## 3. Figures",
         "",
@@ -181,32 +231,31 @@ def _write_report(path, equivalence, rows, fields, figures, total_seconds):
 def _load_models(rows, runs_dir, quick, iterations):
     from .segmentation.ablation import Run, load_run
 
-    models, val_sets = {}, {}
+    models, configs = {}, {}
     for row in rows:
         run = Run(row["task"], row["head"], row["seed"])
-        config, models[run.task, run.head] = load_run(run, runs_dir, quick, iterations)
-        row["log"] = str(Path(config.out_dir) / "log.jsonl")
-        if run.task not in val_sets:
-            from .segmentation import build_val_set
-
-            val_sets[run.task] = build_val_set(config)
-    return models, val_sets
+        key = (run.task, run.head, run.seed)
+        configs[key], models[key] = load_run(run, runs_dir, quick, iterations, TOUR_OVERRIDES)
+        row["log"] = str(Path(configs[key].out_dir) / "log.jsonl")
+    return models, configs
 
 
-def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, threads=None,
-             progress=True) -> dict:  # fmt: skip
-    """Run the tour; return ``{"out_dir", "report", "equivalence", "runs", "receptive_field"}``.
+def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR_SEEDS,
+             threads=None, progress=True) -> dict:  # fmt: skip
+    """Run the tour; return ``{"out_dir", "report", "equivalence", "runs", "swap_test",
+    "receptive_field", "total_seconds"}``.
 
     Parameters
     ----------
     out_dir : path
-        Receives ``report.md``, the figures and ``runs/`` (one training folder per run, and
-        the one-seed ``ablation.csv`` / ``.md`` / ``.png``).
+        Receives ``report.md``, ``tour.json``, the figures and ``runs/`` (one training folder
+        per run, and the ablation files of these runs).
     quick : bool
         Tiny data and a few iterations: checks that every step runs, in seconds.
     iterations : int, optional
         Override the number of training iterations of every run.
-    seed : int
+    seeds : sequence of int
+        The seeds, each trained with and without the EMAU on both tasks (default 0, 1, 2).
     threads : int, optional
         CPU threads of each training; two run side by side in two processes. Default: half
         the CPUs this process may use (at least one).
@@ -216,44 +265,66 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seed=0, th
     import torch
 
     from .segmentation.ablation import run_ablation
+    from .segmentation.context_probe import far_digit_probe
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
     torch.set_num_threads(threads)
+    seeds = list(seeds)
 
     print("== 1. The three stages compute the same EM attention ==")
-    equivalence = equivalence_check(seed)
+    equivalence = equivalence_check(seeds[0])
     for stage, gap in equivalence.items():
         print(f"  NumPy float64 vs {stage:28s} max |dz| {gap['z']:.1e}  max |dmu| {gap['mu']:.1e}"
               f"  max |dx_tilde| {gap['x_tilde']:.1e}")  # fmt: skip
 
-    print("\n== 2. Train EMANet and the same network without its EMAU, on the context task "
-          f"and its control, two runs at a time, {threads} thread(s) each ==")  # fmt: skip
+    print(f"\n== 2. Train EMANet and the same network without its EMAU, seeds {seeds}, on the "
+          f"context task and its control, two runs at a time, {threads} thread(s) each ==")  # fmt: skip
     runs_dir = out_dir / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)  # the tour always trains from scratch
-    rows = run_ablation(runs_dir, seeds=[seed], tasks=TOUR_TASKS, heads=tuple(NETWORKS),
+    rows = run_ablation(runs_dir, seeds=seeds, tasks=TOUR_TASKS, heads=tuple(NETWORKS),
                         quick=quick, workers=2, progress=progress, command="em-tutorial tour",
-                        iterations=iterations, threads=threads)  # fmt: skip
+                        iterations=iterations, threads=threads,
+                        overrides=None if quick else TOUR_OVERRIDES)  # fmt: skip
 
-    print("\n== 3. Validation ==")
+    print("\n== 3. Validation: fragment IoU per seed, and the swap test ==")
+    models, configs = _load_models(rows, runs_dir, quick,
+                                   iterations)  # fmt: skip
+    swap_tests = []
     for r in rows:
-        fragment = "" if r["fragment_iou"] is None else f"   fragment IoU {r['fragment_iou']:.3f}"
-        print(f"  {r['task']:8s} {NETWORKS[r['head']]:13s} mIoU {r['miou']:.3f}{fragment}   "
-              f"{r['train_seconds']:.0f} s")  # fmt: skip
+        if r["task"] == "context":
+            probe = far_digit_probe(models["context", r["head"], r["seed"]],
+                                    configs["context", r["head"], r["seed"]])  # fmt: skip
+            swap_tests.append({"head": r["head"], "seed": r["seed"], **probe})
+    for seed in seeds:
+        line = f"  seed {seed}:"
+        for head in NETWORKS:
+            r = next(x for x in rows if (x["task"], x["head"], x["seed"]) == ("context", head, seed))
+            follows = next(t["follows_swap"] for t in swap_tests
+                           if (t["head"], t["seed"]) == (head, seed))  # fmt: skip
+            line += (f"   {NETWORKS[head]}: fragment IoU {r['fragment_iou']:.3f}, "
+                     f"follows swap {follows:.2f}")  # fmt: skip
+        print(line)
 
     print("\n== 4. Figures and report ==")
-    models, val_sets = _load_models(rows, runs_dir, quick, iterations)
-    fields = _receptive_fields(models["context", "none"], val_sets["context"])
-    figures = _draw_figures(models, val_sets, rows, fields, out_dir)
+    fields = _receptive_fields(models["context", "none", seeds[0]],
+                               _val_set(configs["context", "none", seeds[0]]))  # fmt: skip
+    figures = _draw_figures(models, configs, rows, fields, out_dir)
     total = time.perf_counter() - started
     report = out_dir / "report.md"
-    _write_report(report, equivalence, rows, fields, figures, total)
-    result = {"equivalence": equivalence, "runs": rows, "receptive_field": fields,
-              "total_seconds": total}  # fmt: skip
+    _write_report(report, equivalence, rows, swap_tests, fields, figures, total, quick)
+    result = {"equivalence": equivalence, "quick": quick, "runs": rows, "swap_test": swap_tests,
+              "receptive_field": fields, "total_seconds": total}  # fmt: skip
     (out_dir / "tour.json").write_text(json.dumps(result, indent=2))
 
     print(f"\nTour finished in {total:.0f} s. Report and figures are in {out_dir.resolve()}")
     print(f"  {report.resolve()}")
     return {"out_dir": str(out_dir), "report": str(report), **result}
+
+
+def _val_set(config):
+    from .segmentation.config import build_val_set
+
+    return build_val_set(config)

@@ -36,7 +36,8 @@ def test_quick_ablation_writes_table_and_resumes_only_missing_runs(tmp_path, cap
         assert 0.0 <= float(row["miou"]) <= 1.0
         assert (row["fragment_iou"] != "") == (row["task"] == "context")
     table = (out / "ablation.md").read_text()
-    assert "| context | pooling | 1 |" in table and "--quick" in table
+    assert "| context | image pooling | 1 |" in table and "--quick" in table
+    assert "Decision rules" in table and "far-digit probe" in table
     # The context runs started from the backbone that control-none-seed0 learned.
     control = load_checkpoint(out / "runs" / "control-none-seed0" / "checkpoint.pt")["model"]
     backbone = torch.load(backbone_path(out, 0), weights_only=True)
@@ -60,6 +61,13 @@ def test_quick_ablation_writes_table_and_resumes_only_missing_runs(tmp_path, cap
         assert again[(row["task"], row["head"])] == row  # untouched, not retrained
     assert ("control", "pooling") in again and (out / "ablation.md").exists()
     assert len(read_rows(out / "ablation.csv")) == 4
+
+
+def test_default_heads_per_task():
+    runs = plan_runs(["control", "context"], None, 1)
+    assert [r.name for r in runs] == [
+        "control-none-seed0", "control-emau-seed0", "context-none-seed0", "context-emau-seed0",
+        "context-emau_gamma0-seed0", "context-nonlocal-seed0", "context-pooling-seed0"]
 
 
 def test_unknown_names_are_refused():

@@ -50,7 +50,7 @@ def test_train_help_shows_every_default():
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("tour", ["--quick", "--out", "--iterations", "--seed", "--threads", "--no-progress"]),
+        ("tour", ["--quick", "--out", "--iterations", "--seeds", "--threads", "--no-progress"]),
         ("train", ["--dataset", "--data-root", "--resume", "--stop-at", "--lr", "--batch-size",
                    "--eval-scales", "--device"]),  # fmt: skip
         ("eval", ["--checkpoint", "--scales", "--multi-scale", "--flip", "--figure", "--output"]),
@@ -108,16 +108,24 @@ def test_quick_tour_writes_report_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "PyTorch float64" in printed and str(out.resolve()) in printed
     for name in ("report.md", "attention.png", "predictions.png", "loss.png", "tour.json",
-                 "receptive_field.png", "runs/ablation.csv"):
+                 "receptive_field.png", "swap_test.png", "paired_gains.png", "runs/ablation.csv"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "tour.json").read_text())
     assert result["equivalence"]["PyTorch float64"]["x_tilde"] < 1e-12
-    assert {(r["task"], r["head"]) for r in result["runs"]} == {
-        ("context", "emau"), ("context", "none"), ("control", "emau"), ("control", "none")}
+    assert result["quick"] is True
+    assert {(r["task"], r["head"], r["seed"]) for r in result["runs"]} == {
+        (task, head, seed) for task in ("context", "control") for head in ("emau", "none")
+        for seed in (0, 1, 2)}  # fmt: skip
+    swaps = {(t["head"], t["seed"]): t for t in result["swap_test"]}
+    assert set(swaps) == {(head, seed) for head in ("emau", "none") for seed in (0, 1, 2)}
+    for seed in (0, 1, 2):  # by construction: beyond the convolutions' reach
+        assert swaps["none", seed]["follows_swap"] == 0.0
+        assert swaps["none", seed]["unchanged_by_swap"] == 1.0
     assert result["receptive_field"]["theoretical"] > result["receptive_field"]["effective"] > 1
     report = (out / "report.md").read_text()
     assert "EMANet" in report and "without EMAU" in report and "attention.png" in report
     assert "em-tutorial ablate" in report and "fragment IoU" in report
+    assert "Quick tour" in report
 
 
 def test_train_then_eval_a_checkpoint(tmp_path, capsys):

@@ -60,6 +60,45 @@ def test_fragments_only_ignores_everything_else(scenes):
 
 def test_too_small_a_scene_is_refused():
     with pytest.raises(ValueError, match="no room"):
-        ContextConfig(image_size=192)
+        ContextConfig(image_size=140)
     with pytest.raises(ValueError, match="at least 1"):
         ContextScenes("val", 0, config=SMALL)
+
+
+@pytest.fixture(scope="module")
+def edits():
+    return {mode: ContextScenes("val", 12, seed=1, config=SMALL, far_digits=mode)
+            for mode in ("swap", "remove")}  # fmt: skip
+
+
+def test_swap_redraws_only_the_far_digits_as_another_class(scenes, edits):
+    swapped = edits["swap"]
+    np.testing.assert_array_equal(swapped.scene_classes, scenes.scene_classes)
+    np.testing.assert_array_equal(scenes.far_classes, scenes.scene_classes)
+    assert (swapped.far_classes != swapped.scene_classes).all()
+    np.testing.assert_array_equal(swapped.windows, scenes.windows)
+    for i in range(len(scenes)):
+        windows = scenes.fragment_windows(i)
+        kept_label, swapped_label = scenes.raw(i)[1], swapped.raw(i)[1]
+        # the fragments, their labels and the pixels around them are those of the kept scene
+        np.testing.assert_array_equal(swapped.raw(i)[0][windows], scenes.raw(i)[0][windows])
+        np.testing.assert_array_equal(swapped_label[windows], kept_label[windows])
+        far = swapped_label[~windows]
+        assert set(np.unique(far).tolist()) == {0, swapped.far_classes[i] + 1}
+
+
+def test_remove_leaves_background_texture_where_the_far_digits_were(scenes, edits):
+    removed = edits["remove"]
+    for i in range(len(scenes)):
+        windows = scenes.fragment_windows(i)
+        image, label = removed.raw(i)
+        assert (label[~windows] == 0).all()
+        np.testing.assert_array_equal(image[windows], scenes.raw(i)[0][windows])
+        # textured, not a flat fill: the area of the far digits keeps the background's spread
+        far_ink = (scenes.raw(i)[1] > 0) & ~windows
+        assert image[far_ink].std() > 3
+
+
+def test_unknown_far_digits_mode_is_refused():
+    with pytest.raises(ValueError, match="far_digits"):
+        ContextScenes("val", 2, config=SMALL, far_digits="blur")

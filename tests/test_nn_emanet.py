@@ -11,6 +11,7 @@ from torch import nn  # noqa: E402
 from em_tutorial.nn import (  # noqa: E402
     EMAU,
     EMANet,
+    ImagePooling2d,
     NonLocal2d,
     ResNet,
     emanet_resnet101,
@@ -164,11 +165,11 @@ def test_emanet_tiny_size_and_knobs():
 
 
 @pytest.mark.parametrize("head, head_cls", [("nonlocal", NonLocal2d), (None, nn.Identity),
-                                            ("none", nn.Identity)])
+                                            ("none", nn.Identity), ("pooling", ImagePooling2d)])
 def test_ablation_heads(head, head_cls):
     model = emanet_tiny(3, head=head)
     assert isinstance(model.attention, head_cls) and model.emau is None
-    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
+    assert model(torch.randn(2, 3, 40, 40)).shape == (2, 3, 40, 40)
 
 
 def test_emanet_autocast_bfloat16_close_to_float32():

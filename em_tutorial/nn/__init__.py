@@ -4,7 +4,7 @@
   :func:`em_tutorial.ema.em_attention` (NumPy) number for number.
 * :class:`EMAU` -- the EM Attention Unit, with its bases as a moving-average buffer.
 * :class:`NonLocal2d` -- the non-local block, the O(N^2) baseline.
-* :class:`GlobalPooling2d` -- global average pooling, the cheapest global-context baseline.
+* :class:`ImagePooling2d` -- DeepLabv3's image pooling, the cheapest global-context baseline.
 * :class:`ResNet` -- dilated ResNet backbones (torchvision-compatible names with the plain stem).
 * :class:`EMANet`, :func:`emanet_resnet101` (official), :func:`emanet_tiny` (CPU-sized), and
   :func:`param_groups` and :func:`set_bn_momentum` for the official training recipe.
@@ -24,12 +24,12 @@ from .emanet import (
 from .emau import EMAU
 from .non_local import NonLocal2d
 from .official import from_official_state_dict, load_official_checkpoint, to_official_state_dict
-from .pooling import GlobalPooling2d
+from .pooling import ImagePooling2d
 from .recipe import OFFICIAL_BN_MOMENTUM, param_groups, set_bn_momentum
 from .resnet import ResNet, resnet50, resnet101, resnet152
 
 __all__ = [
-    "functional", "EMAU", "GlobalPooling2d", "NonLocal2d", "ResNet", "resnet50", "resnet101",
+    "functional", "EMAU", "ImagePooling2d", "NonLocal2d", "ResNet", "resnet50", "resnet101",
     "resnet152", *emanet.__all__, *recipe.__all__, "from_official_state_dict",
     "to_official_state_dict", "load_official_checkpoint",
 ]

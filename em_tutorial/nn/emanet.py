@@ -22,7 +22,7 @@ from torch import nn
 from .emau import EMAU
 from .functional import check_input_dtype
 from .non_local import NonLocal2d
-from .pooling import GlobalPooling2d
+from .pooling import ImagePooling2d
 from .recipe import set_bn_momentum
 from .resnet import RESNET_DEPTHS, ResNet
 
@@ -41,7 +41,7 @@ _BACKBONES = {
     "tiny": TINY_BACKBONE,
     **{f"resnet{depth}": {"block": b, "layers": n} for depth, (b, n) in RESNET_DEPTHS.items()},
 }
-_HEADS = ("emau", "nonlocal", "pooling", "none")
+_HEADS = ("emau", "emau_gamma0", "nonlocal", "pooling", "none")
 _BACKBONE_KEYS = ("layers", "block", "base_width", "stem_width", "deep_stem", "multi_grid")
 
 
@@ -98,9 +98,12 @@ class EMANet(nn.Module):
     num_bases, num_stages, momentum, lam, renormalize_bases, bases_update
         K, T, the bases' moving-average momentum, lambda, the re-normalisation option and the
         update rule (``"official"`` or ``"mmseg"``) of :class:`~em_tutorial.nn.EMAU`.
-    head : {"emau", "nonlocal", "pooling", "none", None}
-        The attention block between the two 3x3 convolutions; the others are ablations
-        (``"pooling"``: :class:`~em_tutorial.nn.pooling.GlobalPooling2d`, global context
+    head : {"emau", "emau_gamma0", "nonlocal", "pooling", "none", None}
+        The attention block between the two 3x3 convolutions; the others are ablations:
+        ``"emau_gamma0"``, the EMAU with its output BatchNorm's gamma started at 0 (identity at
+        initialisation, the footing of the standard non-local block); ``"nonlocal"``,
+        :class:`~em_tutorial.nn.NonLocal2d` as the field builds it; ``"pooling"``,
+        :class:`~em_tutorial.nn.ImagePooling2d`, DeepLabv3's image pooling (global context
         without attention).
     head_channels : int
         Channels after the second 3x3 convolution (official: 256).
@@ -175,15 +178,16 @@ class EMANet(nn.Module):
             _load_backbone_weights(self.backbone, pretrained_backbone)
 
         self.fc0 = _conv_bn_relu(self.backbone.out_channels, ema_channels, norm_layer)
-        if head == "emau":
+        if head in ("emau", "emau_gamma0"):
             self.attention = EMAU(
                 ema_channels, num_bases, num_stages, momentum, lam, renormalize_bases, norm_layer,
                 bases_update=bases_update, init=init, non_finite="skip",
+                zero_init_output=head == "emau_gamma0",
             )
         elif head == "nonlocal":
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
         elif head == "pooling":
-            self.attention = GlobalPooling2d(ema_channels)
+            self.attention = ImagePooling2d(ema_channels, norm_layer=norm_layer)
         else:
             self.attention = nn.Identity()
         self.fc1 = _conv_bn_relu(ema_channels, head_channels, norm_layer)

@@ -128,6 +128,10 @@ class EMAU(nn.Module):
         Both draw the convolution weights from N(0, sqrt(2/n)), n = 1 * 1 * C (Kaiming normal,
         fan-out). ``"official"`` keeps PyTorch's default (uniform) bias of the first convolution
         as the authors' code does; ``"kaiming"`` sets it to zero.
+    zero_init_output : bool
+        Start the output BatchNorm's gamma (and beta) at 0, so that the unit is the identity
+        at initialisation on a non-negative input (ReLU(X + 0) = X), as the standard non-local
+        block starts. The authors' code keeps PyTorch's gamma = 1 (the default here).
     non_finite : {"raise", "skip"}
         What an input with NaN or inf, or one that would overflow, does. ``"raise"``: a
         ValueError before any buffer changes. ``"skip"``: the bases keep their values and the
@@ -158,6 +162,7 @@ class EMAU(nn.Module):
         *,
         bases_update: str = "official",
         init: str = "kaiming",
+        zero_init_output: bool = False,
         non_finite: str = "raise",
     ):
         super().__init__()
@@ -202,6 +207,10 @@ class EMAU(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         if init == "kaiming":
             nn.init.zeros_(self.conv_in.bias)
+        self.zero_init_output = zero_init_output
+        if zero_init_output:
+            nn.init.zeros_(self.bn_out.weight)
+            nn.init.zeros_(self.bn_out.bias)
         # Frozen: the loss never depends on it (see the module docstring).
         self.conv_in.requires_grad_(False)
 

@@ -1,14 +1,21 @@
 """The non-local block (eq. 9), the O(N^2 C) baseline that EM attention replaces.
 
-Embedded-Gaussian form (Wang et al., CVPR 2018):
+Embedded-Gaussian form (Wang et al., CVPR 2018), built the way the field builds it (the
+settings of mmcv's ``NonLocal2d``):
 
-    y_i = (1 / C(x_i)) sum_j exp(theta(x_i)^T phi(x_j)) g(x_j),   C(x_i) = sum_j exp(...)
+    f_ij = theta(x_i)^T phi(x_j) / sqrt(C')        logits, scaled by 1/sqrt(C') (``use_scale``)
+    y_i  = sum_j softmax_j(f_ij) g(x_j)            attention over all N = H*W positions j
+    z_i  = x_i + BN(W_z y_i)                       1x1 convolution + BN back to C channels
 
-i.e. a softmax over all N = H*W positions j, followed by a 1x1 convolution + BN back to C
-channels and a residual connection. The N x N attention matrix is what makes it expensive.
+Initialisation: theta, phi and g are drawn from N(0, 0.01) with zero biases, and the output
+BatchNorm's scale gamma starts at 0, so that the block starts as the identity (z = x) and a
+pretrained network is undisturbed until training gives the attention a use. The N x N
+attention matrix is what makes the block expensive.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -16,6 +23,9 @@ from torch import nn
 from .functional import check_feature_map, check_input_dtype
 
 __all__ = ["NonLocal2d"]
+
+#: Standard deviation of the theta, phi and g weights at initialisation (mmcv's ``std``).
+EMBEDDING_STD = 0.01
 
 
 class NonLocal2d(nn.Module):
@@ -26,26 +36,44 @@ class NonLocal2d(nn.Module):
     channels : int
         C, channels of the input and output.
     inter_channels : int, optional
-        Channels of the embeddings theta, phi, g (default C // 2, at least 1).
+        C', channels of the embeddings theta, phi, g (default C // 2, at least 1).
     norm_layer : callable
         Normalisation after the output 1x1 convolution.
+    use_scale : bool
+        Divide the logits theta^T phi by sqrt(C') (the standard embedded Gaussian; mmcv's
+        default). Without it, large embeddings push the softmax towards a one-hot.
+    zero_init_output : bool
+        Start the output BatchNorm's gamma (and beta) at 0, so the block is the identity at
+        initialisation (the standard). ``False`` keeps PyTorch's gamma = 1: the block then adds
+        a random perturbation to its input from the first step.
     """
 
-    def __init__(self, channels: int, inter_channels: int | None = None, norm_layer=nn.BatchNorm2d):
+    def __init__(self, channels: int, inter_channels: int | None = None,
+                 norm_layer=nn.BatchNorm2d, use_scale: bool = True,
+                 zero_init_output: bool = True):  # fmt: skip
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         inter_channels = inter_channels or max(channels // 2, 1)
         self.channels = channels
         self.inter_channels = inter_channels
+        self.use_scale = use_scale
+        self.zero_init_output = zero_init_output
         self.theta = nn.Conv2d(channels, inter_channels, 1)
         self.phi = nn.Conv2d(channels, inter_channels, 1)
         self.g = nn.Conv2d(channels, inter_channels, 1)
         self.conv_out = nn.Conv2d(inter_channels, channels, 1, bias=False)
         self.bn_out = norm_layer(channels)
+        for conv in (self.theta, self.phi, self.g):
+            nn.init.normal_(conv.weight, std=EMBEDDING_STD)
+            nn.init.zeros_(conv.bias)
+        if zero_init_output:
+            nn.init.zeros_(self.bn_out.weight)
+            nn.init.zeros_(self.bn_out.bias)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, inter_channels={self.inter_channels}"
+        return (f"channels={self.channels}, inter_channels={self.inter_channels}, "
+                f"use_scale={self.use_scale}, zero_init_output={self.zero_init_output}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, "NonLocal2d")
@@ -54,8 +82,12 @@ class NonLocal2d(nn.Module):
         theta = self.theta(x).flatten(2).mT  # (B, N, C')
         phi = self.phi(x).flatten(2)  # (B, C', N)
         g = self.g(x).flatten(2).mT  # (B, N, C')
-        # f(x_i, x_j) / C(x_i) = softmax_j(theta_i^T phi_j)
-        attention = torch.softmax(theta @ phi, dim=-1)  # (B, N, N)
-        # y_i = sum_j f_ij g(x_j)
+        # f_ij = theta_i^T phi_j / sqrt(C')
+        logits = theta @ phi  # (B, N, C') @ (B, C', N) -> (B, N, N)
+        if self.use_scale:
+            logits = logits / math.sqrt(self.inter_channels)
+        attention = torch.softmax(logits, dim=-1)  # (B, N, N)
+        # y_i = sum_j softmax_j(f_ij) g(x_j)
         y = (attention @ g).mT.reshape(b, self.inter_channels, h, w)  # (B, C', H, W)
+        # z = x + BN(W_z y)
         return x + self.bn_out(self.conv_out(y))

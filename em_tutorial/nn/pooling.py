@@ -1,53 +1,74 @@
-"""Global average pooling as a context block: the cheapest way to let every pixel see the image.
+"""Image-level pooling as a context block, in the form of DeepLabv3's pooling branch.
 
-The image-level pooling branch of ParseNet and DeepLabv3, written as a residual block with
-the same interface as the EMAU and the non-local block:
+The cheapest way to let every pixel see the whole image, written with the same interface as
+the EMAU and the non-local block:
 
     g = (1 / N) sum_n x_n                      global mean of the features, (B, C, 1, 1)
-    Y = ReLU(X + conv1x1(g))                   the same context vector added at every pixel
+    c = ReLU(BN(W_g g))                        1x1 convolution + BN + ReLU on the pooled vector
+    Y = ReLU(BN(W_f [X ; upsample(c)]))        the context broadcast to every pixel, concatenated
+                                               with X and fused by a 1x1 convolution + BN + ReLU
 
-It costs O(N C + C^2) per image, against O(N K C T) for the EMAU and O(N^2 C) for the
-non-local block, and carries a single vector of context: what the whole image holds, not
-which pixels belong together. It is the baseline that an attention module has to beat.
+(DeepLabv3 concatenates the pooled branch with its atrous branches and fuses them with one 1x1
+convolution; PSPNet does the same with pyramid pooling.) It costs O(N C^2) per image for the
+fusion, carries a single context vector (what the whole image holds, not which pixels belong
+together), and is *not* the identity at initialisation: the fusion convolution re-mixes X
+from the first step, as in DeepLabv3.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .functional import check_feature_map
+from .functional import check_feature_map, check_input_dtype
 
-__all__ = ["GlobalPooling2d"]
+__all__ = ["ImagePooling2d"]
 
 
-class GlobalPooling2d(nn.Module):
-    """Global-context block: (B, C, H, W) -> (B, C, H, W).
+class ImagePooling2d(nn.Module):
+    """Image-pooling context block (DeepLabv3 form): (B, C, H, W) -> (B, C, H, W).
 
     Parameters
     ----------
     channels : int
         C, channels of the input and output.
+    norm_layer : callable
+        Normalisation after both 1x1 convolutions (BatchNorm in DeepLabv3).
 
     Notes
     -----
-    No normalisation layer after the 1x1 convolution: its input has one value per image and
-    channel, which BatchNorm cannot normalise in a batch of one. The convolution has a bias.
+    In training mode the BatchNorm of the pooled branch sees one value per image and channel,
+    so it needs a batch of at least two images (DeepLabv3 has the same limit).
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_layer=nn.BatchNorm2d):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = channels
-        self.conv = nn.Conv2d(channels, channels, 1)
+        self.pooled = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
+                                    norm_layer(channels), nn.ReLU(inplace=True))  # fmt: skip
+        self.fuse = nn.Sequential(nn.Conv2d(2 * channels, channels, 1, bias=False),
+                                  norm_layer(channels), nn.ReLU(inplace=True))  # fmt: skip
+        for conv in (self.pooled[0], self.fuse[0]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.channels, "GlobalPooling2d")
+        check_feature_map(x, self.channels, "ImagePooling2d")
+        check_input_dtype(x, self.fuse[0].weight, "ImagePooling2d")
+        if self.training and x.shape[0] == 1:
+            raise ValueError(
+                f"ImagePooling2d input of shape {tuple(x.shape)}: in training mode the pooled "
+                "branch's BatchNorm needs a batch of at least two images; use eval mode for one"
+            )
         # g = (1 / N) sum_n x_n
         context = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-        # Y = ReLU(X + conv1x1(g)), broadcast over the H x W positions
-        return (x + self.conv(context)).relu()
+        # c = ReLU(BN(W_g g)), then the same vector at every one of the H x W positions
+        context = self.pooled(context)  # (B, C, 1, 1)
+        context = F.interpolate(context, size=x.shape[-2:], mode="nearest")  # (B, C, H, W)
+        # Y = ReLU(BN(W_f [X ; c]))
+        return self.fuse(torch.cat([x, context], dim=1))  # (B, 2C, H, W) -> (B, C, H, W)

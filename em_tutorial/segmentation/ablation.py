@@ -5,7 +5,11 @@ Every (task, head, seed) is one training run of the tiny EMANet:
 * tasks: ``context`` (:class:`~em_tutorial.segmentation.data.ContextScenes`, where a fragment's
   class is decided by a digit beyond the convolutions' receptive field) and ``control`` (the
   digit scenes, where the convolutions see every digit whole);
-* heads: ``none`` (no context block), ``emau``, ``nonlocal``, ``pooling``.
+* heads: ``none`` (no context block), ``emau`` (the authors' initialisation),
+  ``emau_gamma0`` (the EMAU with its output BatchNorm's gamma at 0, the identity at
+  initialisation like the standard non-local block), ``nonlocal`` (the standard non-local
+  block) and ``pooling`` (DeepLabv3's image pooling); the control task runs ``none`` and
+  ``emau`` by default (:data:`TASK_HEADS`).
 
 The context runs do not start from random weights: their backbone starts from the one that
 the control task's no-attention run of the same seed learned (``control-none-seed<s>``, run
@@ -14,12 +18,18 @@ scenes alone, the tiny network spends its whole budget separating ink from backg
 barely tells the digits apart (mIoU 0.18 without a context block in a 1200-iteration
 pilot), so the comparison of the heads would measure little but that.
 
+Every context run is also probed with the far digits swapped and removed
+(:func:`~em_tutorial.segmentation.context_probe.far_digit_probe`), and every row records the
+CPU model, the torch version and the threads it ran with: runs are exactly repeatable on one
+machine and one thread setting, not across them.
+
 Seeds are ``0 .. seeds - 1``, fixed before any run. Runs go two at a time (one process per
 run, one thread each), each in ``OUT/runs/<task>-<head>-seed<s>``. ``OUT/ablation.csv`` gains
 one row per finished run the moment it finishes, so an interrupted ablation, started again
 with the same command, keeps the finished rows and runs only the rest (an unfinished run
-resumes from its last checkpoint). At the end ``OUT/ablation.md`` holds the mean +- sd table
-with the heads' costs and ``OUT/ablation.png`` the bar chart.
+resumes from its last checkpoint). At the end ``OUT/ablation.md`` holds the per-seed tables,
+the paired statistics and the heads' costs, and ``OUT/ablation.png`` the paired
+differences per seed.
 """
 
 from __future__ import annotations
@@ -34,11 +44,14 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "Run", "backbone_path", "backbone_source",
+    "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "TASK_HEADS", "Run", "backbone_path",
+    "backbone_source", "cpu_model",
     "export_backbone", "load_run", "plan_runs", "run_ablation", "run_config",
 ]
 
-HEADS = ("none", "emau", "nonlocal", "pooling")
+HEADS = ("none", "emau", "emau_gamma0", "nonlocal", "pooling")
+#: The heads each task runs when none are named.
+TASK_HEADS = {"context": HEADS, "control": ("none", "emau")}
 #: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`);
 #: each about 3 minutes per run on one idle core. The context runs are shorter because their
 #: backbone already reads digits (see above).
@@ -48,13 +61,16 @@ ABLATION_TASKS = {
 }
 #: ``--quick``: every code path in seconds; the numbers mean nothing.
 QUICK_TASKS = {
-    "context": {"dataset": "context", "image_size": 208, "iterations": 3, "batch_size": 2,
+    "context": {"dataset": "context", "iterations": 3, "warmup_iterations": 1, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
     "control": {"dataset": "digits", "image_size": 48, "iterations": 3, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
 }  # fmt: skip
-COLUMNS = ("task", "head", "seed", "miou", "pixel_accuracy", "fragment_iou", "train_seconds",
-           "iterations", "image_size")  # fmt: skip
+PROBE_COLUMNS = ("follows_swap", "unchanged_by_swap", "fragment_accuracy",
+                 "fragment_accuracy_removed")  # fmt: skip
+NUMBER_COLUMNS = ("miou", "pixel_accuracy", "fragment_iou", *PROBE_COLUMNS, "train_seconds")
+COLUMNS = ("task", "head", "seed", *NUMBER_COLUMNS, "iterations", "image_size", "cpu_model",
+           "torch_version", "threads")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,15 +87,19 @@ class Run:
 
 
 def plan_runs(tasks, heads, seeds) -> list[Run]:
-    """Every (task, head, seed) in a fixed order; ``seeds``: a count N (seeds 0 .. N-1) or a list."""
-    unknown = [t for t in tasks if t not in ABLATION_TASKS] + [h for h in heads if h not in HEADS]
+    """Every (task, head, seed) in a fixed order; ``seeds``: a count N (seeds 0 .. N-1) or a list.
+
+    ``heads``: the heads of every task, or None for each task's :data:`TASK_HEADS`.
+    """
+    unknown = [t for t in tasks if t not in ABLATION_TASKS]
+    unknown += [h for h in heads or () if h not in HEADS]
     if unknown:
         raise ValueError(f"unknown tasks or heads {unknown}; tasks: {sorted(ABLATION_TASKS)}, "
                          f"heads: {list(HEADS)}")  # fmt: skip
     seeds = range(seeds) if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise ValueError(f"seeds must be at least 1, got {len(seeds)}")
-    return [Run(t, h, s) for s in seeds for t in tasks for h in heads]
+    return [Run(t, h, s) for s in seeds for t in tasks for h in heads or TASK_HEADS[t]]
 
 
 def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None,
@@ -97,6 +117,7 @@ def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None,
         settings["pretrained_backbone"] = str(backbone_path(out_dir, run.seed))
     return {**settings, "head": run.head, "seed": run.seed, "out_dir": str(run_dir),
             "threads": threads, "progress": False, "log_every": 10,
+            "scene_cache": str(Path(out_dir) / "scenes"),
             "resume": (run_dir / "checkpoint.pt").exists()}  # fmt: skip
 
 
@@ -154,9 +175,25 @@ def _iterations_done(log_path: Path) -> int:
     return 0
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def _train_run(run: Run, config: dict) -> dict:
     """Train one run (in a worker process) and return its CSV row."""
+    import torch
+
     from .config import TrainConfig, build_val_set
+    from .context_probe import far_digit_probe
     from .evaluation import evaluate
     from .training import train
 
@@ -165,13 +202,17 @@ def _train_run(run: Run, config: dict) -> dict:
     row = {"task": run.task, "head": run.head, "seed": run.seed,
            "miou": summary["metrics"]["miou"],
            "pixel_accuracy": summary["metrics"]["pixel_accuracy"], "fragment_iou": None,
+           **dict.fromkeys(PROBE_COLUMNS),
            "train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
-           "image_size": config.image_size}  # fmt: skip
-    val_set = build_val_set(config)
-    if hasattr(val_set, "fragments_only"):
+           "image_size": config.image_size, "cpu_model": cpu_model(),
+           "torch_version": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+    if config.dataset == "context":
+        val_set = build_val_set(config)
         matrix = evaluate(summary["model"], val_set.fragments_only(), batch_size=config.batch_size)
         # mean IoU of the digit classes (1..10) on the fragments' pixels
         row["fragment_iou"] = float(np.nanmean(matrix.iou_per_class()[1:]))
+        probe = far_digit_probe(summary["model"], config, batch_size=config.batch_size)
+        row.update({name: probe[name] for name in PROBE_COLUMNS})
     return row
 
 
@@ -183,8 +224,8 @@ def read_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     for row in rows:
         row["seed"] = int(row["seed"])
-        for name in ("miou", "pixel_accuracy", "fragment_iou", "train_seconds"):
-            row[name] = float(row[name]) if row[name] not in ("", None) else None
+        for name in NUMBER_COLUMNS:
+            row[name] = float(row[name]) if row.get(name) not in ("", None) else None
     return rows
 
 
@@ -198,7 +239,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(temporary, path)
 
 
-def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, quick=False,
+def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=None, quick=False,
                  workers=None, progress=True, command="em-tutorial ablate",
                  iterations=None, threads=None, overrides=None) -> list[dict]:  # fmt: skip
     """Run every (task, head, seed) not yet in ``out_dir/ablation.csv``; write the report.
@@ -209,7 +250,8 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=HEADS, qui
     seeds : int or sequence of int
         Seeds 0 .. seeds - 1 of every (task, head), or the seeds themselves.
     tasks, heads : sequences of str
-        Subsets of :data:`ABLATION_TASKS` and :data:`HEADS`.
+        Subsets of :data:`ABLATION_TASKS` and :data:`HEADS`; ``heads=None``: each task's
+        :data:`TASK_HEADS`.
     quick : bool
         :data:`QUICK_TASKS`: seconds, for tests.
     workers : int, optional

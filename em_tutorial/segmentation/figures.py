@@ -28,6 +28,7 @@ __all__ = [
     "label_palette",
     "predictions_figure",
     "receptive_field_figure",
+    "swap_figure",
     "training_curves_figure",
 ]
 
@@ -212,6 +213,39 @@ def predictions_figure(models: dict, dataset, indices, path=None):
             for col, title in enumerate(["image", "truth"] + names):
                 axes[0, col].set_title(title, fontsize=9)
     _class_legend(figure, class_names)
+    return _save(figure, path)
+
+
+def swap_figure(models: dict, kept, swapped, index: int = 0, path=None):
+    """The swap test on one scene: the scene as drawn and with its far digits redrawn as another
+    class (top and bottom row), and each model's prediction of both. The fragments' strips are
+    outlined: a network that reads the far digits changes its fragments' class with them.
+
+    Parameters
+    ----------
+    models : dict of name -> nn.Module
+    kept, swapped : ContextScenes
+        The same scenes with ``far_digits="keep"`` and ``"swap"``.
+    index : int
+    """
+    names = list(models)
+    num_classes = len(kept.class_names)
+    figure, axes = _new_figure(2, 1 + len(names), size=2.2)
+    windows = kept.fragment_windows(index)
+    for row, (scenes, what) in enumerate(((kept, "far digits as drawn"),
+                                          (swapped, "far digits swapped"))):  # fmt: skip
+        image, _ = scenes[index]
+        axes[row, 0].imshow(scenes.raw(index)[0])
+        far = kept.class_names[scenes.far_classes[index] + 1]
+        axes[row, 0].set_title(f"{what} (far: {far})", fontsize=8)
+        for col, name in enumerate(names, start=1):
+            prediction = colorize(_predict(models[name], image), num_classes)
+            axes[row, col].imshow(prediction, interpolation="nearest")
+            if row == 0:
+                axes[row, col].set_title(name, fontsize=9)
+        for ax in axes[row]:
+            ax.contour(windows, levels=[0.5], colors="white", linewidths=0.8)
+    _class_legend(figure, kept.class_names)
     return _save(figure, path)
 
 

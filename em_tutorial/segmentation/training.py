@@ -1,6 +1,8 @@
 """Training EMANet: the loop, one iteration at a time (counted in iterations, not epochs).
 
     lr_i  = lr_0 * (1 - i / iterations) ** 0.9          poly schedule (biases: 2 * lr_i)
+            times (i + 1) / warmup for the first ``warmup_iterations`` (linear warm-up; none in
+            the official recipe)
     loss  = cross_entropy(model(images), labels), ignoring label 255, averaged over all pixels
             of the crops (official) or over the labelled ones (``loss_normalization``)
     SGD step with momentum 0.9, weight decay 1e-4 on convolution weights only
@@ -61,9 +63,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def poly_factor(iteration: int, iterations: int, power: float = 0.9) -> float:
-    """The poly schedule's multiplier of the base learning rate: ``(1 - i / iterations) ** power``."""
-    return (1.0 - iteration / iterations) ** power
+def poly_factor(iteration: int, iterations: int, power: float = 0.9, warmup: int = 0) -> float:
+    """The multiplier of the base learning rate at ``iteration``.
+
+    ``(1 - i / iterations) ** power`` (poly), times ``(i + 1) / warmup`` while ``i < warmup``.
+    """
+    factor = (1.0 - iteration / iterations) ** power
+    if iteration < warmup:
+        factor *= (iteration + 1) / warmup
+    return factor
 
 
 def train(config: TrainConfig) -> dict:
@@ -274,8 +282,9 @@ def _step(run: _Run, images, labels, iteration: int, ignore_index: int) -> float
     config, process, optimizer = run.config, run.process, run.optimizer
     images = images.to(process.device, non_blocking=True)
     labels = labels.to(process.device, non_blocking=True)
-    # lr_i = lr_0 * (1 - i / iterations) ** power, per group (biases keep their 2x)
-    factor = poly_factor(iteration, config.iterations, config.poly_power)
+    # lr_i = lr_0 * (1 - i / iterations) ** power, per group (biases keep their 2x), warmed up
+    factor = poly_factor(iteration, config.iterations, config.poly_power,
+                         config.warmup_iterations)  # fmt: skip
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
 

@@ -12,11 +12,17 @@ background, as in :class:`~em_tutorial.segmentation.data.DigitScenes`). A strip 
 ambiguous on its own (the left third of a 0, a 6 and an 8 look alike), so the label of a
 fragment is decided by the full instance. The full instances are placed at least
 ``context_distance`` pixels (Chebyshev distance, box to box) from every fragment: with the
-default 104, farther than the reach of the tiny EMANet's theoretical receptive field (99 px,
-measured by :func:`~em_tutorial.segmentation.receptive_field.theoretical_receptive_field`),
-so no output pixel of a fragment even *sees* a pixel of a full instance through the
-convolutions. Only a block that mixes information across the whole image -- global pooling,
-the non-local block, the EMAU -- can carry the class over.
+default 104, farther than the reach of the tiny EMANet's theoretical receptive field (a
+199-px square, so a reach of 99 px, measured by
+:func:`~em_tutorial.segmentation.receptive_field.theoretical_receptive_field`), so no output
+pixel of a fragment even *sees* a pixel of a full instance through the convolutions. Only a
+block that mixes information across the whole image -- image pooling, the non-local block,
+the EMAU -- can carry the class over.
+
+Two edits of the same scenes test that directly (``far_digits``): ``"swap"`` draws the full
+instances as another class (same places, same colour, same noise; the fragments and their
+labels unchanged), ``"remove"`` leaves them out, so the background texture shows where they
+were. A network whose fragment predictions follow the swap reads the far digits.
 
 The fragments' pixels are marked (:meth:`ContextScenes.fragment_windows`), so that their IoU
 can be measured apart (:meth:`ContextScenes.fragments_only`). Scene ``i`` depends only on
@@ -37,7 +43,10 @@ from .digits import (
     upscale_glyph,
 )
 
-__all__ = ["ContextConfig", "ContextScenes"]
+__all__ = ["FAR_DIGITS", "ContextConfig", "ContextScenes"]
+
+#: What :class:`ContextScenes` does with the full instances: draw, swap or leave out.
+FAR_DIGITS = ("keep", "swap", "remove")
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,12 @@ class ContextConfig:
     Attributes
     ----------
     image_size : int
-        Height and width of a scene in pixels (256: a 32 x 32 feature map at output stride 8).
+        Height and width of a scene in pixels (192: a 24 x 24 feature map at output stride 8).
     full_digits, fragments : (int, int)
         Inclusive ranges of the numbers of full instances and of border fragments.
     digit_size : (int, int)
-        Inclusive range of a glyph's side in pixels.
+        Inclusive range of a glyph's side in pixels (36 to 48: the digits of the 96-px
+        digit scenes, on which the context runs' backbones learn to read).
     visible_fraction : (float, float)
         Range of the share of a fragment's glyph that lies inside the image.
     context_distance : int
@@ -61,10 +71,10 @@ class ContextConfig:
         As in :class:`~em_tutorial.segmentation.data.SceneConfig`.
     """
 
-    image_size: int = 256
+    image_size: int = 192
     full_digits: tuple[int, int] = (2, 3)
     fragments: tuple[int, int] = (2, 3)
-    digit_size: tuple[int, int] = (48, 64)
+    digit_size: tuple[int, int] = (36, 48)
     visible_fraction: tuple[float, float] = (0.35, 0.5)
     context_distance: int = 104
     ink_threshold: float = 0.25
@@ -129,6 +139,16 @@ class ContextScenes(DigitScenes):
     config : ContextConfig, optional
     transform : callable, optional
         As in :class:`DigitScenes`; default :func:`to_model_input`.
+    far_digits : {"keep", "swap", "remove"}
+        The full instances as drawn, drawn as another class (:attr:`far_classes`), or left
+        out. Everything else of scene ``i`` is the same in all three.
+
+    Attributes
+    ----------
+    scene_classes : ndarray of int, shape (num_scenes,)
+        The digit (0..9) of each scene's fragments.
+    far_classes : ndarray of int, shape (num_scenes,)
+        The digit of its full instances: ``scene_classes`` unless ``far_digits="swap"``.
 
     Notes
     -----
@@ -141,18 +161,34 @@ class ContextScenes(DigitScenes):
     stream_key = (7,)  # keeps these streams apart from the digit scenes' (seed, split, i)
     kind = "context scene"
 
-    def __init__(self, split="train", num_scenes=1000, seed=0, config=None, transform=None):
-        self._windows = []  # filled by _draw, scene by scene
-        super().__init__(split, num_scenes, seed, config, transform)
+    rendered_arrays = ("images", "labels", "windows", "scene_classes", "far_classes")
+
+    def __init__(self, split="train", num_scenes=1000, seed=0, config=None, transform=None,
+                 far_digits="keep", cache_dir=None):  # fmt: skip
+        if far_digits not in FAR_DIGITS:
+            raise ValueError(f"far_digits must be one of {FAR_DIGITS}, got {far_digits!r}")
+        self.far_digits = far_digits
+        self._windows, self._classes = [], []  # filled by _draw, scene by scene
+        super().__init__(split, num_scenes, seed, config, transform, cache_dir)
+        del self._windows, self._classes
+
+    def _finish_rendering(self):
         self.windows = np.stack(self._windows)  # (num_scenes, S, S)
-        del self._windows
+        self.scene_classes, self.far_classes = np.array(self._classes).reshape(-1, 2).T
+
+    def _cache_options(self) -> tuple:
+        return (self.far_digits,)
 
     def _draw(self, rng, glyphs, classes):
         """One scene laid out with its fragments on the left, then turned by 0-3 quarter turns
         (the fragments' border: left, bottom, right or top); its fragments' strips go to the
         windows. The glyphs are drawn turned back by the same amount, so that every digit
-        reads upright in the final scene (a 6 turned by half a turn would be a 9)."""
+        reads upright in the final scene (a 6 turned by half a turn would be a 9).
+
+        The swap's class and glyphs come from a generator spawned from ``rng``, which leaves
+        ``rng``'s stream untouched: every other draw is the same whatever ``far_digits`` is."""
         cfg = self.config
+        swap_rng = rng.spawn(1)[0]
         turns = int(rng.integers(0, 4))
         background = textured_background(rng, cfg.image_size)
         colour = _ink_colour(rng, background.mean(axis=(0, 1)))
@@ -171,11 +207,21 @@ class ContextScenes(DigitScenes):
             composite_glyph(image, label, alpha, (top, 0), colour, digit, cfg.ink_threshold)
             windows[top:top + size, :visible] = True
         strip = max(visible for _, _, visible in fragments)
+        far_digit = digit
+        if self.far_digits == "swap":  # any class but the fragments'
+            far_digit = (digit + 1 + int(swap_rng.integers(0, 9))) % 10
+        far_samples = np.flatnonzero(classes == far_digit)
         for size, top, left in _full_boxes(rng, cfg, strip + cfg.context_distance):
-            composite_glyph(image, label, upright_glyph(size), (top, left), colour, digit,
+            glyph = upright_glyph(size)  # drawn in every mode, to keep rng's stream
+            if self.far_digits == "remove":
+                continue
+            if self.far_digits == "swap":
+                glyph = np.rot90(upscale_glyph(glyphs[swap_rng.choice(far_samples)], size), -turns)
+            composite_glyph(image, label, glyph, (top, left), colour, far_digit,
                             cfg.ink_threshold)  # fmt: skip
         image += cfg.noise_std * rng.standard_normal(image.shape)
         self._windows.append(np.rot90(windows, turns))
+        self._classes += [digit, far_digit]
         return np.rot90(np.clip(image, 0.0, 1.0), turns), np.rot90(label, turns)
 
     def fragment_windows(self, index):

@@ -20,7 +20,10 @@ every machine and in every process.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -274,6 +277,9 @@ class DigitScenes:
     transform : callable, optional
         ``transform(image_uint8 (S,S,3), label (S,S), rng=None) -> (image, label)``; by default
         :func:`em_tutorial.segmentation.data.transforms.to_model_input` (ImageNet normalisation, CHW float32).
+    cache_dir : path, optional
+        A folder where the rendered scenes are kept (one ``.npz`` per set, named by what it
+        depends on), so that runs that need the same scenes render them once.
 
     Notes
     -----
@@ -290,7 +296,8 @@ class DigitScenes:
     stream_key = ()
     kind = "digit scene"
 
-    def __init__(self, split="train", num_scenes=2000, seed=0, config=None, transform=None):
+    def __init__(self, split="train", num_scenes=2000, seed=0, config=None, transform=None,
+                 cache_dir=None):  # fmt: skip
         check_integer("num_scenes", num_scenes, 1)
         self.split = split
         self.seed = check_integer("seed", seed, 0)  # numpy's seeds are non-negative
@@ -300,6 +307,12 @@ class DigitScenes:
             )
         self.config = config or self.config_type()
         self.transform = transform or to_model_input
+        cached = None if cache_dir is None else Path(cache_dir) / f"{self._cache_name(num_scenes)}.npz"
+        if cached is not None and cached.exists():
+            with np.load(cached) as arrays:
+                for name in self.rendered_arrays:
+                    setattr(self, name, arrays[name])
+            return
         glyphs, classes = digit_pool(split)
         size = self.config.image_size
         self.images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
@@ -309,6 +322,27 @@ class DigitScenes:
             image, label = self._draw(rng, glyphs, classes)
             self.images[i] = np.round(image * 255).astype(np.uint8)
             self.labels[i] = label
+        self._finish_rendering()
+        if cached is not None:  # written whole, then renamed: a reader never sees half a file
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.npz")
+            np.savez(temporary, **{name: getattr(self, name) for name in self.rendered_arrays})
+            os.replace(temporary, cached)
+
+    #: The arrays that rendering fills (and a cache keeps).
+    rendered_arrays = ("images", "labels")
+
+    def _finish_rendering(self):
+        """Called once all scenes are drawn (subclasses gather what ``_draw`` collected)."""
+
+    def _cache_name(self, num_scenes: int) -> str:
+        """What the scenes depend on, hashed: class, split, seed, count, config and options."""
+        key = repr((type(self).__name__, self.split, self.seed, num_scenes, self.config,
+                    self._cache_options()))  # fmt: skip
+        return f"{self.kind.replace(' ', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+    def _cache_options(self) -> tuple:
+        return ()
 
     def _draw(self, rng, glyphs, classes):
         cfg = self.config
