@@ -264,12 +264,14 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
     """
     import torch
 
-    from .segmentation.ablation import run_ablation
-    from .segmentation.context_probe import far_digit_probe
+    from .segmentation.ablation import PROBE_COLUMNS, run_ablation
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    _check_runs_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.md", "tour.json"):  # an earlier, interrupted tour's must not survive
+        (out_dir / stale).unlink(missing_ok=True)
     threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
     torch.set_num_threads(threads)
     seeds = list(seeds)
@@ -282,8 +284,7 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
 
     print(f"\n== 2. Train EMANet and the same network without its EMAU, seeds {seeds}, on the "
           f"context task and its control, two runs at a time, {threads} thread(s) each ==")  # fmt: skip
-    runs_dir = out_dir / "runs"
-    shutil.rmtree(runs_dir, ignore_errors=True)  # the tour always trains from scratch
+    runs_dir = _fresh_runs_dir(out_dir)
     rows = run_ablation(runs_dir, seeds=seeds, tasks=TOUR_TASKS, heads=tuple(NETWORKS),
                         quick=quick, workers=2, progress=progress, command="em-tutorial tour",
                         iterations=iterations, threads=threads,
@@ -292,12 +293,9 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
     print("\n== 3. Validation: fragment IoU per seed, and the swap test ==")
     models, configs = _load_models(rows, runs_dir, quick,
                                    iterations)  # fmt: skip
-    swap_tests = []
-    for r in rows:
-        if r["task"] == "context":
-            probe = far_digit_probe(models["context", r["head"], r["seed"]],
-                                    configs["context", r["head"], r["seed"]])  # fmt: skip
-            swap_tests.append({"head": r["head"], "seed": r["seed"], **probe})
+    # every context run was probed as it finished (the ablation's probe columns)
+    swap_tests = [{"head": r["head"], "seed": r["seed"], **{name: r[name] for name in PROBE_COLUMNS}}
+                  for r in rows if r["task"] == "context"]  # fmt: skip
     for seed in seeds:
         line = f"  seed {seed}:"
         for head in NETWORKS:
@@ -322,6 +320,31 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
     print(f"\nTour finished in {total:.0f} s. Report and figures are in {out_dir.resolve()}")
     print(f"  {report.resolve()}")
     return {"out_dir": str(out_dir), "report": str(report), **result}
+
+
+#: Marks ``OUT/runs`` as made by the tour: only such a folder is deleted by the next tour.
+RUNS_MARKER = ".made-by-em-tutorial-tour"
+
+
+def _check_runs_dir(out_dir: Path) -> None:
+    """Refuse, before anything is written, an ``OUT/runs`` that the tour did not make."""
+    runs_dir = out_dir / "runs"
+    if runs_dir.exists() and any(runs_dir.iterdir()) and not (runs_dir / RUNS_MARKER).exists():
+        raise FileExistsError(
+            f"{runs_dir} holds files that no tour made; the tour trains from scratch there and "
+            "would delete them: choose another --out, or move them away"
+        )
+
+
+def _fresh_runs_dir(out_dir: Path) -> Path:
+    """An empty ``OUT/runs``, marked as the tour's (the earlier tour's runs removed)."""
+    runs_dir = out_dir / "runs"
+    _check_runs_dir(out_dir)
+    shutil.rmtree(runs_dir, ignore_errors=True)  # the tour always trains from scratch
+    runs_dir.mkdir(parents=True)
+    (runs_dir / RUNS_MARKER).write_text("This folder was made by `em-tutorial tour`; the next "
+                                        "tour with the same --out replaces it.\n")  # fmt: skip
+    return runs_dir
 
 
 def _val_set(config):

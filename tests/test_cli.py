@@ -225,3 +225,16 @@ def test_a_checkpoint_without_checksum_is_evaluated_with_a_one_line_warning(tmp_
     assert capsys.readouterr().err == (f"em-tutorial: warning: checkpoint {run / 'checkpoint.pt'} "
                                        "has no checksum (written by an older em-tutorial); its "
                                        "content cannot be verified\n")  # fmt: skip
+
+
+def test_tour_refuses_a_runs_folder_it_did_not_make(tmp_path, capsys):
+    mine = tmp_path / "proj" / "runs" / "digits" / "checkpoint.pt"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own checkpoint")
+    (tmp_path / "proj" / "report.md").write_text("an earlier report")
+    assert main(["tour", "--quick", "--out", str(tmp_path / "proj"), "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("em-tutorial: error: ") and error.count("\n") == 1
+    assert "no tour made" in error
+    assert mine.read_bytes() == b"the user's own checkpoint"  # nothing deleted
+    assert (tmp_path / "proj" / "report.md").exists()  # nor anything else touched

@@ -78,7 +78,8 @@ def test_emau_as_the_authors_start_it_is_not_the_identity(features):
 
 
 @pytest.mark.parametrize("head, identity", [("emau_gamma0", True), ("nonlocal", True),
-                                            ("emau", False), ("pooling", False)])
+                                            ("emau", False), ("nonlocal_gamma1", False),
+                                            ("pooling", False)])
 def test_emanet_heads_at_initialisation(head, identity):
     torch.manual_seed(0)
     model = emanet_tiny(11, head=head, ema_channels=32, num_bases=8).eval()

@@ -41,7 +41,7 @@ _BACKBONES = {
     "tiny": TINY_BACKBONE,
     **{f"resnet{depth}": {"block": b, "layers": n} for depth, (b, n) in RESNET_DEPTHS.items()},
 }
-_HEADS = ("emau", "emau_gamma0", "nonlocal", "pooling", "none")
+_HEADS = ("emau", "emau_gamma0", "nonlocal", "nonlocal_gamma1", "pooling", "none")
 _BACKBONE_KEYS = ("layers", "block", "base_width", "stem_width", "deep_stem", "multi_grid")
 
 
@@ -98,11 +98,12 @@ class EMANet(nn.Module):
     num_bases, num_stages, momentum, lam, renormalize_bases, bases_update
         K, T, the bases' moving-average momentum, lambda, the re-normalisation option and the
         update rule (``"official"`` or ``"mmseg"``) of :class:`~em_tutorial.nn.EMAU`.
-    head : {"emau", "emau_gamma0", "nonlocal", "pooling", "none", None}
+    head : {"emau", "emau_gamma0", "nonlocal", "nonlocal_gamma1", "pooling", "none", None}
         The attention block between the two 3x3 convolutions; the others are ablations:
         ``"emau_gamma0"``, the EMAU with its output BatchNorm's gamma started at 0 (identity at
         initialisation, the footing of the standard non-local block); ``"nonlocal"``,
-        :class:`~em_tutorial.nn.NonLocal2d` as the field builds it; ``"pooling"``,
+        :class:`~em_tutorial.nn.NonLocal2d` as the field builds it (``"nonlocal_gamma1"``: the
+        same with its output gamma started at 1, the footing of the authors' EMAU); ``"pooling"``,
         :class:`~em_tutorial.nn.ImagePooling2d`, DeepLabv3's image pooling (global context
         without attention).
     head_channels : int
@@ -184,8 +185,9 @@ class EMANet(nn.Module):
                 bases_update=bases_update, init=init, non_finite="skip",
                 zero_init_output=head == "emau_gamma0",
             )
-        elif head == "nonlocal":
-            self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer)
+        elif head in ("nonlocal", "nonlocal_gamma1"):
+            self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer,
+                                        zero_init_output=head == "nonlocal")  # fmt: skip
         elif head == "pooling":
             self.attention = ImagePooling2d(ema_channels, norm_layer=norm_layer)
         else:

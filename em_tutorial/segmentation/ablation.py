@@ -9,7 +9,8 @@ Every (task, head, seed) is one training run of the tiny EMANet:
   ``emau_gamma0`` (the EMAU with its output BatchNorm's gamma at 0, the identity at
   initialisation like the standard non-local block), ``nonlocal`` (the standard non-local
   block) and ``pooling`` (DeepLabv3's image pooling); the control task runs ``none`` and
-  ``emau`` by default (:data:`TASK_HEADS`).
+  ``emau`` by default (:data:`TASK_HEADS`). ``nonlocal_gamma1``, the standard non-local block
+  started with its output gamma at 1 (the authors' EMAU's footing), runs when named.
 
 The context runs do not start from random weights: their backbone starts from the one that
 the control task's no-attention run of the same seed learned (``control-none-seed<s>``, run
@@ -49,12 +50,14 @@ __all__ = [
     "export_backbone", "load_run", "plan_runs", "run_ablation", "run_config",
 ]
 
-HEADS = ("none", "emau", "emau_gamma0", "nonlocal", "pooling")
-#: The heads each task runs when none are named.
-TASK_HEADS = {"context": HEADS, "control": ("none", "emau")}
-#: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`);
-#: each about 3 minutes per run on one idle core. The context runs are shorter because their
-#: backbone already reads digits (see above).
+HEADS = ("none", "emau", "emau_gamma0", "nonlocal", "nonlocal_gamma1", "pooling")
+#: The heads each task runs when none are named (the plan's; ``nonlocal_gamma1`` is run on
+#: request only).
+TASK_HEADS = {"context": ("none", "emau", "emau_gamma0", "nonlocal", "pooling"),
+              "control": ("none", "emau")}  # fmt: skip
+#: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`; the
+#: rest is the data set's recipe). On the idle 2-core machine, two runs side by side: about
+#: 2.4 minutes per control run and 2 minutes per context run (results/ablation/PLAN.md).
 ABLATION_TASKS = {
     "context": {"dataset": "context", "iterations": 600},
     "control": {"dataset": "digits", "iterations": 1500},

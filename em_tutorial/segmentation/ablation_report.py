@@ -25,12 +25,14 @@ __all__ = ["COMPARISONS", "decisions", "paired_table", "summarise", "write_repor
 
 #: (head A, head B) pairs compared seed by seed, where both ran.
 COMPARISONS = (("emau", "none"), ("emau_gamma0", "none"), ("nonlocal", "none"),
-               ("pooling", "none"), ("emau", "nonlocal"), ("emau_gamma0", "nonlocal"),
+               ("nonlocal_gamma1", "none"), ("pooling", "none"), ("emau", "nonlocal"),
+               ("emau_gamma0", "nonlocal"), ("emau", "nonlocal_gamma1"),
                ("emau", "emau_gamma0"))  # fmt: skip
 #: The decision rules' constants (see the module docstring).
 ALPHA, LEAST_SHARE_POSITIVE, NON_INFERIORITY_MARGIN = 0.05, 0.9, 0.05
 LABELS = {"none": "none", "emau": "EMAU", "emau_gamma0": "EMAU (γ₀ = 0)",
-          "nonlocal": "non-local", "pooling": "image pooling"}  # fmt: skip
+          "nonlocal": "non-local", "nonlocal_gamma1": "non-local (γ₀ = 1)",
+          "pooling": "image pooling"}  # fmt: skip
 
 
 def summarise(rows: list[dict], quick: bool = False, overrides=None) -> list[dict]:
@@ -242,6 +244,7 @@ def ablation_figure(rows: list[dict], path=None):
                                                       [high - 100 * e["mean"]]],
                         fmt="D", color="black", capsize=4, markersize=4)  # fmt: skip
         ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlim(-0.6, len(entries) - 0.2)  # one head keeps the width of one slot
         ax.set_xticks(range(len(entries)), [LABELS[e["a"]] for e in entries], rotation=20,
                       fontsize=8)  # fmt: skip
         name = {"fragment_iou": "fragment IoU", "miou": "mIoU"}[metric]

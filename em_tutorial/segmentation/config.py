@@ -61,9 +61,9 @@ TOUR_MODEL = {
     "align_corners": False,
 }
 
-#: The tiny EMANet for the 256x256 context scenes: the tour's network with K=8 bases, so that on
-#: the 32x32 feature map the non-local block costs over 5 times the EMAU (75 M against 12 M
-#: multiply-adds per image, from ``em-tutorial ablate``'s cost columns).
+#: The tiny EMANet for the 192x192 context scenes: the tour's network with K=8 bases. On the
+#: 24x24 feature map the standard non-local block costs about 4 times the EMAU's
+#: multiply-adds and 6 times its memory (``em-tutorial ablate``'s cost columns).
 CONTEXT_MODEL = {**TOUR_MODEL, "num_bases": 8}
 
 #: Defaults per data set; any :class:`TrainConfig` field given explicitly overrides them.

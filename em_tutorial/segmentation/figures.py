@@ -121,12 +121,15 @@ def emau_maps(model, image):
 
 
 def _show_argmax_basis(figure, ax, maps, extent):
-    """The best-explaining basis of each feature cell, drawn cell by cell, with a colour bar."""
+    """The best-explaining basis of each feature cell, drawn cell by cell, with a colour bar.
+
+    The bases get shades of one blue-to-yellow ramp (cividis), so that no basis wears a class's
+    colour: the classes use ten distinct hues (:func:`label_palette`)."""
+    from matplotlib import colormaps
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     num_bases = len(maps)
-    colours = ListedColormap([f"C{k % 10}" if k < 10 else f"tab:{['gray', 'olive'][k % 2]}"
-                              for k in range(num_bases)])  # fmt: skip
+    colours = ListedColormap(colormaps["cividis"](np.linspace(0.0, 1.0, num_bases)))
     norm = BoundaryNorm(np.arange(num_bases + 1) - 0.5, num_bases)
     shown = ax.imshow(maps.argmax(axis=0), cmap=colours, norm=norm, extent=extent,
                       interpolation="nearest")  # fmt: skip
