@@ -124,6 +124,33 @@ def cancels_too_much(correction, result, dtype):
     return bool(rows_that_cancel_too_much(correction, result, dtype))
 
 
+def matrix_cancels_too_much(correction_sizes, scatters, dtype):
+    """Trick 4 for full and tied: does some ``S_new = S - N s s^T`` lose more than half the
+    dtype's digits in *any* direction?
+
+    The subtraction rounds off every entry by ~eps N ||s||^2, in whatever direction; the
+    narrowest direction of S_new holds its smallest eigenvalue lambda_min, so the share
+    lost there is eps N ||s||^2 / lambda_min. Looking only along s, or at the diagonal,
+    misses a thin direction oblique to the axes (a component 100 times narrower along
+    (1, -1) than along (1, 1)).
+
+    Parameters
+    ----------
+    correction_sizes : array of shape (M,)
+        N_k ||s_k||^2 for each matrix (for tied, sum_k N_k ||m_k||^2: the trace of the
+        pooled correction).
+    scatters : array of shape (M, d, d)
+        S_new, as the subtraction left it.
+    dtype
+        The working dtype.
+    """
+    xp = get_array_module(correction_sizes, scatters)
+    # A NaN (a collapsed component) is left for the log-likelihood to report.
+    finite = xp.where(xp.isfinite(scatters), scatters, xp.zeros_like(scatters))
+    smallest = xp.min(xp.linalg.eigvalsh(finite), axis=-1)  # lambda_min: (M,)
+    return cancels_too_much(correction_sizes, smallest, dtype)
+
+
 #: The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near
 #: component k (the terms cancel that much); above this many nats they are formed from
 #: centred differences instead.

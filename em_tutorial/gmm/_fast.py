@@ -34,10 +34,14 @@ loading at the time, so the ratios are indicative:
    (narrow components far from c) the distances come from centred differences instead.
 4. **Re-centring, judged from the new scatter.** The scatter comes out around another
    centre (the old means, or c) and moves to the new means, S_new = S_old - N_k s s^T for
-   the shift s. That cancels about log10(N_k s^T s / (u^T S_new u)) digits in the
-   direction u of s; where it would be more than half the dtype's digits (a ratio above
-   ~2900 in float32, ~7e7 in float64) the step makes a second pass over X centred on the
-   new means. A component that shrinks a lot in one step is caught this way; the old
+   the shift s. That rounds off every entry by ~eps N_k ||s||^2, in any direction, so it
+   cancels about log10(N_k ||s||^2 / lambda_min(S_new)) digits in the narrowest direction
+   of S_new (tied: sum_k N_k ||m_k||^2 against the pooled scatter's lambda_min; diag and
+   spherical: coordinate by coordinate). Where that would be more than half the dtype's
+   digits (a ratio above ~2900 in float32, ~7e7 in float64) the step makes a second pass
+   over X centred on the new means. Looking only along s missed a thin direction oblique
+   to it: a cluster 100 times narrower along (1, -1) than along (1, 1), its mean 30 sd
+   away, lost 73 % of that variance in float32. A component that shrinks a lot in one step is caught this way; the old
    spread would not show it. Diag and spherical re-centre only the components that cancel
    (in the spherical fit at 20k x 128 x 8 one component shrinks to almost no spread and is
    caught in every step from the fourth on), and reuse the step's z_nk where they take no

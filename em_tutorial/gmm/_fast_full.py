@@ -6,9 +6,9 @@ from __future__ import annotations
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import full_like_shape
 from em_tutorial.gmm._blocks import (
-    cancels_too_much,
     log_joint_offset,
     map_blocks,
+    matrix_cancels_too_much,
     over_blocks,
     responsibilities,
 )
@@ -145,10 +145,8 @@ def full_step_scatter(X, weights, means, precisions_cholesky, counts, weighted_s
     shift = new_means - means  # s: (K, d)
     # sum_n z_nk (x_n - mu_new)(x_n - mu_new)^T = S_old - N_k s s^T
     moved = scatter - counts[:, None, None] * (shift[:, :, None] * shift[:, None, :])
-    # The cancellation in the shift's direction: N_k (s^T s)^2 against s^T S_new s.
-    shift_norm = xp.vecdot(shift, shift, axis=-1)  # (K,)
-    along_shift = xp.vecdot(xp.matmul(moved, shift[:, :, None])[:, :, 0], shift, axis=-1)
-    if cancels_too_much(counts * shift_norm * shift_norm, along_shift, X.dtype):
+    # The cancellation in the narrowest direction: N_k ||s||^2 against lambda_min(S_new).
+    if matrix_cancels_too_much(counts * xp.vecdot(shift, shift, axis=-1), moved, X.dtype):
         return centred_scatter(X, weights, means, precisions_cholesky, new_means, block_size,
                                n_threads)
     return moved

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._blocks import (
-    cancels_too_much,
     expansion_is_accurate,
     log_joint_offset,
     map_blocks,
+    matrix_cancels_too_much,
     over_blocks,
     responsibilities,
     reference_point,
@@ -110,8 +110,10 @@ def tied_step(X, weights, means, precision_cholesky, seed_form, block_size, n_th
     # sum_k N_k m_k m_k^T: (d, K) @ (K, d) -> (d, d)
     correction = xp.matmul(xp.matrix_transpose(shift * counts[:, None]), shift)
     scatter = total_scatter - correction
-    # The cancellation per coordinate, on the diagonals.
-    if cancels_too_much(xp.linalg.diagonal(correction), xp.linalg.diagonal(scatter), X.dtype):
+    # The cancellation in the narrowest direction: sum_k N_k ||m_k||^2 against
+    # lambda_min of the pooled scatter.
+    correction_size = xp.sum(xp.linalg.diagonal(correction))[None]  # trace: (1,)
+    if matrix_cancels_too_much(correction_size, scatter[None, :, :], X.dtype):
         scatter = tied_em_sums(X, weights, means, precision_cholesky, block_size, n_threads,
                                centres=new_means)[2]
     if seed_form:
