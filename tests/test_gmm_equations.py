@@ -274,20 +274,45 @@ def test_functions_run_on_array_api_strict(problem, rng, blocked):
         assert_allclose(np.from_dlpack(got), expected, rtol=1e-10)
 
 
+def assert_step_matches(got, expected, X, covariance_type, tolerances):
+    """An EM step's outputs against the float64 reference, each with its own tolerance on
+    the data's scale: weights absolute; means as (mu - centre) / sd; covariances over
+    sd_i sd_j; the mean log-likelihood in nats per sample, and relative to its size where
+    far-away means make it large.
+
+    ``tolerances`` maps "weights", "means", "covariances", "log_likelihood" to a bound.
+    (A tolerance taken from the largest output, 1e-4 of means near 1e4, let the fast
+    engine's means move by 5 sd unseen; shifting them by 5 now fails every case here.)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    centre, sd = X.mean(axis=0), X.std(axis=0)  # (d,), (d,)
+    weights, means, covariances, mean_log_likelihood = (np.asarray(a, np.float64) for a in got)
+    ref_weights, ref_means, ref_covariances, ref_log_likelihood = expected
+    assert_allclose(weights, ref_weights, rtol=0, atol=tolerances["weights"])
+    assert_allclose((means - centre) / sd, (ref_means - centre) / sd, rtol=0,
+                    atol=tolerances["means"])
+    scale = {"full": np.outer(sd, sd), "tied": np.outer(sd, sd), "diag": sd**2,
+             "spherical": np.mean(sd**2)}[covariance_type]
+    assert_allclose(covariances / scale, ref_covariances / scale, rtol=0,
+                    atol=tolerances["covariances"])
+    assert_allclose(mean_log_likelihood, ref_log_likelihood,
+                    rtol=tolerances["log_likelihood"], atol=tolerances["log_likelihood"])
+
+
 @pytest.mark.parametrize("covariance_type", TYPES)
 def test_blocked_step_keeps_float32_digits_far_from_the_origin(rng, covariance_type):
     # Data at 1e3 with unit spread: E[x x^T] - mu mu^T would cancel 6 of float32's 7 digits.
-    # Centring before squaring keeps the covariances to float32 rounding.
-    # The reference is float64 arithmetic on the same float32 inputs.
+    # Centring before squaring keeps the covariances to float32 rounding (eps * 1e3 ~ 1e-4
+    # of the spread). The reference is float64 arithmetic on the same float32 inputs.
     X = (rng.normal(size=(400, D)) + 1e3).astype(np.float32)
     resp = rng.dirichlet(np.ones(K), size=len(X)).astype(np.float32)
     inputs = (X, *gmm.m_step(X, resp, covariance_type))
     inputs = (*inputs[:3], gmm.precisions_cholesky_from_covariances(inputs[3], covariance_type))
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
     got = gmm.em_step_blocked(*inputs, covariance_type)
-    for g, e in zip(got, expected):
-        assert g.dtype == np.float32
-        assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.max(np.abs(e)))
+    assert all(g.dtype == np.float32 for g in got)
+    assert_step_matches(got, expected, X, covariance_type, dict(
+        weights=1e-5, means=1e-3, covariances=1e-3, log_likelihood=1e-3))
 
 
 @pytest.mark.parametrize("dtype, jump", [(np.float32, 1e3), (np.float64, 1e5)])
@@ -295,7 +320,8 @@ def test_blocked_step_keeps_float32_digits_far_from_the_origin(rng, covariance_t
 def test_blocked_step_after_a_long_jump_of_the_means(rng, covariance_type, dtype, jump):
     # Means `jump` standard deviations from the data: moving the centre of the one-pass
     # scatter would cancel more than half the digits, so the step centres a second pass on
-    # the new means instead. The reference is float64 arithmetic on the same inputs.
+    # the new means instead. The reference is float64 arithmetic on the same inputs; data at
+    # 1e4 with unit spread are rounded at eps * 1e4 of it (6e-4 in float32, 2e-12 in float64).
     X = (rng.normal(size=(300, D)) + 1e4).astype(dtype)
     resp = rng.dirichlet(np.ones(K), size=len(X)).astype(dtype)
     weights, means, covariances = gmm.m_step(X, resp, covariance_type)
@@ -303,9 +329,9 @@ def test_blocked_step_after_a_long_jump_of_the_means(rng, covariance_type, dtype
     inputs = (X, weights, means + dtype(jump), precisions_chol)
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
     got = gmm.em_step_blocked(*inputs, covariance_type)
-    rtol = 1e-3 if dtype == np.float32 else 1e-9
-    for g, e in zip(got, expected):
-        assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
+    tolerance = 1e-2 if dtype == np.float32 else 1e-9
+    assert_step_matches(got, expected, X, covariance_type, dict(
+        weights=tolerance, means=tolerance, covariances=tolerance, log_likelihood=tolerance))
 
 
 @pytest.mark.parametrize("separation", [30.0, 38.0, 45.0])

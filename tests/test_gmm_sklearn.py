@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import sklearn.mixture
 from numpy.testing import assert_allclose
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -119,11 +121,28 @@ def test_warm_start_continues_where_it_stopped(rng):
     assert_allclose(stepwise.lower_bound_, at_once.lower_bounds_[-1], rtol=1e-12)
 
 
-def test_reconstruct_is_responsibility_weighted_means(rng):
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_reconstruct_is_eq_8(rng, covariance_type):
+    # x~_n = sum_k z_nk mu_k, by hand in float64 from the fitted parameters, with z_nk from
+    # SciPy's densities: nothing of the estimator's own E-step. (Reconstructing from z_nk
+    # that leave out pi_k, or from the model's own predict_proba, fails here.)
     X = blobs(rng)
-    model = GaussianMixture(3, random_state=0).fit(X)
-    assert_allclose(model.reconstruct(X), model.predict_proba(X) @ model.means_, rtol=1e-12)
-    assert model.reconstruct(X).shape == X.shape
+    model = GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(X)
+    covariances = {
+        "full": lambda k: model.covariances_[k],
+        "tied": lambda k: model.covariances_,
+        "diag": lambda k: np.diag(model.covariances_[k]),
+        "spherical": lambda k: model.covariances_[k] * np.eye(X.shape[1]),
+    }[covariance_type]
+    log_joint = np.stack([multivariate_normal(model.means_[k], covariances(k)).logpdf(X)
+                          + np.log(model.weights_[k]) for k in range(3)], axis=1)  # (N, K)
+    resp = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))  # (N, K)
+    expected = np.array([sum(resp[n, k] * model.means_[k] for k in range(3))
+                         for n in range(len(X))])  # (N, d)
+    got = model.reconstruct(X)
+    assert got.shape == X.shape
+    # The data's scale: x~_n lies among the means, a few sd of X from its centre.
+    assert_allclose(got, expected, rtol=0, atol=1e-9 * X.std())
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
