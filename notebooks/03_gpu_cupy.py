@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -204,10 +204,12 @@ print(f"fused: same z and N_k; {fused_bytes / 2**20:.1f} MiB moved, "
       f"{unfused_bytes / fused_bytes:.1f}x less than unfused")
 
 # %% [markdown]
-# Does the byte count predict the time? Measure how fast this machine moves memory (a plain
-# copy of a 64 MiB array reads and writes it once), time both chains (medians of seven runs:
-# the machine may be shared), and compare the time the fused chain saves with the time its
-# saved bytes take at that speed.
+# Does the byte count predict the time? Measure how fast this machine moves memory: time
+# `np.copyto` of a 64 MiB array into another, and count the bytes it reads plus the bytes it
+# writes, 128 MiB per copy, counted as the chains' bytes are. (The hardware may move more: a
+# processor usually reads a cache line before writing it.) Then time both chains (medians of
+# seven runs: the machine may be shared), and compare the time the fused chain saves with the
+# time its saved bytes take at that speed.
 
 # %%
 def median_seconds(function, repeats=7):
@@ -227,7 +229,8 @@ seconds = {"unfused": median_seconds(lambda: unfused_chain(logits, lam)),
            "fused": median_seconds(lambda: fused_chain(logits, lam))}
 saved = seconds["unfused"] - seconds["fused"]
 predicted = (unfused_bytes - fused_bytes) / bandwidth
-print(f"copy bandwidth of this machine: {bandwidth / 1e9:.1f} GB/s")
+print(f"copy bandwidth of this machine: {bandwidth / 1e9:.1f} GB/s "
+      "(bytes read + bytes written by np.copyto, per second)")
 for name, moved in (("unfused", unfused_bytes), ("fused", fused_bytes)):
     print(f"{name:8s} {1e3 * seconds[name]:7.1f} ms; its bytes alone, at copy speed, "
           f"take {1e3 * moved / bandwidth:6.1f} ms")
@@ -261,21 +264,89 @@ plt.show()
 #   implementation of that formulation can beat. The unfused chain's floor is several times
 #   the fused one's;
 # - the fused chain's time sits well above its own floor: with the traffic gone, what is
-#   left is arithmetic (mostly the 9.6 million exponentials) and NumPy's per-call overhead,
-#   which fusion does not remove;
+#   left is arithmetic (mostly the exponentials, one per element) and NumPy's per-call
+#   overhead, which fusion does not remove;
 # - the time saved is of the order of the bytes saved divided by the bandwidth: fusion pays
 #   exactly because these steps are limited by memory, not by arithmetic. When the matrix
 #   fits in the cache (try `B = 1`), the unfused chain's extra passes are cheap and the gain
 #   shrinks.
 #
-# A GPU moves memory 20 to 50 times faster than this CPU, but it computes even faster than
-# that, so its element-wise steps are just as limited by memory, and each unfused step also
-# costs a kernel launch. The package's fused version does on the GPU what `fused_chain` does
-# here: the first kernel gives one warp (32 threads) to each row of $K$ logits, computes the
-# row's maximum and sum as warp reductions, writes $z$, and adds each row to per-block
-# column sums in shared memory, which is $N_k$ without another pass; a second kernel fuses
-# A$_M$'s division and the L2 normalisation on the small $(K, C)$ matrix. The matrix products
-# stay with cuBLAS. The CUDA source is `em_tutorial/gpu/kernels.py`.
+# ## The same lesson on a GPU
+#
+# How much faster does a GPU move memory, and does that change the lesson? The cell below
+# puts the copy bandwidth measured above beside the peak figures NVIDIA's datasheet gives for
+# an H100 (SXM version, HBM3 memory), and beside the float32 arithmetic rate of each: this
+# machine's measured on a matrix product, the H100's again from the datasheet (without tensor
+# cores). A measured rate set against a peak one flatters the GPU somewhat: a copy on an H100
+# reaches a good part of its peak, not all of it.
+#
+# The ratio of the two rates, in operations per byte, says how much arithmetic a step must do
+# on each byte it moves before the arithmetic, rather than the memory, sets its time. The
+# chain above does one operation per element and step (a multiplication, a comparison, a
+# subtraction, an exponential, an addition, a division, an addition), that is
+# `len(log)` operations for every 8 bytes of the fused version.
+
+# %%
+# Peak figures of the H100 SXM, from NVIDIA's H100 datasheet: HBM3 bandwidth, and float32
+# arithmetic without tensor cores.
+H100_SXM_BYTES_PER_S = 3.35e12
+H100_SXM_FLOAT32_PER_S = 67e12
+
+square = rng.standard_normal((1024, 1024), dtype=np.float32)
+cpu_flops = 2 * 1024**3 / median_seconds(lambda: square @ square)  # (n, n) @ (n, n): 2 n^3
+chain_ops_per_byte = len(log) * logits.size / fused_bytes  # one operation per element and step
+
+print(f"{'':26s} {'memory GB/s':>12s} {'float32 GFLOP/s':>16s} {'FLOP per byte':>14s}")
+for machine, bytes_per_s, flops in (("this CPU (measured)", bandwidth, cpu_flops),
+                                    ("H100 SXM (datasheet peak)", H100_SXM_BYTES_PER_S,
+                                     H100_SXM_FLOAT32_PER_S)):
+    print(f"{machine:26s} {bytes_per_s / 1e9:12.1f} {flops / 1e9:16.0f} "
+          f"{flops / bytes_per_s:14.1f}")
+print(f"the H100 moves memory {H100_SXM_BYTES_PER_S / bandwidth:.0f} times faster than this "
+      f"CPU copies it, and computes {H100_SXM_FLOAT32_PER_S / cpu_flops:.0f} times faster")
+print(f"the fused chain does {chain_ops_per_byte:.2f} operations per byte it moves")
+
+# %% [markdown]
+# The chain's operations per byte sit far below what either machine can do per byte, so on
+# both of them its time is set by memory, fused or not: fusion pays on the GPU for the same
+# reason it pays here. On the GPU it pays twice, because each unfused step is also a separate
+# kernel launch, a few microseconds of fixed cost.
+#
+# ## The fused kernel, in CUDA
+#
+# The package's fused version does on the GPU what `fused_chain` does above. Its first
+# kernel, `ema_softmax_colsum` in `em_tutorial/gpu/kernels.py`, gives one warp (32 threads)
+# to each row of $K$ logits. Here is its source, as the package compiles it (the string
+# `kernels.CUDA_SOURCE`; reading it needs no GPU), and its launch configuration at
+# EMANet's size:
+
+# %%
+source_text = gpu.kernels.CUDA_SOURCE
+kernel_source = source_text[source_text.index("// logits, z:"):
+                            source_text.index("// Reduce v over the whole block")]
+print(kernel_source)
+blocks, threads, shared_bytes = gpu.fused_ema.softmax_launch_config(16, 97 * 97, 64, np.float32)
+print(f"B=16, N={97 * 97}, K=64: a grid of {blocks} x 16 blocks of {threads} threads "
+      f"({threads // 32} warps, one row each at a time), {shared_bytes} bytes of shared memory "
+      "per block")
+
+# %% [markdown]
+# Line by line it is `fused_chain` with a row in place of a block of rows:
+#
+# - the first loop over `k` is the row maximum, `warp_max` combining the 32 threads' partial
+#   maxima;
+# - the second is the softmax denominator, $\sum_k e^{\lambda s_{nk} - \max}$, combined by
+#   `warp_sum`;
+# - the third writes $z_{nk}$ and adds it to `my_colsum`, the warp's column sums in shared
+#   memory: $N_k = \sum_n z_{nk}$ without another pass over $z$;
+# - at the end each block writes one $(K,)$ vector of partial sums, which the second kernel
+#   adds up.
+#
+# The row's $K$ logits are read three times, but a row of 64 float32 numbers is 256 bytes and
+# stays in the cache between the loops: from main memory the logits are read once and $z$ is
+# written once, the two passes counted above. The second kernel, `ema_normalize_bases`,
+# fuses A$_M$'s division by $N_k$ and the L2 normalisation on the small $(K, C)$ matrix; the
+# matrix products stay with cuBLAS.
 #
 # ## The fused kernels on the GPU
 #
@@ -378,18 +449,40 @@ _small_log = []
 unfused_chain(np.zeros((3, 50, 7), np.float32), 1.0, _small_log)
 _answer = unfused_bytes_formula(3, 50, 7)
 check("Exercise 1", _answer, sum(r + w for _, r, w in _small_log),
-      "4 bytes each: 7 reads and 4 writes of B N K, plus the (B, N, 1) maxima and sums "
-      "(written once, read once each), plus the (B, K) counts.")
+      "go through the table of steps above line by line: which arrays does each step read, "
+      "which does it write, and what is the shape of each? A float32 number is 4 bytes.")
 
 # %% [markdown]
-# **Exercise 2: a float32 variance that keeps its digits.** Compute the variance of
-# `offset_data` in float32 without centring on the mean first: subtract any one sample (say
-# the first) before squaring, which is enough to remove the large common offset. It should
-# agree with the float64 reference to three digits.
+# **Exercise 2: a float32 variance that keeps its digits.** Write a function that computes,
+# in float32, the variance of `data` as $\mathbb{E}[d^2] - \mathbb{E}[d]^2$ with
+# $d = x - \text{shift}$: the formula that failed above, applied to shifted data. It does
+# *not* centre on the mean; subtracting any one sample (say the first) as the shift is
+# enough to remove the large common offset, so that the call below agrees with the float64
+# reference to three digits. The check also calls your function with a shift of 0, where it
+# must fail as the formula above does.
 
 # %% tags=["exercise"]
-shifted_variance = None  # your answer here: a float32 number
+def shifted_variance(data, shift):
+    """E[d^2] - E[d]^2 of d = data - shift, in float32; data (N, 1) float32, shift a number."""
+    return None  # your answer here
+
 
 # %% tags=["check"] jupyter={"source_hidden": true}
-check("Exercise 2", shifted_variance, offset_data.astype(np.float64).var(), rtol=1e-3,
-      hint="d = offset_data - offset_data[0]; then mean(d**2) - mean(d)**2, all in float32.")
+_reference = offset_data.astype(np.float64).var()
+
+
+def _follows_the_instruction(value):
+    """A float32 result, and the plain formula on shifted data: with shift 0 it loses the digits."""
+    if np.asarray(value).dtype != np.float32:
+        return f"the result is {np.asarray(value).dtype}, the exercise asks for float32"
+    if np.isclose(shifted_variance(offset_data, np.float32(0.0)), _reference, rtol=1e-3):
+        return ("with shift = 0 your function still keeps the digits, so it does not compute "
+                "E[d^2] - E[d]^2 in float32: it centres on the mean, or works in float64")
+    return None
+
+
+check("Exercise 2", shifted_variance(offset_data, offset_data[0, 0]), _reference, rtol=1e-3,
+      hint="subtracting a constant changes no variance; what matters is that the numbers you "
+           "square are no longer near 10^4: their squares, near 10^8, float32 stores only to "
+           "the nearest multiple of 8.",
+      validate=_follows_the_instruction)
