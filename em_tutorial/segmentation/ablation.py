@@ -65,9 +65,9 @@ ABLATION_TASKS = {
 #: ``--quick``: every code path in seconds; the numbers mean nothing.
 QUICK_TASKS = {
     "context": {"dataset": "context", "iterations": 3, "warmup_iterations": 1, "batch_size": 2,
-                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
+                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2, "log_every": 1},
     "control": {"dataset": "digits", "image_size": 48, "iterations": 3, "batch_size": 2,
-                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2},
+                "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2, "log_every": 1},
 }  # fmt: skip
 PROBE_COLUMNS = ("follows_swap", "unchanged_by_swap", "fragment_accuracy",
                  "fragment_accuracy_removed")  # fmt: skip
@@ -118,8 +118,8 @@ def run_config(run: Run, out_dir, quick=False, threads=1, iterations=None,
     run_dir = Path(out_dir) / "runs" / run.name
     if run.task == "context":
         settings["pretrained_backbone"] = str(backbone_path(out_dir, run.seed))
-    return {**settings, "head": run.head, "seed": run.seed, "out_dir": str(run_dir),
-            "threads": threads, "progress": False, "log_every": 10,
+    return {"log_every": 10, **settings, "head": run.head, "seed": run.seed,
+            "out_dir": str(run_dir), "threads": threads, "progress": False,
             "scene_cache": str(Path(out_dir) / "scenes"),
             "resume": (run_dir / "checkpoint.pt").exists()}  # fmt: skip
 

@@ -134,7 +134,9 @@ def _show_argmax_basis(figure, ax, maps, extent):
     shown = ax.imshow(maps.argmax(axis=0), cmap=colours, norm=norm, extent=extent,
                       interpolation="nearest")  # fmt: skip
     ticks = range(0, num_bases, max(1, num_bases // 8))
-    figure.colorbar(shown, ax=ax, ticks=list(ticks), shrink=0.8, label="basis k")
+    # below the panel: a bar beside it would widen its column and open a gap in the grid
+    figure.colorbar(shown, ax=ax, ticks=list(ticks), location="bottom", shrink=0.9,
+                    label="basis k")  # fmt: skip
     ax.set_title("argmax_k z_nk", fontsize=9)
 
 
@@ -168,6 +170,7 @@ def attention_figure(
     num_classes = None if class_names is None else len(class_names)
     cols = max(4, min(8, num_bases))
     figure, axes = _new_figure(1 + math.ceil(num_bases / cols), cols)
+    figure.set_figheight(figure.get_figheight() + 1.5)  # room for two colour bars and the key
     picture, label = denormalize(np.asarray(image), normalization), np.asarray(label)
     extent = (0, label.shape[1], label.shape[0], 0)
     shown = (picture, colorize(label, num_classes), colorize(prediction, num_classes))
@@ -182,8 +185,9 @@ def attention_figure(
         heat = ax.imshow(maps[k], cmap="magma", alpha=0.75, vmin=0.0, vmax=top, extent=extent,
                          interpolation="nearest")  # fmt: skip
         ax.set_title(f"basis {k}: z[:, {k}]", fontsize=8)
-    figure.colorbar(heat, ax=axes[1:, :].ravel().tolist(), shrink=0.6,
-                    label="responsibility z_nk (one cell per feature position)")  # fmt: skip
+    # horizontal: the label is longer than the rows of maps are high
+    figure.colorbar(heat, ax=axes[1:, :].ravel().tolist(), location="bottom", shrink=0.5,
+                    aspect=40, label="responsibility z_nk (one cell per feature position)")  # fmt: skip
     _class_legend(figure, class_names)
     figure.suptitle(f"EM attention: {num_bases} of K={len(all_maps)} bases, "
                     f"{maps.shape[1]}x{maps.shape[2]} feature cells")  # fmt: skip
@@ -264,6 +268,10 @@ def _class_legend(figure, class_names):
                   fontsize=7, frameon=False)  # fmt: skip
 
 
+#: Loss curves of at most this many logged points are drawn with a marker at each point.
+_MARKED_POINTS = 30
+
+
 def training_curves_figure(logs: dict, path=None):
     """Training loss against iteration for each run, from their ``log.jsonl`` files.
 
@@ -278,11 +286,15 @@ def training_curves_figure(logs: dict, path=None):
     for name, log_path in logs.items():
         records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
         steps = [r for r in records if r.get("event") == "train"]
-        ax.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], label=name)
+        # markers on a short log (a quick run logs a point or two): a lone point has no line
+        marker = "o" if len(steps) <= _MARKED_POINTS else None
+        ax.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], label=name,
+                marker=marker, markersize=4)  # fmt: skip
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
     ax.set_xlabel("iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(left=0)  # a lone point at the last iteration, not centred on its own axis
     ax.set_ylabel("cross-entropy loss (log scale)")
     ax.set_yscale("log")
     # plain numbers (0.1, 0.2, 0.5) on the log axis instead of powers of ten alone
