@@ -16,9 +16,10 @@ loading at the time, so the ratios are indicative:
    their squared norms are the Mahalanobis distances, and the M-step's scatter
    sum_n z_nk (x_n - mu_k)(x_n - mu_k)^T = P_k^{-T} (sum_n z_nk y_nk^T y_nk) P_k^{-1}
    reuses them instead of a second pass that forms the differences again: 2.2x per step.
-   The sum is formed as (sqrt(z_nk) y_nk)^T (sqrt(z_nk) y_nk), one array times its own
-   transpose, which BLAS computes as a symmetric rank-k update: half the products of the
-   M-step's largest term.
+   Above 16 features the sum is formed as (sqrt(z_nk) y_nk)^T (sqrt(z_nk) y_nk), one array
+   times its own transpose, which BLAS computes as a symmetric rank-k update (half the
+   products); at 16 and fewer a general product is faster
+   (:data:`em_tutorial.gmm._fast_full.GENERAL_PRODUCT_MAX_FEATURES`).
 3. **Tied, diag and spherical: expanded distances, never K or d x d times the work.** With x
    centred once on a reference point c (the first block's mean),
    ||(x - mu_k) p_k||^2 = sum_j P_kj x_j^2 - 2 sum_j P_kj a_kj x_j + sum_j P_kj a_kj^2
