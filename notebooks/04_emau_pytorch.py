@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -21,8 +21,8 @@
 # draws the unit and the network around it, rebuilds the unit's forward pass from its parts,
 # checks that the EM inside it computes exactly what the NumPy stage computes, follows the
 # moving average that carries the bases from one batch to the next, explains why the first
-# convolution is a frozen random projection, and finally trains a tiny EMANet for a few
-# hundred steps to look at what its bases attend to. Two exercises close it.
+# convolution is a frozen random projection and what it is for, and finally looks at what the
+# bases of a small trained EMANet, shipped with the package, attend to. Two exercises close it.
 #
 # On a feature map $X \in \mathbb{R}^{B \times C \times H \times W}$ with $N = HW$ pixels the
 # unit computes
@@ -36,20 +36,24 @@
 # $$
 
 # %%
-import tempfile
+import math
+import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import display
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.patches import Patch
 
 import diagrams
 from em_tutorial import ema
 from em_tutorial.nn import EMAU
 from em_tutorial.nn import functional as nnf
-from em_tutorial.segmentation import TrainConfig, figures, train
-from em_tutorial.segmentation.data import DigitScenes, SceneConfig
+from em_tutorial.segmentation import build_val_set, figures
+from em_tutorial.segmentation.ablation import read_rows
+from em_tutorial.segmentation.shipped import shipped_context_model
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # small tensors: one thread is as fast, and steadier on a busy machine
@@ -102,22 +106,28 @@ plt.show()
 # %% [markdown]
 # EMANet puts the unit between two $3\times3$ convolutions on top of a dilated ResNet with
 # output stride 8 (the paper's Fig. 2). The shapes are written for the paper's setting
-# (ResNet-101, $C = 512$, $K = 64$) and, in brackets, for `emanet_tiny`, the CPU-sized
-# network trained at the end of this notebook ($C = 64$, $K = 16$); $h = w = S/8$.
+# (ResNet-101, $C = 512$, $K = 64$) and, in brackets, for the small trained network shipped
+# with the package, whose bases this notebook looks at in its last section (its sizes are
+# read from the network itself); $h = w = S/8$.
 
 # %%
+model, model_config = shipped_context_model("emau")  # float32, eval mode; and its recipe
+backbone_channels = model.fc0[0].in_channels  # the backbone's output, into the first 3x3 conv
+unit_channels, num_bases = model.emau.channels, model.emau.num_bases
+head_channels = model.fc1[0].out_channels
+
 fig, ax = diagrams.canvas(45.5, 12, (15, 4.2), "EMANet")
 x_position, boxes = 0.3, []
 stages = [
     ("tensor", "image", "3 × S × S", 0.8, 9),
     ("op", "dilated ResNet\noutput stride 8", 5.0),
-    ("tensor", "", "2048 × h × w\n(tiny: 256)", 2.4, 3.2),
+    ("tensor", "", f"2048 × h × w\n(small: {backbone_channels})", 2.4, 3.2),
     ("op", "3×3 conv\nBN, ReLU", 3.4),
-    ("tensor", "", "512 × h × w\n(64)", 1.6, 3.2),
-    ("op", "EMAU\nK = 64 (16), T = 3", 4.6),
-    ("tensor", "", "512 × h × w\n(64)", 1.6, 3.2),
+    ("tensor", "", f"512 × h × w\n({unit_channels})", 1.6, 3.2),
+    ("op", f"EMAU\nK = 64 ({num_bases}), T = 3", 4.6),
+    ("tensor", "", f"512 × h × w\n({unit_channels})", 1.6, 3.2),
     ("op", "3×3 conv\nBN, ReLU", 3.4),
-    ("tensor", "", "256 × h × w\n(32)", 1.2, 3.2),
+    ("tensor", "", f"256 × h × w\n({head_channels})", 1.2, 3.2),
     ("op", "dropout 0.1\n1×1 conv", 3.4),
     ("tensor", "", "classes × h × w", 0.8, 3.2),
     ("op", "bilinear\nupsampling ×8", 4.0),
@@ -255,7 +265,9 @@ print("eval leaves mu unchanged:      ", torch.equal(unit.mu, frozen))
 # $T = 3$ iterations suffice in EMANet. With short features ($s = 1$) they get there slowly and
 # less exactly: with $\lambda = 1$ the logits $x_n^\top \mu_k$ are then small, every pixel is
 # shared among several bases, and each basis is pulled towards its neighbours' pixels. The
-# length of the features acts as the inverse temperature; in EMANet the backbone learns it.
+# length of the features acts as the inverse temperature. In EMANet that length is whatever
+# training for the labels leaves the projected features with: as the next section shows, no
+# gradient adjusts it for the EM's sake.
 #
 # The right panel shows a side effect the `renormalize_bases` option addresses: the mean of
 # unit vectors that point in slightly different directions is shorter than one, so with the
@@ -355,9 +367,7 @@ assert torch.equal(before["conv_in.weight"], unit.conv_in.weight)
 # nothing in principle: a random square matrix is invertible (if badly conditioned). But it
 # is not a rotation: it stretches some directions and shrinks others, as the spread of its
 # singular values shows, so angles between features, which is what A$_E$ compares, are
-# distorted in a fixed way. What adapts is everything around it: the backbone and the
-# $3\times3$ convolution before the unit learn to produce features whose *projections* group
-# well, and `conv_out` and BatchNorm learn to use the reconstruction. For the paper's $C = 512$:
+# distorted in a fixed way. For the paper's $C = 512$:
 
 # %%
 projection = EMAU(512, num_bases=64).conv_in.weight.detach().reshape(512, 512)  # (C, C)
@@ -367,40 +377,144 @@ print(f"singular values of W: largest {singular_values[0]:.3f}, median "
       f"(condition number {singular_values[0] / singular_values[-1]:.0f})")
 
 # %% [markdown]
-# ## Attention maps of a trained network
+# ### What the first convolution is for
 #
-# On random features the maps are noise, so train the network. This notebook trains
-# `emanet_tiny` itself, from scratch and always the same way (the tour's checkpoint is not
-# used): 300 SGD iterations, batches of 8, on 64×64 digit scenes (digits of scikit-learn's
-# data set painted on textured backgrounds, labelled per pixel with their digit; notebook 5
-# describes them and trains for longer). That takes under a minute on one CPU thread; the
-# network is far from converged, but its bases already attend to parts of the scene.
+# Why have the convolution at all? The authors' answer, given in their repository's issue
+# tracker (XiaLiPKU/EMANet, issue 14): the unit's input comes straight out of a ReLU, so every
+# feature lies in the non-negative orthant $\mathbb{R}_+^C$, and so would every basis, since a
+# basis is a normalised weighted mean of features. The $1\times1$ convolution maps the
+# features from $\mathbb{R}_+^C$ to all of $\mathbb{R}^C$, so that features and bases can have
+# negative components. Between two non-negative vectors the cosine is never negative: no two
+# features could point in opposite directions, and the E-step's logits $x_n^\top\mu_k$
+# would all be $\ge 0$.
+#
+# That job needs no training: a random linear map already mixes the signs. The trained
+# network of the last section shows it on a validation scene (the network and the scene are
+# introduced there): the unit's input $X$ and its projection $X' = \mathrm{conv}_{1\times1}(X)$,
+# captured during a forward pass.
 
 # %%
-workdir = tempfile.TemporaryDirectory()  # the run's checkpoint and log; removed at the end
-config = TrainConfig(dataset="digits", image_size=64, iterations=300, batch_size=8, lr=0.1,
-                     num_scenes=600, val_scenes=48, seed=0, threads=1, progress=False,
-                     out_dir=workdir.name)
-run = train(config)
-model = run["model"].eval()
-print(f"trained {run['iterations']} iterations in {run['train_seconds']:.0f} s, final loss "
-      f"{run['final_loss']:.3f}, validation mIoU {run['metrics']['miou']:.3f} "
-      f"(48 scenes; the EMAU sees {model.emau.channels} channels, K = {model.emau.num_bases})")
-
-# %%
-val_set = DigitScenes("val", 48, seed=0, config=SceneConfig(image_size=64))
-image, label = val_set[3]  # normalised (3, S, S) tensor, (S, S) labels
-attention = figures.attention_figure(model, image, label, class_names=val_set.class_names)
-display(attention)
+scenes = build_val_set(model_config, num_scenes=4)  # the validation scenes it was scored on
+image, label = scenes[1]  # normalised (3, S, S) tensor, (S, S) labels
+captured = {}
+hook = model.emau.register_forward_hook(
+    lambda module, inputs, output: captured.update(x=inputs[0], x_prime=module.conv_in(inputs[0])))
+with torch.no_grad():
+    model(torch.as_tensor(image)[None])
+hook.remove()
+print(f"{'':30s} {'X (the input)':>14s} {'conv(X)':>12s}")
+features = {name: captured[name][0].flatten(1).mT for name in ("x", "x_prime")}  # (N, C) each
+for what, statistic in (("share of negative components", lambda f: (f < 0).float().mean()),
+                        ("smallest cosine of two pixels",
+                         lambda f: (F.normalize(f, dim=1) @ F.normalize(f, dim=1).T).min())):
+    print(f"{what:30s} {statistic(features['x']):14.3f} {statistic(features['x_prime']):12.3f}")
 
 # %% [markdown]
-# Each map is one column of $z$, on the $8\times8$ feature map (output stride 8) of this
-# $64\times64$ scene, drawn over the image on one colour scale for all bases. After only 300
-# iterations the prediction is still poor, yet the division of labour has begun: several
-# bases light up on parts of the two digits (a top, a left stroke, a centre), while the others
-# share the background almost evenly. No label said which basis should do what; the EM
-# groups the projected features, and training made those features worth grouping. Notebook 5
-# trains longer and compares with the same network without the unit.
+# What does training adapt, then? Not the grouping. The previous section showed that no
+# gradient passes through the EM, so nothing in the loss asks the backbone for features whose
+# projections group well. The backbone and the $3\times3$ convolution before the unit are
+# trained through the residual branch alone, to make $X$ itself useful to the layers after the
+# unit; `conv_out` and BatchNorm are trained to make use of the reconstruction $\tilde X$ as
+# the EM delivers it. The EM groups whatever features that training produces: if the features
+# of one class end up close together because the classifier needs them so, the bases find those
+# groups, as a by-product of training for the labels, not as its aim.
+#
+# ## Attention maps of a trained network
+#
+# On random features the maps are noise, so look at a network that has learned. The package
+# ships two small trained networks (`em_tutorial/segmentation/shipped/`): seed 0 of the
+# experiment that notebook 5 reads, without and with the EMAU, trained by
+# `em-tutorial ablate` on the *context scenes*: digits of scikit-learn's 8×8 data set painted
+# on textured $S \times S$ backgrounds, labelled per pixel with their digit, one class per
+# scene. The one with the EMAU, and the scores the experiment recorded for it on its
+# validation scenes (`results/ablation/ablation.csv`):
+
+# %%
+results = Path(os.environ.get("EM_TUTORIAL_RESULTS", "../results/ablation"))
+seed0 = next(r for r in read_rows(results / "ablation.csv")
+             if (r["task"], r["head"], r["seed"]) == ("context", "emau", 0))
+print(f"{model_config.iterations} iterations, batch {model_config.batch_size}, "
+      f"{model_config.image_size}-px scenes; feature map "
+      f"{captured['x'].shape[-2]}x{captured['x'].shape[-1]}, "
+      f"C = {unit_channels}, K = {num_bases}")
+print(f"validation ({model_config.val_scenes} scenes): mIoU {seed0['miou']:.3f}, "
+      f"pixel accuracy {seed0['pixel_accuracy']:.3f}")
+
+# %% [markdown]
+# The figure shows the second validation scene. Top row: the image, its labels, the network's
+# prediction, and the basis that explains each feature cell best, $\arg\max_k z_{nk}$ (shades
+# of one blue-to-yellow ramp, *cividis*, so that no basis wears a class's colour). Below, the
+# map of each basis, column $k$ of $z$ on the $h \times w$ feature map, over the faded image,
+# all on one colour scale.
+
+# %%
+prediction, maps = figures.emau_maps(model, image)  # (S, S), (K, h, w)
+picture, truth = scenes.raw(1)  # (S, S, 3) uint8, (S, S)
+num_classes, extent = len(scenes.class_names), (0, truth.shape[1], truth.shape[0], 0)
+columns = 4
+fig, axes = plt.subplots(1 + math.ceil(num_bases / columns), columns, figsize=(11, 9),
+                         layout="constrained")
+for ax in axes.flat:
+    ax.set_axis_off()
+for ax, shown, title in zip(axes[0], (picture, figures.colorize(truth, num_classes),
+                                      figures.colorize(prediction, num_classes)),
+                            ("image", "labels", "prediction")):
+    ax.imshow(shown, interpolation="nearest")
+    ax.set_title(title)
+basis_colours = ListedColormap(plt.colormaps["cividis"](np.linspace(0, 1, num_bases)))
+best = axes[0, 3].imshow(maps.argmax(axis=0), cmap=basis_colours, extent=extent,
+                         norm=BoundaryNorm(np.arange(num_bases + 1) - 0.5, num_bases),
+                         interpolation="nearest")
+axes[0, 3].set_title(r"best basis, $\arg\max_k z_{nk}$")
+fig.colorbar(best, ax=axes[0, 3], ticks=range(num_bases), label="basis k", shrink=0.8)
+for k, ax in enumerate(axes[1:].flat[:num_bases]):
+    ax.imshow(picture, alpha=0.35, extent=extent)
+    heat = ax.imshow(maps[k], cmap="magma", alpha=0.8, vmin=0, vmax=maps.max(), extent=extent,
+                     interpolation="nearest")
+    ax.set_title(f"basis {k}: $z_{{n{k}}}$")
+fig.colorbar(heat, ax=axes[1:].ravel().tolist(), shrink=0.6, label="responsibility $z_{nk}$")
+fig.legend(handles=[Patch(color=c / 255, label=name) for c, name in
+                    zip(figures.label_palette(num_classes), scenes.class_names)],
+           loc="outside lower center", ncol=num_classes, fontsize=8, frameon=False)
+plt.show()
+
+# %% [markdown]
+# The background maps look alike, and the printout says why: the learned initial bases
+# $\mu^{(0)}$, compared by cosine, fall into fewer distinct directions than there are bases.
+# Then, for each basis, its mean responsibility on the feature cells that are mostly ink (at
+# least half of the cell's pixels) and on those without any ink, on this scene:
+
+# %%
+initial_bases = F.normalize(model.emau.mu, dim=1)  # (K, C): the learned mu^(0), unit length
+same_direction = (initial_bases @ initial_bases.T) > 0.999  # (K, K)
+groups = sorted({tuple(np.flatnonzero(row).tolist()) for row in same_direction.numpy()})
+print(f"{num_bases} initial bases, {len(groups)} distinct directions: {groups}")
+
+stride = truth.shape[0] // maps.shape[1]  # output stride: pixels per feature cell
+h, w = maps.shape[1:]
+ink_share = (truth > 0).reshape(h, stride, w, stride).mean(axis=(1, 3))  # (h, w): ink per cell
+for k in range(num_bases):
+    print(f"basis {k}: mean z on ink cells {maps[k][ink_share >= 0.5].mean():.2f}, "
+          f"on cells without ink {maps[k][ink_share == 0].mean():.2f}")
+
+# %% [markdown]
+# Read together, the figure and the printout show what the network learned to do with its
+# bases on this task:
+#
+# - most of the initial bases have merged into one direction. Merged bases never separate
+#   again: bases that start equal receive equal responsibilities in A$_E$ and so equal
+#   updates in A$_M$, batch after batch. They share the background evenly, and the arg max,
+#   which breaks a tie in favour of the lowest index, paints the whole background with the
+#   first of them;
+# - the remaining bases take the digits' ink and divide it between them, each responsible
+#   for different parts of the strokes, wherever in the scene the digits are.
+#
+# So the division of labour is between ink and background, and, within the ink, between
+# parts of the strokes; $K$ was larger than this task needed. No label said which basis should
+# do what, and no gradient reached the bases: the EM grouped the features that training for
+# the labels produced, and the moving average carried those groups from batch to batch.
+# Notebook 5 measures what this buys: on the context scenes, a fragment of a digit cut by the
+# border gets its class from a whole digit far away, through the bases they share.
 #
 # ## Exercises
 #
@@ -421,7 +535,8 @@ from exercises import check
 _paper_unit = EMAU(512, num_bases=64)
 check("Exercise 1", trainable_numbers,
       sum(p.numel() for p in _paper_unit.parameters() if p.requires_grad),
-      "conv_out (no bias) and the BatchNorm's weight and bias; conv_in is frozen, mu a buffer.")
+      "count only the white boxes of the drawing; print(unit) shows which convolution has a "
+      "bias, and BatchNorm trains two numbers per channel.")
 
 # %% [markdown]
 # **Exercise 2: the moving average after n steps.** Start from bases $\mu^{(0)}$ and let every
@@ -443,5 +558,3 @@ _answer = bases_after(_mu_0, _M, 0.1, 7)
 check("Exercise 2", None if _answer is None else np.asarray(_answer), _expected.numpy(),
       "each step keeps (1 - m) of the distance to M.")
 
-# %%
-workdir.cleanup()
