@@ -65,14 +65,16 @@ def check(name, answer, expected, hint, rtol=1e-6, atol=1e-12, validate=None):
         return
     numbers = _as_numbers(answer)
     if numbers is None:
-        problem = f"the answer should be a number or an array of numbers, got {type(answer).__name__}"
+        kind = type(answer).__name__
+        problem = f"the answer should be a number or an array of numbers, got {kind}"
     else:
         problem = _what_differs(numbers, np.asarray(expected, dtype=float), rtol, atol)
     if problem is None and validate is not None:
         try:
             problem = validate(answer)
         except Exception as error:  # a check must not stop the notebook
-            problem = f"checking how the answer was computed failed: {type(error).__name__}: {error}"
+            problem = (f"checking how the answer was computed failed: "
+                       f"{type(error).__name__}: {error}")
     if problem is None:
         print(f"{name}: right.")
     else:

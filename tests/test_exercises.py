@@ -100,7 +100,8 @@ def test_validate_catches_a_right_value_computed_against_the_instruction(capsys)
         return None if dtype == np.float32 else f"compute in float32, not {dtype}"
 
     right_float64 = _printed(capsys, EXPECTED, validate=float32_only)
-    assert "not right yet: compute in float32, not float64" in right_float64 and HINT in right_float64
+    assert "not right yet: compute in float32, not float64" in right_float64
+    assert HINT in right_float64
     right_float32 = _printed(capsys, EXPECTED.astype(np.float32), rtol=1e-6, validate=float32_only)
     assert right_float32 == "Exercise 9: right.\n"
 
