@@ -288,16 +288,18 @@ image, label = kept[0]
 display(figures.attention_figure(models["emau"], image, label, class_names=names))
 
 # %% [markdown]
-# ## Exercise
+# ## Exercises
 #
-# The checks compare with the package and never stop the notebook; they say *not yet* while
-# the answer is `None`.
+# Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
+# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right* or
+# *not right* once there is one. The checks never stop the notebook. All three exercises read
+# the committed experiment, `rows`.
 #
-# **Paired, not pooled.** From `rows`, take the fragment IoU of `emau` and of `none` seed by
-# seed and return the 95 % confidence interval (low, high) of the mean paired difference,
-# $\bar d \pm t_{0.975,\,n-1}\, s_d / \sqrt n$. (`scipy.stats.t.ppf` gives the quantile.) Then
-# compare its width with what you would get by treating the two heads as independent samples:
-# the pairing removes the spread that the seeds' backbones share.
+# **Exercise 1: paired, not pooled.** From `rows`, take the fragment IoU of `emau` and of
+# `none` seed by seed and return the 95 % confidence interval (low, high) of the mean paired
+# difference, $\bar d \pm t_{0.975,\,n-1}\, s_d / \sqrt n$. (`scipy.stats.t.ppf` gives the
+# quantile.) Then compare its width with what you would get by treating the two heads as
+# independent samples: the pairing removes the spread that the seeds' backbones share.
 
 # %% tags=["exercise"]
 def paired_interval(rows):
@@ -312,8 +314,58 @@ _by_seed = {(r["head"], r["seed"]): r["fragment_iou"] for r in rows if r["task"]
 _seeds = sorted(s for h, s in _by_seed if h == "emau" and ("none", s) in _by_seed)
 _expected = paired_comparison([_by_seed["emau", s] for s in _seeds],
                               [_by_seed["none", s] for s in _seeds])["ci"]
-check("Exercise", paired_interval(rows), _expected,
+check("Exercise 1", paired_interval(rows), _expected,
       "d_s = emau_s - none_s for each seed s; the interval is about the mean of the d_s.")
+
+
+# %% [markdown]
+# **Exercise 2: the sign test.** The EMAU started as the identity, `emau_gamma0`, gains fragment
+# IoU over `none` on most seeds, but not on all. The sign test keeps only the *sign* of each
+# seed's paired difference: if the head made no difference, each seed would gain or lose with
+# probability 1/2, so the number of gaining seeds would follow a binomial distribution. Return
+# the one-sided p-value, the probability of at least as many gaining seeds as observed under
+# that hypothesis (`scipy.stats.binomtest` computes it; seeds with a difference of exactly 0,
+# if any, are left out). Then compare it with the Wilcoxon p-value in the table above: which
+# test uses more of the data, and how does that show?
+
+# %% tags=["exercise"]
+def sign_test_p(rows):
+    """One-sided sign-test p-value that emau_gamma0 gains fragment IoU over none, seed by seed."""
+    return None  # your answer here
+
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+from scipy import stats  # noqa: E402
+
+_gains = [_by_seed["emau_gamma0", s] - _by_seed["none", s]
+          for s in _seeds if ("emau_gamma0", s) in _by_seed]
+_nonzero = [g for g in _gains if g != 0]
+_expected_p = stats.binomtest(sum(g > 0 for g in _nonzero), len(_nonzero), 0.5,
+                              alternative="greater").pvalue
+check("Exercise 2", sign_test_p(rows), _expected_p, rtol=1e-9,
+      hint="count the seeds whose difference is positive, and the seeds whose difference is "
+           "not zero; the test asks whether the first count is large for the second.")
+
+
+# %% [markdown]
+# **Exercise 3: reading the swap test.** For each head in `probe_heads` (the order of the bars
+# in the swap-test figure), return the mean over seeds of `follows_swap`, the share of fragment
+# pixels whose prediction follows the far digits to their new class, as an array. Which head
+# carries the far digits' class to the fragments most, and does that order agree with the
+# order of the fragment-IoU gains?
+
+# %% tags=["exercise"]
+def mean_follows_swap(rows, heads):
+    """Mean follows_swap over the seeds of the context task, one number per head in ``heads``."""
+    return None  # your answer here
+
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+_expected_swap = [np.mean([r["follows_swap"] for r in rows
+                           if r["task"] == "context" and r["head"] == head])
+                  for head in probe_heads]
+check("Exercise 3", mean_follows_swap(rows, probe_heads), _expected_swap,
+      hint="only the context task has a swap test; the control rows leave follows_swap empty.")
 
 # %% [markdown]
 # ## Running the experiment, and PASCAL VOC

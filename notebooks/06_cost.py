@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -268,7 +268,8 @@ flop_ratio_256 = None  # your answer here: a number
 from exercises import check
 
 check("Exercise 1", flop_ratio_256, non_local_flops(256**2) / em_attention_flops(256**2),
-      "4 N^2 C' / ((4T + 2) N K C) with N = 65536 and C' = C / 2.")
+      "write both FLOP counts for a general N first: which power of N is left in their "
+      "ratio? Then put in N = 256**2 and this notebook's C, K and T.")
 
 # %% [markdown]
 # **Exercise 2: the memory wall.** How many GiB does one float32 $N \times N$ attention matrix
@@ -280,4 +281,5 @@ gib_256 = None  # your answer here: (non-local GiB, EM attention GiB)
 
 # %% tags=["check"] jupyter={"source_hidden": true}
 check("Exercise 2", gib_256, (4 * (256**2) ** 2 / 2**30, 4 * 256**2 * K / 2**30),
-      "4 bytes per float32; 1 GiB = 2**30 bytes.")
+      "count the entries of each matrix first, then the bytes; a GiB is a power of two, "
+      "not 10**9 bytes.")
