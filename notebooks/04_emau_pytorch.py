@@ -535,8 +535,8 @@ from exercises import check
 _paper_unit = EMAU(512, num_bases=64)
 check("Exercise 1", trainable_numbers,
       sum(p.numel() for p in _paper_unit.parameters() if p.requires_grad),
-      "count only the white boxes of the drawing; print(unit) shows which convolution has a "
-      "bias, and BatchNorm trains two numbers per channel.")
+      "only the white boxes of the drawing train; the unit printed under 'The module, part "
+      "by part' shows which of its convolutions has a bias.")
 
 # %% [markdown]
 # **Exercise 2: the moving average after n steps.** Start from bases $\mu^{(0)}$ and let every
