@@ -11,7 +11,8 @@ from scipy.special import logsumexp as scipy_logsumexp
 from scipy.stats import multivariate_normal
 
 from em_tutorial import gmm
-from em_tutorial.gmm._fast_diagonal import centred_data
+from em_tutorial.gmm import fast
+from em_tutorial.gmm.fast._diagonal import centred_data
 
 TYPES = ["full", "tied", "diag", "spherical"]
 N, D, K = 60, 3, 4
@@ -84,7 +85,7 @@ def test_spherical_precision_cholesky_is_one_over_sigma():
                     [0.5, 2.0])
 
 
-@pytest.mark.parametrize("density", [gmm.log_gaussian_density, gmm.log_gaussian_density_blocked])
+@pytest.mark.parametrize("density", [gmm.log_gaussian_density, fast.log_gaussian_density_blocked])
 def test_log_density_matches_scipy(problem, density):
     covariance_type, X, _, means, covariances, precisions_chol = problem
     expected = scipy_log_density(X, means, covariances, covariance_type)
@@ -97,7 +98,7 @@ def test_blocked_density_uses_several_blocks(problem, n_threads):
     covariance_type, X, _, means, _, precisions_chol = problem
     plain = gmm.log_gaussian_density(X, means, precisions_chol, covariance_type)
     for block_size in (1, 7, N):
-        blocked = gmm.log_gaussian_density_blocked(
+        blocked = fast.log_gaussian_density_blocked(
             X, means, precisions_chol, covariance_type, block_size=block_size,
             n_threads=n_threads)
         assert_allclose(blocked, plain, rtol=1e-12)
@@ -164,8 +165,8 @@ def hand_m_step(X, resp, covariance_type, reg_covar, centres=None):
     return counts / n_samples, means, covariances
 
 
-@pytest.mark.parametrize("step, block_size", [(gmm.m_step, None), (gmm.m_step_blocked, 1),
-                                              (gmm.m_step_blocked, 7), (gmm.m_step_blocked, 512)])
+@pytest.mark.parametrize("step, block_size", [(gmm.m_step, None), (fast.m_step_blocked, 1),
+                                              (fast.m_step_blocked, 7), (fast.m_step_blocked, 512)])
 @pytest.mark.parametrize("old_means", [False, True], ids=["new-mean", "seed-old-mean"])
 def test_m_step_is_eq_7(problem, rng, old_means, step, block_size):
     covariance_type, X, _, means, _, _ = problem
@@ -193,9 +194,9 @@ def test_em_step_is_e_step_then_m_step(problem, weighted, seed_form):
     # of all samples rather than of the step's first block: any c gives the same step.
     centred = centred_data(X, np.mean(X, axis=0, keepdims=True), covariance_type)
     for step, block_size, n_threads, once in [
-        (gmm.em_step, None, None, None), (gmm.em_step_blocked, 1, 1, None),
-        (gmm.em_step_blocked, 7, 1, None), (gmm.em_step_blocked, 7, 3, None),
-        (gmm.em_step_blocked, 1000, 1, None), (gmm.em_step_blocked, 7, 3, centred),
+        (gmm.em_step, None, None, None), (fast.em_step_blocked, 1, 1, None),
+        (fast.em_step_blocked, 7, 1, None), (fast.em_step_blocked, 7, 3, None),
+        (fast.em_step_blocked, 1000, 1, None), (fast.em_step_blocked, 7, 3, centred),
     ]:
         kwargs = {} if block_size is None else {"block_size": block_size, "n_threads": n_threads,
                                                 "centred": once}
@@ -237,9 +238,9 @@ def strict(array):
 def test_functions_run_on_array_api_strict(problem, rng, blocked):
     covariance_type, X, weights, means, covariances, precisions_chol = problem
     resp = rng.dirichlet(np.ones(K), size=N)
-    density = gmm.log_gaussian_density_blocked if blocked else gmm.log_gaussian_density
-    em_step = gmm.em_step_blocked if blocked else gmm.em_step
-    m_step = gmm.m_step_blocked if blocked else gmm.m_step
+    density = fast.log_gaussian_density_blocked if blocked else gmm.log_gaussian_density
+    em_step = fast.em_step_blocked if blocked else gmm.em_step
+    m_step = fast.m_step_blocked if blocked else gmm.m_step
     args = (means, precisions_chol, covariance_type)
     strict_args = (strict(means), strict(precisions_chol), covariance_type)
 
@@ -309,7 +310,7 @@ def test_blocked_step_keeps_float32_digits_far_from_the_origin(rng, covariance_t
     inputs = (X, *gmm.m_step(X, resp, covariance_type))
     inputs = (*inputs[:3], gmm.precisions_cholesky_from_covariances(inputs[3], covariance_type))
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
-    got = gmm.em_step_blocked(*inputs, covariance_type)
+    got = fast.em_step_blocked(*inputs, covariance_type)
     assert all(g.dtype == np.float32 for g in got)
     assert_step_matches(got, expected, X, covariance_type, dict(
         weights=1e-5, means=1e-3, covariances=1e-3, log_likelihood=1e-3))
@@ -328,7 +329,7 @@ def test_blocked_step_after_a_long_jump_of_the_means(rng, covariance_type, dtype
     precisions_chol = gmm.precisions_cholesky_from_covariances(covariances, covariance_type)
     inputs = (X, weights, means + dtype(jump), precisions_chol)
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
-    got = gmm.em_step_blocked(*inputs, covariance_type)
+    got = fast.em_step_blocked(*inputs, covariance_type)
     tolerance = 1e-2 if dtype == np.float32 else 1e-9
     assert_step_matches(got, expected, X, covariance_type, dict(
         weights=tolerance, means=tolerance, covariances=tolerance, log_likelihood=tolerance))
@@ -343,5 +344,5 @@ def test_blocked_step_with_vanishing_responsibilities(rng, separation):
     precisions_chol = np.tile(np.eye(2), (2, 1, 1))
     weights = np.array([0.5, 0.5])
     expected = gmm.em_step(X, weights, means, precisions_chol)
-    for got, e in zip(gmm.em_step_blocked(X, weights, means, precisions_chol), expected):
+    for got, e in zip(fast.em_step_blocked(X, weights, means, precisions_chol), expected):
         assert_allclose(got, e, rtol=1e-12)

@@ -1,5 +1,6 @@
 """Bad input gets a ValueError that names the problem."""
 
+import array_api_strict
 import numpy as np
 import pytest
 
@@ -150,3 +151,14 @@ def test_functions_check_shapes(rng):
         gmm.m_step(X, resp[:4])
     with pytest.raises(ValueError, match="resp must be"):
         gmm.reconstruct(resp, np.zeros((2, 2)))
+
+
+def test_device_array_without_array_api_dispatch_says_how_to_enable_it(X):
+    # Without dispatch scikit-learn's convention copies X to NumPy, which a GPU array
+    # refuses; the error names the environment variable that dispatch needs.
+    on_device = array_api_strict.asarray(X, device=array_api_strict.Device("device1"))
+    with pytest.raises(TypeError, match="SCIPY_ARRAY_API=1 before SciPy is first imported"):
+        GaussianMixture(2).fit(on_device)
+    model = GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(TypeError, match="array_api_dispatch=True"):
+        model.predict(on_device)

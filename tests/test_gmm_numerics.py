@@ -10,8 +10,9 @@ from numpy.testing import assert_allclose
 from sklearn.exceptions import ConvergenceWarning
 
 from em_tutorial import gmm
+from em_tutorial.gmm import fast
 from em_tutorial.gmm import GaussianMixture
-from em_tutorial.gmm import _fast_diagonal as fast_diagonal
+from em_tutorial.gmm.fast import _diagonal as fast_diagonal
 
 TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -60,7 +61,7 @@ def test_blocked_step_when_a_covariance_shrinks_a_lot(covariance_type, dtype, rt
     inputs = (X, weights, means, precisions_chol)
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type,
                            reg_covar=0.0)
-    got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0)
+    got = fast.em_step_blocked(*inputs, covariance_type, reg_covar=0.0)
     assert_allclose(got[2], expected[2], rtol=rtol)  # the covariances, ~2e-6
     for g, e in zip(got, expected):
         assert g.dtype == dtype
@@ -101,7 +102,7 @@ def test_second_pass_for_the_one_component_that_shrinks(monkeypatch, covariance_
     monkeypatch.setattr(fast_diagonal, "recentred_squares", spy)
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type,
                            reg_covar=0.0)
-    got = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64,
+    got = fast.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64,
                               n_threads=2)
     # The shrinking component alone; with kept z_nk (K <= d) only the samples it weighs
     # (z_nk > 0: its five points, and in float64 the wide clusters' near side), else all of X.
@@ -120,8 +121,8 @@ def test_second_pass_runs_on_array_api_strict(covariance_type, n_features):
     # The second pass's gathers (take, nonzero) in the standard's calls only: the same
     # numbers from array_api_strict arrays as from NumPy's, float64.
     inputs = one_shrinking_component(covariance_type, n_features, np.float64)
-    expected = gmm.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64)
-    got = gmm.em_step_blocked(*(array_api_strict.asarray(a) for a in inputs), covariance_type,
+    expected = fast.em_step_blocked(*inputs, covariance_type, reg_covar=0.0, block_size=64)
+    got = fast.em_step_blocked(*(array_api_strict.asarray(a) for a in inputs), covariance_type,
                               reg_covar=0.0, block_size=64)
     for g, e in zip(got, expected):
         assert type(g).__module__.startswith("array_api_strict")
@@ -145,15 +146,15 @@ def test_reference_engine_equals_fast_engine(rng, covariance_type, dtype, rtol, 
                   random_state=0, init_params=init_params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fast = GaussianMixture(**params).fit(X)
+        fast_fit = GaussianMixture(**params).fit(X)
         reference = GaussianMixture(algorithm="reference", **params).fit(X)
-    assert_allclose(fast.lower_bounds_, reference.lower_bounds_, rtol=rtol)
+    assert_allclose(fast_fit.lower_bounds_, reference.lower_bounds_, rtol=rtol)
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-        got, expected = getattr(fast, name), getattr(reference, name)
+        got, expected = getattr(fast_fit, name), getattr(reference, name)
         assert got.dtype == expected.dtype == dtype
         assert_allclose(got, expected, rtol=rtol, atol=rtol * np.max(np.abs(expected)),
                         err_msg=name)
-    assert_allclose(fast.predict_proba(X), reference.predict_proba(X), atol=rtol)
+    assert_allclose(fast_fit.predict_proba(X), reference.predict_proba(X), atol=rtol)
 
 
 def test_unknown_algorithm_is_named(rng):
@@ -178,10 +179,10 @@ def test_blocked_step_with_narrow_clusters_far_apart(covariance_type, dtype, rto
     precisions_chol = gmm.precisions_cholesky_from_covariances(covariances, covariance_type)
     inputs = tuple(a.astype(dtype) for a in (X, weights, means, precisions_chol))
     expected = gmm.em_step(*(a.astype(np.float64) for a in inputs), covariance_type)
-    got = gmm.em_step_blocked(*inputs, covariance_type)
+    got = fast.em_step_blocked(*inputs, covariance_type)
     for g, e in zip(got, expected):
         assert_allclose(g, e, rtol=rtol, atol=rtol * np.max(np.abs(e)))
-    density = gmm.log_gaussian_density_blocked(*inputs[:1], *inputs[2:], covariance_type)
+    density = fast.log_gaussian_density_blocked(*inputs[:1], *inputs[2:], covariance_type)
     expected_density = gmm.log_gaussian_density(*(a.astype(np.float64) for a in inputs[:1]),
                                                 *(a.astype(np.float64) for a in inputs[2:]),
                                                 covariance_type)
@@ -213,7 +214,7 @@ def test_numpy_fit_runs_blas_single_threaded_and_restores_it(monkeypatch, rng):
     # it had before.
     from threadpoolctl import threadpool_info
 
-    from em_tutorial.gmm import _estimator
+    from em_tutorial.gmm import estimator
 
     def numpy_blas_threads():
         return [lib["num_threads"] for lib in threadpool_info()
@@ -224,13 +225,13 @@ def test_numpy_fit_runs_blas_single_threaded_and_restores_it(monkeypatch, rng):
         pytest.skip("NumPy's BLAS is not its bundled one, or runs one thread already: a "
                     "limit could not be told apart")
     during = []
-    original = _estimator.one_em_step
+    original = estimator.one_em_step
 
     def spy(*args):
         during.append(numpy_blas_threads())
         return original(*args)
 
-    monkeypatch.setattr(_estimator, "one_em_step", spy)
+    monkeypatch.setattr(estimator, "one_em_step", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         GaussianMixture(n_components=2, max_iter=3, tol=0.0, random_state=0).fit(

@@ -25,11 +25,10 @@ from sklearn.exceptions import ConvergenceWarning
 from em_tutorial.gmm import (
     GaussianMixture,
     em_step,
-    em_step_blocked,
     m_step,
-    m_step_blocked,
     precisions_cholesky_from_covariances,
 )
+from em_tutorial.gmm.fast import em_step_blocked, m_step_blocked
 
 CENTRE, SPREAD, N, D, K = 1e4, 1.0, 2000, 4, 3
 RTOL = 5e-3

@@ -2,7 +2,7 @@
 
 ``"reference"`` runs the plain one-function-per-equation path (:func:`m_step`,
 :func:`em_step`, :func:`log_gaussian_density`), the code a learner reads next to the
-equations. ``"fast"`` runs :mod:`em_tutorial.gmm._fast`, which computes the same numbers
+equations. ``"fast"`` runs :mod:`em_tutorial.gmm.fast`, which computes the same numbers
 in one blocked, threaded pass. Both see X in its own namespace and on its own device.
 """
 
@@ -16,17 +16,15 @@ import array_api_compat
 from threadpoolctl import ThreadpoolController
 
 from em_tutorial.backend import get_array_module, is_numpy_namespace
-from em_tutorial.gmm._blocks import cpu_block_size, reference_point
-from em_tutorial.gmm._density import log_gaussian_density
-from em_tutorial.gmm._em_step import em_step
-from em_tutorial.gmm._fast import (
+from em_tutorial.gmm.equations import em_step, log_gaussian_density, m_step
+from em_tutorial.gmm.fast import (
     DIAGONAL_TYPES,
     em_step_blocked,
     log_gaussian_density_blocked,
     m_step_blocked,
 )
-from em_tutorial.gmm._fast_diagonal import centred_data
-from em_tutorial.gmm._m_step import m_step
+from em_tutorial.gmm.fast._blocks import cpu_block_size, reference_point
+from em_tutorial.gmm.fast._diagonal import centred_data
 
 ALGORITHMS = ("fast", "reference")
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from em_tutorial.gmm._precision import parameter_shape
+from em_tutorial.gmm.precision import parameter_shape
 
 
 def check_n_samples(X, n_components):

@@ -1,4 +1,5 @@
-"""The fast engine: the same E-step, M-step and densities as the plain functions, in one pass.
+"""The fast engine: the same E-step, M-step and densities as :mod:`em_tutorial.gmm.equations`,
+in one pass.
 
 :class:`GaussianMixture` runs these by default (``algorithm="fast"``); the plain
 one-function-per-equation path (``algorithm="reference"``) computes the same numbers and is
@@ -7,9 +8,9 @@ measured side by side (alternating, median of 3) on a 2-core machine that other 
 loading at the time, so the ratios are indicative:
 
 1. **Blocking.** X is walked in blocks of :data:`BLOCK_SIZE` samples (the estimator picks
-   the size per type and shape, :func:`em_tutorial.gmm._blocks.cpu_block_size`). Each block
-   goes through the E-step and straight into the M-step's sums while it is still in cache,
-   and no (N, K) or (N, K, d) array is ever built. The fast engine against the reference
+   the size per type and shape, :func:`em_tutorial.gmm.fast._blocks.cpu_block_size`). Each
+   block goes through the E-step and straight into the M-step's sums while it is still in
+   cache, and no (N, K) or (N, K, d) array is ever built. The fast engine against the reference
    engine, full covariance, 50k x 16 x 16: 1.7x.
 2. **Full: whitened differences, reused.** One batched product against
    [[P_k], [-mu_k P_k]] gives every y_nk = (x_n - mu_k) P_k of a block, shape (K, B, d);
@@ -19,7 +20,7 @@ loading at the time, so the ratios are indicative:
    Above 16 features the sum is formed as (sqrt(z_nk) y_nk)^T (sqrt(z_nk) y_nk), one array
    times its own transpose, which BLAS computes as a symmetric rank-k update (half the
    products); at 16 and fewer a general product is faster
-   (:data:`em_tutorial.gmm._fast_full.GENERAL_PRODUCT_MAX_FEATURES`).
+   (:data:`em_tutorial.gmm.fast._full.GENERAL_PRODUCT_MAX_FEATURES`).
 3. **Tied, diag and spherical: expanded distances, never K or d x d times the work.** With x
    centred once on a reference point c (the first block's mean),
    ||(x - mu_k) p_k||^2 = sum_j P_kj x_j^2 - 2 sum_j P_kj a_kj x_j + sum_j P_kj a_kj^2
@@ -33,26 +34,26 @@ loading at the time, so the ratios are indicative:
    products). Tied whitens each block once, (x - c) P, instead of once per component. The
    expansion rounds off by ~4 eps ||(c - mu_k) P_k||^2; where that exceeds 0.01 nats
    (narrow components far from c) the distances come from centred differences instead.
-4. **Re-centring, judged from the new scatter.** The scatter comes out around another
-   centre (the old means, or c) and moves to the new means, S_new = S_old - N_k s s^T for
-   the shift s. That rounds off every entry by ~eps N_k ||s||^2, in any direction, so it
-   cancels about log10(N_k ||s||^2 / lambda_min(S_new)) digits in the narrowest direction
-   of S_new (tied: sum_k N_k ||m_k||^2 against the pooled scatter's lambda_min; diag and
-   spherical: coordinate by coordinate). Where that would be more than half the dtype's
-   digits (a ratio above ~2900 in float32, ~7e7 in float64) the step makes a second pass
-   over X centred on the new means. Looking only along s missed a thin direction oblique
-   to it: a cluster 100 times narrower along (1, -1) than along (1, 1), its mean 30 sd
-   away, lost 73 % of that variance in float32. A component that shrinks a lot in one step is caught this way; the old
-   spread would not show it. Diag and spherical re-centre only the components that cancel
-   (in the spherical fit at 20k x 128 x 8 one component shrinks to almost no spread and is
-   caught in every step from the fourth on), and reuse the step's z_nk where they take no
-   more memory than X (K <= d) instead of running the E-step again: the second pass then
-   only forms the (K', B, d) differences of those K' components, and only for the samples
-   with some z_nk > 0 in them. A component that shrinks that far weighs few: in that fit,
-   1 sample of 20 000, so a step with the second pass now takes as long as one without
+4. **Re-centring, judged from the new scatter.** The scatter comes out around another centre
+   (the old means, or c) and moves to the new means, S_new = S_old - N_k s s^T for the shift
+   s. That rounds off every entry by ~eps N_k ||s||^2, in any direction, so it cancels about
+   log10(N_k ||s||^2 / lambda_min(S_new)) digits in the narrowest direction of S_new (tied:
+   sum_k N_k ||m_k||^2 against the pooled scatter's lambda_min; diag and spherical:
+   coordinate by coordinate). Where that would be more than half the dtype's digits (a ratio
+   above ~2900 in float32, ~7e7 in float64) the step makes a second pass over X centred on
+   the new means. Looking only along s missed a thin direction oblique to it: a cluster 100
+   times narrower along (1, -1) than along (1, 1), its mean 30 sd away, lost 73 % of that
+   variance in float32. A component that shrinks a lot in one step is caught this way; the
+   old spread would not show it. Diag and spherical re-centre only the components that
+   cancel (in the spherical fit at 20k x 128 x 8 one component shrinks to almost no spread
+   and is caught in every step from the fourth on), and reuse the step's z_nk where they
+   take no more memory than X (K <= d) instead of running the E-step again: the second pass
+   then only forms the (K', B, d) differences of those K' components, and only for the
+   samples with some z_nk > 0 in them. A component that shrinks that far weighs few: in that
+   fit, 1 sample of 20 000, so a step with the second pass now takes as long as one without
    (going over every sample, the pass had added ~5 ms to an ~11 ms step). Centring on c
-   keeps the moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more
-   digits than data at 0.
+   keeps the moments of trick 3 accurate: data at 1000 with spread 0.01 lose no more digits
+   than data at 0.
 5. **Threads.** On the CPU, ``n_threads`` threads share the blocks (in the E-step of
    ``predict`` and ``score`` too), each taking the next block when it is free; NumPy and
    BLAS release the interpreter lock. With both cores free this gave ~1.7x (``RESULTS.md``:
@@ -74,23 +75,25 @@ loading at the time, so the ratios are indicative:
 
 Tricks 1, 5 and 6 leave the arithmetic as it is; tricks 2-4 reorder it, which is why the tests
 compare every function here with its plain counterpart (``tests/test_gmm_equations.py``,
-``tests/test_gmm_properties.py``, ``tests/test_gmm_numerics.py``).
+``tests/test_gmm_properties.py``, ``tests/test_gmm_numerics.py``,
+``tests/test_gmm_recentring.py``).
 """
 
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._blocks import BLOCK_SIZE, block_slices
-from em_tutorial.gmm._density import check_parameter_shapes, log_density_from_mahalanobis
-from em_tutorial.gmm._fast_diagonal import diagonal_mahalanobis_all, diagonal_step
-from em_tutorial.gmm._fast_full import full_em_sums, full_mahalanobis, full_step_scatter
-from em_tutorial.gmm._fast_tied import tied_mahalanobis_all, tied_step
-from em_tutorial.gmm._m_step import (
+from em_tutorial.gmm.equations import (
+    check_parameter_shapes,
     counts_weights_means,
     covariances_from_scatter,
     guarded_counts,
+    log_density_from_mahalanobis,
 )
-from em_tutorial.gmm._precision import check_covariance_type, log_det_cholesky
+from em_tutorial.gmm.fast._blocks import BLOCK_SIZE, block_slices
+from em_tutorial.gmm.fast._diagonal import diagonal_mahalanobis_all, diagonal_step
+from em_tutorial.gmm.fast._full import full_em_sums, full_mahalanobis, full_step_scatter
+from em_tutorial.gmm.fast._tied import tied_mahalanobis_all, tied_step
+from em_tutorial.gmm.precision import check_covariance_type, log_det_cholesky
 
 DIAGONAL_TYPES = ("diag", "spherical")
 
@@ -164,7 +167,7 @@ def em_step_blocked(X, weights, means, precisions_cholesky, covariance_type="ful
         :class:`GaussianMixture` does, or they oversubscribe the cores.
     centred : tuple, optional
         For diag and spherical, X centred once for the whole fit
-        (:func:`em_tutorial.gmm._fast_diagonal.centred_data`, trick 6); formed in the step
+        (:func:`em_tutorial.gmm.fast._diagonal.centred_data`, trick 6); formed in the step
         if not given. Other types ignore it.
     """
     check_parameter_shapes(X, means, precisions_cholesky, covariance_type)

@@ -2,11 +2,13 @@
 
 A drop-in for ``sklearn.mixture.GaussianMixture`` (same parameters, attributes and methods,
 the same initialisations drawn from the same random numbers), plus :meth:`reconstruct`
-(eq. 8) and a choice of engine (``algorithm``, see :mod:`em_tutorial.gmm._engines`).
+(eq. 8) and a choice of engine (``algorithm``: the functions of
+:mod:`em_tutorial.gmm.equations`, or the fast engine :mod:`em_tutorial.gmm.fast`).
 
 It follows scikit-learn's array-API convention: by default X is converted to NumPy; under
 ``sklearn.config_context(array_api_dispatch=True)`` (which needs ``SCIPY_ARRAY_API=1`` in
-the environment before SciPy is imported) it fits NumPy, PyTorch and CuPy arrays, and any
+the environment before SciPy is first imported; a device array met without dispatch is
+refused with an error that says so) it fits NumPy, PyTorch and CuPy arrays, and any
 other array-API array, in their own namespace and on their own device, and the fitted
 attributes stay there. Every initialisation works there; the k-means ones copy X to the host
 once per initialisation (see :mod:`em_tutorial.gmm._start`).
@@ -16,25 +18,38 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
+from numbers import Integral, Real
 
+import array_api_compat
+import numpy as np
+import sklearn
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._array_api import get_namespace
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from em_tutorial.backend import get_array_module
+from em_tutorial.backend import get_array_module, is_numpy_namespace
+from em_tutorial.gmm._arrays import to_host
 from em_tutorial.gmm._engines import (
+    ALGORITHMS,
     centred_for_fit,
+    component_log_density,
     initial_m_step,
     one_em_step,
     single_threaded_blas,
 )
-from em_tutorial.gmm._fitted import FittedMixtureMethods
-from em_tutorial.gmm._hyperparameters import check_hyperparameters
-from em_tutorial.gmm._progress import ProgressMessages
-from em_tutorial.gmm._precision import (
+from em_tutorial.gmm._start import (
+    INIT_PARAMS,
+    checked_inits,
+    host_dtype,
+    initial_responsibilities,
+)
+from em_tutorial.gmm._validation import check_n_samples, check_not_overflowing
+from em_tutorial.gmm.equations import log_softmax, reconstruct, weighted_log_density
+from em_tutorial.gmm.precision import (
+    COVARIANCE_TYPES,
     collapse_error,
     collapsed_components,
     covariances_from_precisions_cholesky,
@@ -43,15 +58,9 @@ from em_tutorial.gmm._precision import (
     precisions_from_cholesky,
     rounding_floors,
 )
-from em_tutorial.gmm._start import (
-    checked_inits,
-    host_dtype,
-    initial_responsibilities,
-)
-from em_tutorial.gmm._validation import check_n_samples, check_not_overflowing
 
 
-class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, BaseEstimator):
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM (eqs. 3-7), a drop-in for scikit-learn's.
 
     Parameters
@@ -88,7 +97,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
     algorithm : {"fast", "reference"}, default="fast"
         The engine. ``"reference"`` runs the plain functions of the equations
         (:func:`em_tutorial.gmm.e_step`, :func:`em_tutorial.gmm.m_step`, ...), the code to
-        read; ``"fast"`` runs :mod:`em_tutorial.gmm._fast`, blocked and threaded (for diag
+        read; ``"fast"`` runs :mod:`em_tutorial.gmm.fast`, blocked and threaded (for diag
         and spherical it holds a centred copy of X while it fits). Both give the same
         numbers (to rounding).
 
@@ -119,7 +128,7 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
     * An empty component's count is floored at 10 eps (scikit-learn adds 10 eps), so a
       component on one point keeps that point as its exact mean.
     * A covariance at the rounding level of the data is reported as collapsed (see
-      :func:`em_tutorial.gmm._precision.rounding_floors`), with scikit-learn's message first.
+      :func:`em_tutorial.gmm.precision.rounding_floors`), with scikit-learn's message first.
     """
 
     def __init__(
@@ -161,14 +170,14 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
 
     def _fit_samples(self, X):
         """X checked for fitting: NumPy, or under array-API dispatch its own namespace."""
-        xp, _ = get_namespace(X)
+        xp = _namespace_for(X)
         with _naming_x():
             return validate_data(self, X, dtype=[xp.float64, xp.float32], ensure_min_samples=2)
 
     def _validated(self, X):
         """X checked against the fit, for the methods that use it."""
         check_is_fitted(self)
-        xp, _ = get_namespace(X)
+        xp = _namespace_for(X)
         with _naming_x():
             return validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
 
@@ -310,6 +319,174 @@ class GaussianMixture(FittedMixtureMethods, ProgressMessages, DensityMixin, Base
     def _set_parameters(self, params):
         self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
+
+    # ------------------------------------------------------------------ using the fit
+
+    def _weighted_log_density(self, X):
+        """ln pi_k N(x_n | mu_k, Sigma_k) under the current parameters, shape (N, K)."""
+        log_density = component_log_density(
+            self.algorithm, X, self.means_, self.precisions_cholesky_, self.covariance_type)
+        return weighted_log_density(log_density, self.weights_)
+
+    def _log_resp(self, X):
+        """(ln z_nk, ln p(x_n)) under the current parameters."""
+        return log_softmax(self._weighted_log_density(X), axis=1)
+
+    def score_samples(self, X):
+        """ln p(x_n) = ln sum_k pi_k N(x_n | mu_k, Sigma_k) for each sample, shape (N,)."""
+        _, log_norm = self._log_resp(self._validated(X))
+        return log_norm
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per sample, eq. 4 divided by N, as a Python float."""
+        log_norm = self.score_samples(X)
+        return float(get_array_module(log_norm).mean(log_norm))
+
+    def predict_proba(self, X):
+        """Responsibilities z_nk (eq. 5), shape (N, K)."""
+        log_resp, _ = self._log_resp(self._validated(X))
+        return get_array_module(log_resp).exp(log_resp)
+
+    def predict(self, X):
+        """The most probable component of each sample, argmax_k z_nk, shape (N,)."""
+        # argmax_k z_nk = argmax_k pi_k N(x_n | mu_k, Sigma_k): no normalisation needed.
+        weighted = self._weighted_log_density(self._validated(X))
+        return get_array_module(weighted).argmax(weighted, axis=1)
+
+    def reconstruct(self, X):
+        """x~_n = sum_k z_nk mu_k (eq. 8): each sample re-expressed by the means, shape (N, d)."""
+        return reconstruct(self.predict_proba(X), self.means_)
+
+    def sample(self, n_samples=1):
+        """Draw ``n_samples`` points from the fitted mixture (on the host, as scikit-learn).
+
+        Returns
+        -------
+        X : array of shape (n_samples, d), float64 (in the fit's namespace and device)
+        y : array of shape (n_samples,)
+            The component each point was drawn from.
+        """
+        check_is_fitted(self)
+        # bool is an Integral in Python, but sample(True) is a mistake, not one sample
+        if (isinstance(n_samples, bool) or not isinstance(n_samples, Integral)
+                or not 1 <= n_samples <= np.iinfo(np.int64).max):
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling "
+                             "requires at least one sample (an int >= 1, at most 2**63 - 1).")
+        rng = check_random_state(self.random_state)
+        means = to_host(self.means_).astype(np.float64)
+        covariances = to_host(self.covariances_).astype(np.float64)
+        counts = rng.multinomial(n_samples, to_host(self.weights_))
+        if self.covariance_type in ("full", "tied"):
+            # NumPy's positive-semidefinite check has a tolerance of 1e-8: a float32 fit's
+            # covariance, accurate to its own precision but asymmetric in the last bit, would
+            # warn. Sigma_k is symmetric by definition, so symmetrise it in float64.
+            covariances = (covariances + covariances.swapaxes(-1, -2)) / 2  # (K, d, d) or (d, d)
+            if self.covariance_type == "tied":
+                covariances = [covariances] * self.n_components
+            parts = [rng.multivariate_normal(mean, cov, int(count))
+                     for mean, cov, count in zip(means, covariances, counts)]
+        else:  # diag (K, d) or spherical (K,) variances
+            parts = [mean + rng.standard_normal(size=(count, means.shape[1])) * np.sqrt(var)
+                     for mean, var, count in zip(means, covariances, counts)]
+        X, labels = np.vstack(parts), np.repeat(np.arange(self.n_components), counts)
+        xp = get_array_module(self.means_)
+        if is_numpy_namespace(xp):
+            return X, labels
+        device = array_api_compat.device(self.means_)
+        # float64 as scikit-learn samples, where the device has it (Apple's MPS has not)
+        is_mps = array_api_compat.is_torch_namespace(xp) and "mps" in str(device)
+        return (xp.asarray(X, dtype=xp.float32 if is_mps else xp.float64, device=device),
+                xp.asarray(labels, dtype=xp.int64, device=device))
+
+    def _n_parameters(self):
+        n_features = self.means_.shape[1]
+        K = self.n_components
+        covariance_parameters = {
+            "full": K * n_features * (n_features + 1) / 2,
+            "tied": n_features * (n_features + 1) / 2,
+            "diag": K * n_features,
+            "spherical": K,
+        }[self.covariance_type]
+        return int(covariance_parameters + K * n_features + K - 1)
+
+    def bic(self, X):
+        """Bayesian information criterion (lower is better)."""
+        return -2 * self.score(X) * X.shape[0] + self._n_parameters() * math.log(X.shape[0])
+
+    def aic(self, X):
+        """Akaike information criterion (lower is better)."""
+        return -2 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
+
+    # ------------------------------------------------------------------ progress messages
+
+    def _print_init_start(self, init):
+        if self.verbose >= 1:
+            print(f"Initialization {init}")
+            self._iteration_time = time.time()
+
+    def _print_iteration(self, n_iter, change):
+        if self.verbose >= 1 and n_iter % self.verbose_interval == 0:
+            if self.verbose == 1:
+                print(f"  Iteration {n_iter}")
+            else:
+                now = time.time()
+                print(f"  Iteration {n_iter}\t time lapse {now - self._iteration_time:.5f}s"
+                      f"\t ll change {change:.5f}")
+                self._iteration_time = now
+
+    def _print_init_end(self, lower_bound, converged):
+        if self.verbose >= 1:
+            state = "converged" if converged else "did not converge"
+            print(f"Initialization {state}. lower bound {lower_bound:.5f}.")
+
+
+def check_hyperparameters(mixture):
+    """Raise a ValueError that names the first argument of ``mixture`` out of its range."""
+
+    def check(name, ok, expected):
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {getattr(mixture, name)!r}")
+
+    def is_int(value):
+        return isinstance(value, Integral) and not isinstance(value, bool)
+
+    def is_real(value):
+        return isinstance(value, Real) and not isinstance(value, bool)
+
+    m = mixture
+    check("n_components", is_int(m.n_components) and m.n_components >= 1, "an int >= 1")
+    check("covariance_type", m.covariance_type in COVARIANCE_TYPES, f"one of {COVARIANCE_TYPES}")
+    check("tol", is_real(m.tol) and m.tol >= 0, "a number >= 0")
+    check("reg_covar", is_real(m.reg_covar) and m.reg_covar >= 0, "a number >= 0")
+    check("max_iter", is_int(m.max_iter) and m.max_iter >= 0, "an int >= 0")
+    check("n_init", is_int(m.n_init) and m.n_init >= 1, "an int >= 1")
+    check("init_params", m.init_params in INIT_PARAMS, f"one of {INIT_PARAMS}")
+    check("verbose_interval", is_int(m.verbose_interval) and m.verbose_interval >= 1,
+          "an int >= 1")
+    check("algorithm", m.algorithm in ALGORITHMS, f"one of {ALGORITHMS}")
+
+
+def _namespace_for(X):
+    """The namespace X is checked and fitted in: its own under scikit-learn's array-API
+    dispatch, else NumPy (scikit-learn's convention), refusing an array on a device.
+
+    Written here because scikit-learn's own (``get_namespace``) is private.
+    """
+    if sklearn.get_config()["array_api_dispatch"]:
+        return array_api_compat.array_namespace(X) if array_api_compat.is_array_api_obj(X) else np
+    if array_api_compat.is_array_api_obj(X) and not array_api_compat.is_numpy_array(X):
+        device = array_api_compat.device(X)
+        if "cpu" not in str(device).lower():
+            raise TypeError(
+                f"X is an array of {type(X).__module__.split('.')[0]} on {device}; without "
+                "scikit-learn's array-API dispatch it would be copied to a NumPy array. To fit "
+                "it where it is, set the environment variable SCIPY_ARRAY_API=1 before SciPy is "
+                "first imported (before importing scipy, sklearn or em_tutorial; in Jupyter, "
+                "set it and restart the kernel), then fit inside "
+                "sklearn.config_context(array_api_dispatch=True). Or use "
+                "em_tutorial.gpu.GaussianMixtureGPU, which needs neither."
+            )
+    return np
 
 
 @contextlib.contextmanager

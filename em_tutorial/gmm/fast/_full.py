@@ -1,20 +1,19 @@
 """Fast path for full covariances: whitened differences, reused (tricks 2 and 4 of
-:mod:`em_tutorial.gmm._fast`)."""
+:mod:`em_tutorial.gmm.fast`)."""
 
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import full_like_shape
-from em_tutorial.gmm._blocks import (
+from em_tutorial.gmm.equations import guarded_counts, log_exp_floor
+from em_tutorial.gmm.fast._blocks import (
     log_joint_offset,
     map_blocks,
     matrix_cancels_too_much,
     over_blocks,
     responsibilities,
 )
-from em_tutorial.gmm._e_step import log_exp_floor
-from em_tutorial.gmm._linalg import invert_lower_triangular
-from em_tutorial.gmm._m_step import guarded_counts
+from em_tutorial.gmm.precision import invert_lower_triangular
 
 
 def augmented_precisions_cholesky(means, precisions_cholesky):

@@ -1,11 +1,12 @@
 """Fast path for diag and spherical covariances: never a d x d matrix (tricks 3 and 4 of
-:mod:`em_tutorial.gmm._fast`)."""
+:mod:`em_tutorial.gmm.fast`)."""
 
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import replace_rows, take_rows
-from em_tutorial.gmm._blocks import (
+from em_tutorial.gmm.equations import guarded_counts, log_exp_floor
+from em_tutorial.gmm.fast._blocks import (
     expansion_is_accurate,
     log_joint_offset,
     map_blocks,
@@ -14,8 +15,6 @@ from em_tutorial.gmm._blocks import (
     responsibilities,
     rows_that_cancel_too_much,
 )
-from em_tutorial.gmm._e_step import log_exp_floor
-from em_tutorial.gmm._m_step import guarded_counts
 
 
 def per_type_squares(squares, covariance_type):
@@ -55,7 +54,7 @@ def centred_data(X, centre, covariance_type):
     """c (1, d); x_n - c for every sample of X, (N, d); for spherical ||x_n - c||^2, (N, 1).
 
     With c from :func:`reference_point`, which does not depend on the parameters, a fit forms
-    these once (trick 6 of :mod:`em_tutorial.gmm._fast`) rather than in every step.
+    these once (trick 6 of :mod:`em_tutorial.gmm.fast`) rather than in every step.
     """
     xp = get_array_module(X, centre)
     centred = X - centre  # (N, d)

@@ -1,10 +1,11 @@
 """Fast path for the tied covariance: one whitening product per block, not K (trick 3 of
-:mod:`em_tutorial.gmm._fast`, in whitened coordinates, and trick 4)."""
+:mod:`em_tutorial.gmm.fast`, in whitened coordinates, and trick 4)."""
 
 from __future__ import annotations
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._blocks import (
+from em_tutorial.gmm.equations import guarded_counts, log_exp_floor
+from em_tutorial.gmm.fast._blocks import (
     expansion_is_accurate,
     log_joint_offset,
     map_blocks,
@@ -13,8 +14,6 @@ from em_tutorial.gmm._blocks import (
     responsibilities,
     reference_point,
 )
-from em_tutorial.gmm._e_step import log_exp_floor
-from em_tutorial.gmm._m_step import guarded_counts
 
 
 def tied_mahalanobis(whitened, whitened_means, expand):

@@ -1,6 +1,6 @@
 """What the fast engine's paths share: blocks, threads, the normalised E-step, trick 4's test.
 
-See :mod:`em_tutorial.gmm._fast` for the tricks and what they buy.
+See :mod:`em_tutorial.gmm.fast` for the tricks and what they buy.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import numpy as np
 
 from em_tutorial.backend import get_array_module
 from em_tutorial.gmm._arrays import full_like_shape, to_host
-from em_tutorial.gmm._density import log_density_from_mahalanobis
-from em_tutorial.gmm._e_step import shifted_exp
-from em_tutorial.gmm._precision import log_det_cholesky
+from em_tutorial.gmm.equations import log_density_from_mahalanobis, shifted_exp
+from em_tutorial.gmm.precision import log_det_cholesky
 
 #: Samples per block on the CPU where a block's largest temporary is (K, B, d) floats: full
 #: covariances, and the initial M-step of every type; 4 MiB for K = d = 16 in float64.
@@ -79,7 +78,7 @@ def reference_point(X, block_size):
 def responsibilities(log_joint, axis, log_floor):
     """z_nk (eq. 5) from the log-joint ln pi_k N_nk, and the block's sum_n ln p(x_n).
 
-    ``log_floor`` is :func:`em_tutorial.gmm._e_step.log_exp_floor`; ``axis`` runs over k.
+    ``log_floor`` is :func:`em_tutorial.gmm.equations.log_exp_floor`; ``axis`` runs over k.
     """
     xp = get_array_module(log_joint)
     _, joint, peak = shifted_exp(log_joint, axis, log_floor)
