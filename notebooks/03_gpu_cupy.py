@@ -331,7 +331,8 @@ print(f"B=16, N={97 * 97}, K=64: a grid of {blocks} x 16 blocks of {threads} thr
       "per block")
 
 # %% [markdown]
-# Line by line it is `fused_chain` with a row in place of a block of rows:
+# Line by line it is `fused_chain` with a row in place of a block of rows. Inside the loop over
+# the rows `n`:
 #
 # - the first loop over `k` is the row maximum, `warp_max` combining the 32 threads' partial
 #   maxima;
@@ -339,8 +340,8 @@ print(f"B=16, N={97 * 97}, K=64: a grid of {blocks} x 16 blocks of {threads} thr
 #   `warp_sum`;
 # - the third writes $z_{nk}$ and adds it to `my_colsum`, the warp's column sums in shared
 #   memory: $N_k = \sum_n z_{nk}$ without another pass over $z$;
-# - at the end each block writes one $(K,)$ vector of partial sums, which the second kernel
-#   adds up.
+# - after the rows, each block writes one $(K,)$ vector of partial sums, which the second
+#   kernel adds up.
 #
 # The row's $K$ logits are read three times, but a row of 64 float32 numbers is 256 bytes and
 # stays in the cache between the loops: from main memory the logits are read once and $z$ is
