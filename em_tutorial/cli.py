@@ -29,6 +29,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ._commands import run_command
 from ._console import OneLineParser, error_line, show_warning
@@ -60,6 +61,32 @@ def _scales(text):
 
 def _train_scales(text):
     return text if text == "uniform" else _scales(text)
+
+
+#: The smallest scene side and VOC crop the CLI accepts (TrainConfig checks the same,
+#: :data:`em_tutorial.segmentation.config.MIN_INPUT_SIDE`; a test keeps them equal).
+MIN_INPUT_SIDE = 32
+
+
+def _at_least(minimum, reason=""):
+    """An argparse type: an integer of at least ``minimum``, refused with ``reason`` below it."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}{reason}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+_POSITIVE = _at_least(1)
+_SIDE = _at_least(MIN_INPUT_SIDE, ": the network downsamples by 8, so a smaller input leaves "
+                  "it fewer than 4x4 feature cells to segment")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,11 +123,11 @@ def _add_tour_command(commands):
     tour.add_argument("--out", default="em_tutorial_out", help="output folder (default: %(default)s)")
     tour.add_argument("--quick", action="store_true",
                       help="tiny data, a few iterations: checks every step runs, in seconds")  # fmt: skip
-    tour.add_argument("--iterations", type=int, help="training iterations of each network")
+    tour.add_argument("--iterations", type=_POSITIVE, help="training iterations of each network")
     tour.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                       help="seeds, each trained with and without the EMAU on both tasks "
                       "(default: 0 1 2)")  # fmt: skip
-    tour.add_argument("--threads", type=int,
+    tour.add_argument("--threads", type=_POSITIVE,
                       help="CPU threads of each training; two run side by side "
                       "(default: half the CPUs this process may use)")  # fmt: skip
     tour.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -130,26 +157,28 @@ def _add_train_command(commands):
     train.add_argument("--pretrained-backbone", metavar="FILE",
                        help="backbone state_dict to start from (e.g. ImageNet weights)")  # fmt: skip
     # Recipe defaults, written out so that --help needs no torch (a test keeps them equal).
-    train.add_argument("--iterations", type=int,
+    train.add_argument("--iterations", type=_POSITIVE,
                        help="total iterations of the schedule (default: 3000 for digits, "
                        "30000 for voc)")  # fmt: skip
-    train.add_argument("--batch-size", type=int,
+    train.add_argument("--batch-size", type=_POSITIVE,
                        help="images per iteration, over all processes (default: 16)")  # fmt: skip
-    train.add_argument("--crop-size", type=int, help="VOC training crop (default 513)")
+    train.add_argument("--crop-size", type=_SIDE, help="VOC training crop (default 513)")
     train.add_argument("--lr", type=float, help="base learning rate (biases get twice it)")
     train.add_argument("--weight-decay", type=float, default=1e-4,
                        help="on convolution weights only (default: %(default)s)")  # fmt: skip
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0,
                        help="initial weights, data order and augmentation (default: %(default)s)")  # fmt: skip
-    train.add_argument("--checkpoint-every", type=int, metavar="N",
+    train.add_argument("--checkpoint-every", type=_POSITIVE, metavar="N",
                        help="iterations between checkpoints (default: 500 for digits, 1000 for "
                        "voc; one is always written at the end)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--stop-at", type=int, metavar="N",
+    train.add_argument("--stop-at", type=_POSITIVE, metavar="N",
                        help="stop after iteration N (checkpointed); --resume finishes later")  # fmt: skip
-    train.add_argument("--num-workers", type=int, help="data-loading processes")
-    train.add_argument("--threads", type=int, help="CPU threads per process")
+    train.add_argument("--num-workers", type=_at_least(0),
+                       help="data-loading processes (default: 0 for the scenes; for voc 4, or the "
+                       "CPUs this process may use if fewer)")  # fmt: skip
+    train.add_argument("--threads", type=_POSITIVE, help="CPU threads per process")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     train.add_argument("--eval-scales", type=_scales, default=(1.0,), metavar="S1,S2,...",
                        help="scales of the final evaluation (default: 1)")  # fmt: skip
@@ -233,11 +262,11 @@ def _add_data_arguments(parser, defaults_from_checkpoint=False):
                             help="VOC training list (default: trainaug if present, else train)")  # fmt: skip
         parser.add_argument("--val-split", default="val", metavar="NAME",
                             help="VOC validation list (default: %(default)s)")  # fmt: skip
-        parser.add_argument("--num-scenes", type=int,
+        parser.add_argument("--num-scenes", type=_POSITIVE,
                             help="scenes for training (default: 3000 digits, 1000 context)")  # fmt: skip
-        parser.add_argument("--val-scenes", type=int,
+        parser.add_argument("--val-scenes", type=_POSITIVE,
                             help="scenes for validation (default: 300 digits, 100 context)")  # fmt: skip
-        parser.add_argument("--image-size", type=int,
+        parser.add_argument("--image-size", type=_SIDE,
                             help="side of a scene in pixels (default: 96 digits, 256 context)")  # fmt: skip
 
 
@@ -257,7 +286,7 @@ def _add_ablate_command(commands):
         "Defaults: 70 minutes on an idle 2-core CPU (measured 2026-12-06).",
     )
     ablate.add_argument("--out", required=True, help="output folder")
-    ablate.add_argument("--seeds", type=int, default=10,
+    ablate.add_argument("--seeds", type=_POSITIVE, default=10,
                         help="seeds per task and head (default: %(default)s)")  # fmt: skip
     ablate.add_argument("--tasks", nargs="+", choices=list(ABLATION_TASKS),
                         default=list(ABLATION_TASKS), help="default: all")  # fmt: skip
@@ -266,10 +295,57 @@ def _add_ablate_command(commands):
                         "the control)")  # fmt: skip
     ablate.add_argument("--quick", action="store_true",
                         help="tiny runs that check every step in seconds (numbers mean nothing)")  # fmt: skip
-    ablate.add_argument("--iterations", type=int,
+    ablate.add_argument("--iterations", type=_POSITIVE,
                         help="override every task's iterations, for a shorter pilot")  # fmt: skip
-    ablate.add_argument("--workers", type=int, help="runs at a time (default: 2)")
+    ablate.add_argument("--workers", type=_POSITIVE, help="runs at a time (default: 2)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_stop_at(parser, args):
+    """--stop-at must fall within the schedule (--iterations, or the recipe's)."""
+    if args.stop_at is None:
+        return
+    iterations = args.iterations
+    if iterations is None:
+        from .segmentation.config import RECIPES
+
+        iterations = RECIPES[args.dataset]["iterations"]
+    if args.stop_at > iterations:
+        parser.error(f"--stop-at {args.stop_at} lies beyond the end of the schedule, iteration "
+                     f"{iterations} (--iterations): the run would simply finish")  # fmt: skip
+
+
+def _writable_place(path: Path):
+    """Why ``path`` cannot be created (its nearest existing folder is a file or read-only),
+    or None."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"the folder {ancestor} is not writable"
+    return None
+
+
+def _check_outputs(parser, args):
+    """Refuse, before any work, an output that could not be written at the end."""
+    folders = [("--out", args.out)] if args.command in ("tour", "train", "ablate") else []
+    files = [(flag, getattr(args, name)) for flag, name in (("--output", "output"),
+                                                          ("--figure", "figure"))
+             if args.command == "eval" and getattr(args, name)]  # fmt: skip
+    for flag, value in folders + files:
+        path = Path(value).expanduser()
+        if flag == "--out" and path.exists() and not path.is_dir():
+            parser.error(f"--out {value} is a file; it must name a folder")
+        if flag != "--out" and path.is_dir():
+            parser.error(f"{flag} {value} is a folder; it must name a file")
+        if path.exists():
+            problem = None if os.access(path, os.W_OK) else f"{path} is not writable"
+        else:
+            problem = _writable_place(path)
+        if problem:
+            parser.error(f"{flag} {value} cannot be written: {problem}")
 
 
 def main(argv=None) -> int:
@@ -279,6 +355,10 @@ def main(argv=None) -> int:
     if args.command == "train" and args.dataset == "voc" and not args.data_root:
         parser.exit(2, "em-tutorial: error: --dataset voc needs --data-root, the PASCAL VOC 2012 "
                     "folder (see `em-tutorial train --help`)\n")  # fmt: skip
+    command_parser = parser._subparsers._group_actions[0].choices[args.command]
+    if args.command == "train":
+        _check_stop_at(command_parser, args)
+    _check_outputs(command_parser, args)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning

@@ -134,7 +134,7 @@ def test_train_then_eval_a_checkpoint(tmp_path, capsys):
             "--threads", "1", "--out", str(run)]  # fmt: skip
     assert main(args) == 0
     assert "validation mIoU" in capsys.readouterr().out
-    metrics_file = tmp_path / "metrics.json"
+    metrics_file = tmp_path / "not_yet" / "metrics.json"  # the folder is created
     figure = tmp_path / "attention.png"
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scales", "0.75,1",
                  "--flip", "--no-progress", "--output", str(metrics_file),

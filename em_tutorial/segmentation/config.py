@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +127,17 @@ RECIPES = {
     },
 }
 
+#: The smallest scene side (``image_size``) and VOC crop (``crop_size``) a run accepts.
+MIN_INPUT_SIDE = 32
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _MODELS = {
     "tiny": em_nn.emanet_tiny,
     "resnet50": em_nn.emanet_resnet50,
@@ -189,7 +201,8 @@ class TrainConfig:
     eval_scales, eval_flip
         Inference for the final evaluation (see :func:`em_tutorial.segmentation.evaluate`).
     num_workers, threads, device, progress
-        Data-loader processes, CPU threads (``torch.set_num_threads``), ``"auto"``/``"cpu"``/
+        Data-loader processes (default: the recipe's, at most the CPUs this process may use),
+        CPU threads (``torch.set_num_threads``), ``"auto"``/``"cpu"``/
         ``"cuda"``, and whether to draw the tqdm bar.
     scene_cache : str, optional
         Digit and context scenes: a folder that keeps rendered scenes, so that runs of the same
@@ -236,6 +249,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.dataset not in RECIPES:
             raise ValueError(f"dataset must be one of {sorted(RECIPES)}, got {self.dataset!r}")
+        if self.num_workers is None:  # the recipe's, but no more processes than CPUs
+            self.num_workers = min(RECIPES[self.dataset]["num_workers"], _usable_cpus())
         for name, value in RECIPES[self.dataset].items():
             if getattr(self, name) is None:
                 # a copy: editing this config's model_kwargs must not edit the recipe
@@ -246,10 +261,21 @@ class TrainConfig:
             raise ValueError("dataset 'voc' needs data_root, the PASCAL VOC 2012 folder")
         if self.dataset in ("digits", "context"):
             self._check_digit_splits()
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "stop_at"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "stop_at",
+                     "threads"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be at least 0, got {self.num_workers}")
+        if self.stop_at is not None and self.stop_at > self.iterations:
+            raise ValueError(f"stop_at {self.stop_at} lies beyond the end of the schedule, "
+                             f"iteration {self.iterations}: the run would simply finish")  # fmt: skip
+        side = "image_size" if self.dataset in _SCENES else "crop_size"
+        if getattr(self, side) < MIN_INPUT_SIDE:
+            raise ValueError(f"{side} must be at least {MIN_INPUT_SIDE}, got "
+                             f"{getattr(self, side)}: the network downsamples by 8, so a smaller "
+                             "input leaves it fewer than 4x4 feature cells to segment")  # fmt: skip
         if not 0 <= self.warmup_iterations < self.iterations:
             raise ValueError(f"warmup_iterations ({self.warmup_iterations}) must lie in [0, "
                              f"iterations={self.iterations}): set a shorter warm-up with more "
