@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def run_command(args, argv=None):
@@ -135,7 +136,8 @@ def _run_eval(args):
     for name, iou in metrics["iou"].items():
         print(f"  {name:>12s}  IoU {_score(iou)}")
     print(f"mIoU {_score(metrics['miou'])}   pixel accuracy {_score(metrics['pixel_accuracy'])}")
-    if args.output:
+    if args.output:  # its folder was checked before the evaluation began
+        Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output, {"checkpoint": args.checkpoint or args.official_weights,
                                  "scales": list(scales), "flip": args.flip,
                                  **metrics})  # fmt: skip
@@ -153,10 +155,11 @@ def _run_check_data(args):
     splits = args.split or [default_train_split(args.data_root), "val"]
     failed = []
     for split in splits:
-        try:
-            dataset = VOCSegmentation(args.data_root, split)
-            problems = find_bad_samples(dataset, not args.no_progress, f"check {split}")
-        except (OSError, ValueError) as error:  # a missing list or missing files
+        try:  # every file of the split read, the missing ones reported among the bad
+            dataset = VOCSegmentation(args.data_root, split, missing_ok=True)
+            problems = find_bad_samples(dataset, not args.no_progress, f"check {split}",
+                                        problems_of=dataset.sample_problems)  # fmt: skip
+        except (OSError, ValueError) as error:  # no split list, or no VOC folder at all
             dataset, problems = None, [str(error)]
         for problem in problems:
             print(f"{split}: {problem}")

@@ -236,3 +236,44 @@ def test_a_bad_validation_label_stops_training_before_it_starts(voc_root, tmp_pa
                        rf"file .*{IDS[2]}\.png holds values 30 in 1 pixel;"):  # fmt: skip
         train(config)
     assert not (tmp_path / "r" / "log.jsonl").exists()  # stopped before the first iteration
+
+
+def test_check_data_reports_a_missing_mask_a_bad_label_and_a_truncated_jpeg_together(voc_root,
+                                                                                      capsys):  # fmt: skip
+    # Three bad files in one split: a missing label used to hide the other two.
+    lists = voc_root / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("\n".join(IDS) + "\n")
+    (voc_root / "SegmentationClass" / f"{IDS[0]}.png").unlink()
+    label = np.asarray(Image.open(voc_root / "SegmentationClass" / f"{IDS[1]}.png")).copy()
+    label[0, :2] = 77
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[1]}.png", label)
+    jpeg = voc_root / "JPEGImages" / f"{IDS[2]}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:400])  # cut short, as by an interrupted copy
+    argv = ["check-data", "--data-root", str(voc_root), "--split", "train", "--no-progress"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == f"train: missing label file: {voc_root}/SegmentationClass/{IDS[0]}.png"
+    assert lines[1].startswith(f"train: label file {voc_root}/SegmentationClass/{IDS[1]}.png "
+                               "holds values 77 in 2 pixels;")  # fmt: skip
+    assert lines[2].startswith(f"train: cannot read image file {jpeg} (corrupt or not an image)")
+    assert lines[3] == "train: 3 images and labels read, 3 problem(s)"
+    assert len(lines) == 4 and "train" in captured.err
+
+
+def test_every_bad_file_of_one_sample_is_reported(voc_root):
+    (voc_root / "JPEGImages" / f"{IDS[0]}.jpg").unlink()
+    (voc_root / "SegmentationClass" / f"{IDS[0]}.png").unlink()
+    dataset = VOCSegmentation(voc_root, "train", missing_ok=True)
+    assert dataset.sample_problems(0) == [
+        f"missing image file: {voc_root}/JPEGImages/{IDS[0]}.jpg",
+        f"missing label file: {voc_root}/SegmentationClass/{IDS[0]}.png",
+    ]
+    assert dataset.sample_problems(1) == []
+    _write_label(voc_root / "SegmentationClass" / f"{IDS[1]}.png", np.zeros((5, 6), np.uint8))
+    assert dataset.sample_problems(1) == [
+        f"image {voc_root}/JPEGImages/{IDS[1]}.jpg is 38x34 but label "
+        f"{voc_root}/SegmentationClass/{IDS[1]}.png is 6x5"
+    ]
+    with pytest.raises(FileNotFoundError, match="missing image file"):
+        VOCSegmentation(voc_root, "train")  # for training, still refused at construction

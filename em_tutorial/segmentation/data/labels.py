@@ -9,6 +9,8 @@ every reader checks its labels with :func:`check_label` and names the file in th
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["LabelError", "check_label", "find_bad_samples"]
@@ -53,7 +55,8 @@ def check_label(label, num_classes: int, ignore_index: int, source: str):
     return label
 
 
-def find_bad_samples(dataset, progress=True, description="check", read=None) -> list[str]:
+def find_bad_samples(dataset, progress=True, description="check", read=None,
+                     problems_of=None) -> list[str]:  # fmt: skip
     """Read every sample of ``dataset`` and collect what fails.
 
     Parameters
@@ -67,21 +70,34 @@ def find_bad_samples(dataset, progress=True, description="check", read=None) -> 
         The bar's label.
     read : callable, optional
         ``read(i)`` in place of ``dataset.raw(i)`` (e.g. a reader of the labels only).
+    problems_of : callable, optional
+        ``problems_of(i)``, the list of every problem of sample ``i`` (several files can be bad
+        in one sample), in place of reading it: see
+        :meth:`~em_tutorial.segmentation.data.VOCSegmentation.sample_problems`.
 
     Returns
     -------
     list of str
-        One message per bad sample; empty when every sample reads cleanly.
+        One message per bad sample (per bad file with ``problems_of``); empty when every
+        sample reads cleanly.
     """
     from tqdm.auto import tqdm
 
-    read = read or dataset.raw
+    problems_of = problems_of or functools.partial(_first_problem, read or dataset.raw)
     problems = []
     with tqdm(range(len(dataset)), desc=description, unit="img", disable=not progress) as bar:
         for index in bar:
-            try:
-                read(index)
-            except (OSError, ValueError) as error:
-                problems.append(str(error))
+            found = problems_of(index)
+            if found:
+                problems += found
                 bar.set_postfix(bad=len(problems))
     return problems
+
+
+def _first_problem(read, index) -> list[str]:
+    """``[message]`` of the error ``read(index)`` raises, or ``[]``."""
+    try:
+        read(index)
+    except (OSError, ValueError) as error:
+        return [str(error)]
+    return []

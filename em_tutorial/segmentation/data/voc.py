@@ -70,6 +70,11 @@ def _open_image(path: Path, what: str) -> Image.Image:
     return image
 
 
+def _size_mismatch(image_path, width, height, label_path, label_shape) -> str:
+    return (f"image {image_path} is {width}x{height} but label {label_path} is "
+            f"{label_shape[1]}x{label_shape[0]}")  # fmt: skip
+
+
 class VOCSegmentation:
     """PASCAL VOC 2012 semantic segmentation (21 classes, ignore label 255).
 
@@ -84,6 +89,10 @@ class VOCSegmentation:
         ``transform(image (H,W,3) uint8, label (H,W) uint8, rng) -> (image, label)``. Default
         :func:`~em_tutorial.segmentation.data.transforms.to_model_input`; for training use
         :class:`~em_tutorial.segmentation.data.transforms.TrainAugmentation`.
+    missing_ok : bool
+        False (default): refuse at construction a split with missing files, naming them.
+        True: accept it, and let :meth:`sample_problems` report each missing file beside the
+        unreadable ones (``em-tutorial check-data``).
 
     Notes
     -----
@@ -95,7 +104,7 @@ class VOCSegmentation:
     class_names = VOC_CLASS_NAMES
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, root, split="train", transform=None):
+    def __init__(self, root, split="train", transform=None, missing_ok=False):
         self.root = find_voc_root(root)
         self.split = split
         self.transform = transform or to_model_input
@@ -123,7 +132,7 @@ class VOCSegmentation:
                     missing.append(f"missing {what} file: {path}")
             self.image_paths.append(image_path)
             self.label_paths.append(label_path)
-        if missing:
+        if missing and not missing_ok:
             more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise FileNotFoundError(f"{'; '.join(missing[:5])}{more} (listed in {list_file})")
 
@@ -153,16 +162,31 @@ class VOCSegmentation:
             raise LabelError(f"{len(problems)} bad label file(s) in the VOC {self.split!r} split: "
                              f"{'; '.join(problems[:3])}{more}")  # fmt: skip
 
+    def sample_problems(self, index) -> list[str]:
+        """Every problem of sample ``index``, one message per file: missing or unreadable image,
+        missing, unreadable or out-of-range label, sizes that differ. Empty when it reads."""
+        problems, image = [], None
+        try:
+            image = _open_image(self.image_paths[index], "image")
+        except OSError as error:
+            problems.append(str(error))
+        try:
+            label = self.label(index)
+        except (OSError, ValueError) as error:
+            return problems + [str(error)]
+        if image is not None and label.shape != (image.height, image.width):
+            problems.append(_size_mismatch(self.image_paths[index], image.width, image.height,
+                                           self.label_paths[index], label.shape))  # fmt: skip
+        return problems
+
     def raw(self, index):
         """Image ``(H, W, 3)`` uint8 and label ``(H, W)`` uint8 (class indices, 255 ignore)."""
         image_path, label_path = self.image_paths[index], self.label_paths[index]
         image = np.asarray(_open_image(image_path, "image").convert("RGB"))
         label = self.label(index)
         if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} "
-                f"is {label.shape[1]}x{label.shape[0]}"
-            )
+            raise ValueError(_size_mismatch(image_path, image.shape[1], image.shape[0],
+                                            label_path, label.shape))  # fmt: skip
         return image, label
 
     def __getitem__(self, key):
