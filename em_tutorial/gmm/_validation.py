@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.utils import check_array
 
 from em_tutorial.gmm.precision import parameter_shape
 
@@ -46,12 +47,10 @@ def check_not_overflowing(shape, dtype, max_abs, reg_covar):
 
 def _as_float_array(value, name, dtype):
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.number):
+    if not np.issubdtype(array.dtype, np.number):  # check_array's own error omits the name
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(dtype)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return array
+    # scikit-learn's check: "Input weights_init contains NaN." (or infinity)
+    return check_array(array, dtype=dtype, ensure_2d=False, allow_nd=True, input_name=name)
 
 
 def _check_shape(array, expected, name, parameter):

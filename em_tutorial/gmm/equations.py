@@ -180,6 +180,7 @@ def log_likelihood(X, means, precisions_cholesky, covariance_type="full", weight
     """
     xp = get_array_module(X, means, precisions_cholesky, weights)
     _, log_norm = log_e_step(X, means, precisions_cholesky, covariance_type, weights)
+    # ln p(X) = sum_n ln p(x_n)
     return xp.sum(log_norm)
 
 # --- Eq. (5): the E-step -------------------------------------------------------------------
@@ -196,6 +197,7 @@ def weighted_log_density(log_density, weights=None):
         return log_density - xp.log(constant_like(float(n_components), log_density))
     if tuple(weights.shape) != (n_components,):
         raise ValueError(f"weights must have shape ({n_components},), got {tuple(weights.shape)}")
+    # ln pi_k N(x_n | mu_k, Sigma_k) = ln N(x_n | mu_k, Sigma_k) + ln pi_k
     return log_density + xp.log(weights)
 
 
@@ -247,6 +249,7 @@ def e_step(X, means, precisions_cholesky, covariance_type="full", weights=None):
     """
     xp = get_array_module(X, means, precisions_cholesky, weights)
     log_resp, _ = log_e_step(X, means, precisions_cholesky, covariance_type, weights)
+    # z_nk = exp(ln z_nk)
     return xp.exp(log_resp)
 
 # --- Eq. (7): the M-step -------------------------------------------------------------------
@@ -313,15 +316,19 @@ def covariances_from_scatter(scatter, counts, covariance_type, reg_covar):
     n_features = scatter.shape[1]
     if covariance_type == "full":
         eye = eye_like(n_features, scatter)
+        # Sigma_k = (1/N_k) sum_n z_nk (x_n - c_k)(x_n - c_k)^T + reg_covar I
         return scatter / counts[:, None, None] + reg_covar * eye  # (K, d, d)
     if covariance_type == "tied":
-        # One Sigma for all: the pooled scatter over all N points.
+        # One Sigma for all, the pooled scatter over all N points:
+        # Sigma = (1/N) sum_k sum_n z_nk (x_n - c_k)(x_n - c_k)^T + reg_covar I
         eye = eye_like(n_features, scatter)
         return xp.sum(scatter, axis=0) / xp.sum(counts) + reg_covar * eye  # (d, d)
+    # sigma_kj^2 = (1/N_k) sum_n z_nk (x_nj - c_kj)^2 + reg_covar
     variances = scatter / counts[:, None] + reg_covar  # (K, d)
     if covariance_type == "diag":
         return variances
-    return xp.mean(variances, axis=1)  # spherical: (K,)
+    # spherical, Sigma_k = sigma_k^2 I: sigma_k^2 = (1/d) sum_j sigma_kj^2
+    return xp.mean(variances, axis=1)  # (K,)
 
 
 def m_step(X, resp, covariance_type="full", reg_covar=1e-6, covariance_means=None):
