@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import signal
 import sys
+import threading
 
-__all__ = ["OneLineParser", "error_line", "one_line", "show_warning"]
+__all__ = ["OneLineParser", "Terminated", "error_line", "one_line", "show_warning",
+           "terminate_by_exception"]  # fmt: skip
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Like ``KeyboardInterrupt`` it is no ``Exception``, so no ``except
+    Exception`` swallows it, and the ``finally`` blocks on its way run: a checkpoint being
+    written removes its temporary file."""
+
+
+@contextlib.contextmanager
+def terminate_by_exception():
+    """Inside the block, SIGTERM raises :class:`Terminated` in this process.
+
+    A process forked from this one (a data-loader worker) still dies of SIGTERM at once, as
+    by default. Outside the main thread, where no handler can be set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineParser(argparse.ArgumentParser):

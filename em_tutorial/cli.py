@@ -2,7 +2,9 @@
 
 Every failure is one line on stderr, ``em-tutorial: error: ...``, with exit status 2 for a
 command line it cannot parse and 1 for anything that goes wrong while running (set
-``EM_TUTORIAL_TRACEBACK=1`` to see the full traceback instead).
+``EM_TUTORIAL_TRACEBACK=1`` to see the full traceback instead). Ctrl-C (exit status 130) and
+SIGTERM (143) stop it the same way: a checkpoint being written is discarded, the last
+complete one stays.
 
 This module parses the command line; :mod:`em_tutorial._commands` carries each command out.
 
@@ -27,12 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from ._commands import run_command
-from ._console import OneLineParser, error_line, show_warning
+from ._console import OneLineParser, Terminated, error_line, show_warning, terminate_by_exception
 
 __all__ = ["main", "build_parser"]
 
@@ -360,12 +363,15 @@ def main(argv=None) -> int:
         _check_stop_at(command_parser, args)
     _check_outputs(command_parser, args)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), terminate_by_exception():
             warnings.showwarning = show_warning
             run_command(args, argv)
     except KeyboardInterrupt:
         print("em-tutorial: error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:  # as for Ctrl-C: a checkpoint being written was discarded, the last kept
+        print("em-tutorial: error: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as error:
         if os.environ.get("EM_TUTORIAL_TRACEBACK"):
             raise

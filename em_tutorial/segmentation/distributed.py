@@ -17,6 +17,7 @@ import torch.distributed as dist
 __all__ = [
     "Process",
     "average_norm_statistics",
+    "max_over_ranks",
     "replica_max_difference",
     "resolve_device",
     "setup_process",
@@ -96,6 +97,18 @@ def wrap_model(model, process: Process):
 def unwrap(model):
     """The network inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
     return model.module if hasattr(model, "module") else model
+
+
+def max_over_ranks(value: int, process: Process) -> int:
+    """The largest ``value`` of all ranks, on every rank: a decision they all share.
+
+    A collective: every rank must call it at the same point, or the others wait for it.
+    """
+    if process.world_size == 1:
+        return value
+    values = torch.tensor([value], dtype=torch.int64, device=process.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return int(values.item())
 
 
 def average_norm_statistics(model, world_size: int) -> None:

@@ -47,6 +47,7 @@ from .data.sampler import ResumableSampler, resumable_batches
 from .distributed import (
     Process,
     average_norm_statistics,
+    max_over_ranks,
     replica_max_difference,
     setup_process,
     unwrap,
@@ -101,6 +102,10 @@ def train(config: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
+# What became of a checkpoint, as the ranks agree on it (the worst outcome wins).
+_SAVED, _NOT_FINITE, _NOT_WRITTEN = 0, 1, 2
+
+
 @dataclass
 class _Run:
     """The parts of one run that the steps below share."""
@@ -112,12 +117,27 @@ class _Run:
     checkpoint_path: Path
 
     def save(self, iteration: int) -> None:
+        """The main rank writes the checkpoint; if it cannot, every rank stops with it (the
+        others would otherwise wait for it at the next collective, for ever)."""
+        failure = None
         if self.process.is_main:
             state = training_state(iteration, unwrap(self.model), self.optimizer, self.config)
             try:
                 save_checkpoint(state, self.checkpoint_path)
-            except ValueError as refused:  # NaN or infinity in the state: keep the last good file
-                raise self.diverged(f"{refused} after iteration {iteration}") from None
+            except (ValueError, OSError) as error:  # ValueError: NaN or infinity in the state
+                failure = error
+        code = _SAVED if failure is None else _NOT_FINITE if isinstance(failure, ValueError) \
+            else _NOT_WRITTEN
+        outcome = max_over_ranks(code, self.process)
+        if outcome == _SAVED:
+            return
+        if isinstance(failure, OSError):
+            raise failure
+        if outcome == _NOT_FINITE:  # the last good file is kept
+            what = failure or "rank 0 refused to save the checkpoint: non-finite values"
+            raise self.diverged(f"{what} after iteration {iteration}") from None
+        raise RuntimeError(f"stopped with rank 0, which could not write the checkpoint of "
+                           f"iteration {iteration} (rank 0's error says why)")  # fmt: skip
 
     def diverged(self, what: str) -> TrainingDiverged:
         """The error that stops a diverging run, saying which checkpoint is left to use."""
