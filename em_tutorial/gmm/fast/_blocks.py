@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from em_tutorial.backend import get_array_module
-from em_tutorial.gmm._arrays import full_like_shape, to_host
+from em_tutorial.gmm._arrays import eye_like, full_like_shape, to_host
 from em_tutorial.gmm.equations import log_density_from_mahalanobis, shifted_exp
-from em_tutorial.gmm.precision import log_det_cholesky
+from em_tutorial.gmm.precision import NotPositiveDefiniteError, cholesky_lower, log_det_cholesky
 
 #: Samples per block on the CPU where a block's largest temporary is (K, B, d) floats: full
 #: covariances, and the initial M-step of every type; 4 MiB for K = d = 16 in float64.
@@ -131,7 +131,9 @@ def matrix_cancels_too_much(correction_sizes, scatters, dtype):
     narrowest direction of S_new holds its smallest eigenvalue lambda_min, so the share
     lost there is eps N ||s||^2 / lambda_min. Looking only along s, or at the diagonal,
     misses a thin direction oblique to the axes (a component 100 times narrower along
-    (1, -1) than along (1, 1)).
+    (1, -1) than along (1, 1)). lambda_min > sqrt(eps) N ||s||^2 is tested as "S_new minus
+    that much of I has a Cholesky factor": 3.5x (d = 128) to 7x (d = 16) faster than the
+    eigenvalues, one host read either way.
 
     Parameters
     ----------
@@ -144,10 +146,17 @@ def matrix_cancels_too_much(correction_sizes, scatters, dtype):
         The working dtype.
     """
     xp = get_array_module(correction_sizes, scatters)
-    # A NaN (a collapsed component) is left for the log-likelihood to report.
-    finite = xp.where(xp.isfinite(scatters), scatters, xp.zeros_like(scatters))
-    smallest = xp.min(xp.linalg.eigvalsh(finite), axis=-1)  # lambda_min: (M,)
-    return cancels_too_much(correction_sizes, smallest, dtype)
+    margins = correction_sizes * xp.finfo(dtype).eps ** 0.5  # sqrt(eps) N ||s||^2: (M,)
+    eye = eye_like(scatters.shape[-1], scatters)  # (d, d)
+    # S_new - margin I, or I where nothing was subtracted (an empty component's S_new = 0);
+    # a NaN (a collapsed component) is left for the log-likelihood to report.
+    shifted = xp.where((margins > 0)[:, None, None] & xp.isfinite(scatters),
+                       scatters - margins[:, None, None] * eye, eye)  # (M, d, d)
+    try:
+        lower = cholesky_lower(shifted, xp)
+    except NotPositiveDefiniteError:
+        return True
+    return not bool(xp.all(xp.isfinite(lower)))  # CuPy gives NaN instead of an error
 
 
 #: The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near
