@@ -245,8 +245,8 @@ def report(results, quick, check_requested):
     for line in goal_misses(results):
         print(f"goal missed (information): {line}")
     if quick:
-        print(f"--quick: the speed targets are not checked (n / {QUICK_DIVISOR}, one fit); "
-              "the means' agreement is")
+        print(f"--quick (n / {QUICK_DIVISOR}, one fit; cells named by their full-size shape): "
+              "the speed targets are not checked, the means' agreement is")
     failures = check(results, speed=not quick)
     if not check_requested:
         for line in failures:
