@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -20,9 +20,10 @@
 # Before the special case, the general one: EM for a mixture of Gaussians, written in
 # `em_tutorial.gmm` one function per equation. This notebook derives the mixture's E- and
 # M-steps from the two lines of EM, draws why EM never lowers the likelihood, runs EM on
-# points in the plane, compares the seed's covariance update with the textbook one, checks
-# the package against scikit-learn, and segments a photograph by clustering its pixel
-# colours. Three exercises close it.
+# points in the plane, compares the seed's covariance update with the textbook one, takes
+# the mixture to its k-means limit, shows how the start decides which local maximum EM
+# finds, checks the package against scikit-learn, and segments a photograph by clustering
+# its pixel colours. Three exercises close it.
 #
 # "The seed" is the short study note on the EMANet paper that this tutorial grew from; the
 # equation numbers (1)-(9) used throughout the package are its numbers.
@@ -33,6 +34,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
+import sklearn.cluster
 import sklearn.mixture
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
@@ -94,35 +96,40 @@ rng = np.random.default_rng(0)
 # $$
 #
 # and it is *linear* in $z_{nk}$. Taking its expectation under $p(Z \mid X, \theta^{\text{old}})$,
-# as (1) asks, therefore just replaces each $z_{nk}$ by its posterior mean, written
-# $z_{nk}$ from here on as in the seed:
+# as (1) asks, therefore just replaces each indicator $z_{nk} \in \{0, 1\}$ by its posterior
+# mean, the **responsibility** of component $k$ for point $n$ (Bishop's notation):
 #
 # $$
-# Q(\theta, \theta^{\text{old}}) = \sum_{n=1}^{N} \sum_{k=1}^{K} z_{nk}
+# Q(\theta, \theta^{\text{old}}) = \sum_{n=1}^{N} \sum_{k=1}^{K} \gamma(z_{nk})
 #   \Big[\ln \pi_k - \tfrac{d}{2}\ln 2\pi - \tfrac12 \ln\lvert\Sigma_k\rvert
 #   - \tfrac12 (x_n - \mu_k)^\top \Sigma_k^{-1} (x_n - \mu_k)\Big],
 # \qquad
-# z_{nk} = p(z_{nk} = 1 \mid x_n, \theta^{\text{old}}).
+# \gamma(z_{nk}) = \mathbb{E}[z_{nk}] = p(z_{nk} = 1 \mid x_n, \theta^{\text{old}}).
 # $$
+#
+# In this notebook $z_{nk}$ is always the 0/1 indicator and $\gamma(z_{nk}) \in [0, 1]$ its
+# mean. The seed and the EMANet paper write $z_{nk}$ for both; the code keeps a short name:
+# the $(N, K)$ array of $\gamma(z_{nk})$ is `resp` here and in `em_tutorial.gmm`, `z` in
+# `em_tutorial.ema`.
 #
 # **The E-step (5)** is that posterior, by Bayes' rule:
 #
 # $$
-# z_{nk} = \frac{\pi_k\, \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}{\sum_{j} \pi_j\, \mathcal{N}(x_n \mid \mu_j, \Sigma_j)}
+# \gamma(z_{nk}) = \frac{\pi_k\, \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}{\sum_{j} \pi_j\, \mathcal{N}(x_n \mid \mu_j, \Sigma_j)}
 # \qquad (\theta = \theta^{\text{old}}). \tag{5}
 # $$
 #
-# **The M-step (7)** sets the derivatives of $Q$ to zero; the $z_{nk}$ are constants now.
+# **The M-step (7)** sets the derivatives of $Q$ to zero; the $\gamma(z_{nk})$ are constants now.
 #
 # - Means. Only the quadratic term depends on $\mu_k$:
-#   $\partial Q / \partial \mu_k = \sum_n z_{nk}\, \Sigma_k^{-1} (x_n - \mu_k) = 0$. Multiply by
-#   $\Sigma_k$ and solve, with the soft count $N_k = \sum_n z_{nk}$:
-#   $\mu_k = \frac{1}{N_k} \sum_n z_{nk}\, x_n$.
+#   $\partial Q / \partial \mu_k = \sum_n \gamma(z_{nk})\, \Sigma_k^{-1} (x_n - \mu_k) = 0$. Multiply by
+#   $\Sigma_k$ and solve, with the soft count $N_k = \sum_n \gamma(z_{nk})$:
+#   $\mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n$.
 # - Covariances. Differentiate with respect to the precision $\Lambda_k = \Sigma_k^{-1}$, using
 #   $\partial \ln\lvert\Lambda\rvert / \partial \Lambda = \Lambda^{-1}$ and
 #   $\partial\, a^\top \Lambda a / \partial \Lambda = a a^\top$:
-#   $\partial Q / \partial \Lambda_k = \tfrac12 \sum_n z_{nk} \big[\Sigma_k - (x_n - \mu_k)(x_n - \mu_k)^\top\big] = 0$,
-#   so $\Sigma_k = \frac{1}{N_k} \sum_n z_{nk} (x_n - \mu_k)(x_n - \mu_k)^\top$, centred on the
+#   $\partial Q / \partial \Lambda_k = \tfrac12 \sum_n \gamma(z_{nk}) \big[\Sigma_k - (x_n - \mu_k)(x_n - \mu_k)^\top\big] = 0$,
+#   so $\Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk}) (x_n - \mu_k)(x_n - \mu_k)^\top$, centred on the
 #   $\mu_k$ that solves the first equation: both derivatives vanish *together* at the new mean.
 # - Weights. Maximise $\sum_k N_k \ln \pi_k$ under $\sum_k \pi_k = 1$ with a Lagrange
 #   multiplier $\beta$: $N_k / \pi_k + \beta = 0$ for every $k$; summing over $k$ gives
@@ -130,8 +137,8 @@ rng = np.random.default_rng(0)
 #
 # $$
 # \pi_k = \frac{N_k}{N}, \qquad
-# \mu_k = \frac{1}{N_k} \sum_n z_{nk}\, x_n, \qquad
-# \Sigma_k = \frac{1}{N_k} \sum_n z_{nk}\, (x_n - \mu_k)(x_n - \mu_k)^\top + \varepsilon I. \tag{7}
+# \mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n, \qquad
+# \Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, (x_n - \mu_k)(x_n - \mu_k)^\top + \varepsilon I. \tag{7}
 # $$
 #
 # The small $\varepsilon$ (`reg_covar`) is not part of the maximum; it keeps a component that
@@ -213,17 +220,17 @@ weighted = log_density + np.log(weights)  # (N, K): ln pi_k + ln N(x_n | mu_k, S
 # eq. (4): sum_n ln sum_k pi_k N(x_n | mu_k, Sigma_k)
 np.testing.assert_allclose(gmm.log_likelihood(X, means, precisions_cholesky, "full", weights),
                            logsumexp(weighted, axis=1).sum(), rtol=1e-12)
-# eq. (5): z_nk = pi_k N_nk / sum_j pi_j N_nj, a softmax over k
+# eq. (5): gamma(z_nk) = pi_k N_nk / sum_j pi_j N_nj, a softmax over k
 resp = gmm.e_step(X, means, precisions_cholesky, "full", weights)  # (N, K)
 np.testing.assert_allclose(resp, softmax(weighted, axis=1), rtol=1e-12, atol=1e-300)
 print("eq. (4) and eq. (5): package == formula")
 
 # %% [markdown]
-# The M-step (7) and the reconstruction (8), $\tilde x_n = \sum_k z_{nk}\, \mu_k$, which plays
+# The M-step (7) and the reconstruction (8), $\tilde x_n = \sum_k \gamma(z_{nk})\, \mu_k$, which plays
 # no role in fitting the mixture but is the output of EM attention in EMANet (notebook 2):
 
 # %%
-counts = resp.sum(axis=0)  # (K,) N_k = sum_n z_nk
+counts = resp.sum(axis=0)  # (K,) N_k = sum_n gamma(z_nk)
 new_weights = counts / len(X)  # pi_k = N_k / N
 new_means = resp.T @ X / counts[:, None]  # (K, N) @ (N, d) -> (K, d)
 new_covariances = np.stack([
@@ -312,8 +319,9 @@ plt.show()
 # many dimensions, so walk the path
 # $\theta(t)$ from $\theta^{\text{old}}$ ($t = 0$) to $\theta^{\text{new}}$ ($t = 1$) and a
 # little beyond (means and Cholesky factors of the covariances move linearly, the weights
-# through their logarithms). Along it, draw the log-likelihood $\ln p(X \mid \theta(t))$ and
-# the bound $\mathcal{L}(q, \theta(t)) = Q(\theta(t), \theta^{\text{old}}) + H(q)$.
+# through their logarithms). Along it, draw the log-likelihood $\ln p(X \mid \theta(t))$,
+# the bound $\mathcal{L}(q, \theta(t)) = Q(\theta(t), \theta^{\text{old}}) + H(q)$, and the
+# gap between them.
 
 # %%
 def interpolated(old, new, t):
@@ -332,53 +340,71 @@ def log_likelihood_at(parameters):
 
 
 def lower_bound(q, parameters):
-    """L(q, theta) = Q(theta, theta_old) + H(q), with q = z_nk of theta_old."""
+    """L(q, theta) = Q(theta, theta_old) + H(q), with q = gamma(z_nk) of theta_old."""
     weights, means, covariances = parameters
     precisions_cholesky = gmm.precisions_cholesky_from_covariances(covariances, "full")
     joint = gmm.log_gaussian_density(X, means, precisions_cholesky, "full") + np.log(weights)
-    Q = np.sum(q * joint)  # sum_nk z_nk [ln pi_k + ln N(x_n | mu_k, Sigma_k)]
-    entropy = -np.sum(q * np.log(np.clip(q, 1e-300, None)))  # H(q) = -sum_nk z_nk ln z_nk
+    Q = np.sum(q * joint)  # sum_nk gamma(z_nk) [ln pi_k + ln N(x_n | mu_k, Sigma_k)]
+    entropy = -np.sum(q * np.log(np.clip(q, 1e-300, None)))  # H(q) = -sum_nk q_nk ln q_nk
     return float(Q + entropy)
 
 
 theta_old, theta_new = history[0], history[1]
 q = responsibilities(theta_old)
-ts = np.linspace(-0.25, 1.4, 34)
-curve = [log_likelihood_at(interpolated(theta_old, theta_new, t)) for t in ts]
-bound = [lower_bound(q, interpolated(theta_old, theta_new, t)) for t in ts]
+ts = np.linspace(-0.25, 1.25, 31)  # steps of 0.05: t = 0 and t = 1 are on the grid
+curve = np.array([log_likelihood_at(interpolated(theta_old, theta_new, t)) for t in ts])
+bound = np.array([lower_bound(q, interpolated(theta_old, theta_new, t)) for t in ts])
+gap = curve - bound  # ln p - L = KL(q || p(Z | X, theta(t)))
 assert np.isclose(lower_bound(q, theta_old), log_likelihoods[0], rtol=1e-12)  # touches at t = 0
-assert np.all(np.array(bound) <= np.array(curve) + 1e-9)  # a bound everywhere on the path
-print(f"at theta_old: ln p(X) = {log_likelihoods[0]:.3f} = L(q, theta_old)")
+assert np.all(gap >= -1e-9)  # a bound everywhere on the path
+gap_new = log_likelihoods[1] - lower_bound(q, theta_new)
+print(f"at theta_old: ln p(X) = {log_likelihoods[0]:.3f} = L(q, theta_old), gap "
+      f"{log_likelihoods[0] - lower_bound(q, theta_old):.1e}")
 print(f"at theta_new: L(q, theta_new) = {lower_bound(q, theta_new):.3f} "
-      f"<= ln p(X) = {log_likelihoods[1]:.3f}")
+      f"<= ln p(X) = {log_likelihoods[1]:.3f}, gap {gap_new:.2f}")
 
-fig, ax = plt.subplots(figsize=(6.5, 4))
-ax.plot(ts, curve, color="tab:red", label=r"$\ln p(X \mid \theta(t))$, eq. (4)")
-ax.plot(ts, bound, color="tab:blue", label=r"$\mathcal{L}(q, \theta(t)) = Q + H(q)$")
-ax.plot([0, 1], [log_likelihoods[0], lower_bound(q, theta_new)], "o", color="tab:blue")
-ax.plot([1], [log_likelihoods[1]], "o", color="tab:red")
-ax.annotate(r"touch at $\theta^{\mathrm{old}}$", (0, log_likelihoods[0]), (0.25, 0.2),
-            textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
-ax.annotate(r"M-step: the bound's maximum", (1, lower_bound(q, theta_new)), (0.45, 0.45),
-            textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
-ax.annotate("", (1.03, log_likelihoods[1]), (1.03, lower_bound(q, theta_new)),
-            arrowprops={"arrowstyle": "<->", "color": "grey"})
-ax.text(1.06, (log_likelihoods[1] + lower_bound(q, theta_new)) / 2, "KL", color="grey",
-        va="center")
-ax.axvline(0, color="grey", lw=0.5)
-ax.axvline(1, color="grey", lw=0.5)
-ax.set(xlabel=r"$t$ along $\theta(t)$: $\theta^{\mathrm{old}}$ at 0, $\theta^{\mathrm{new}}$ at 1",
-       ylabel="log-likelihood / bound",
-       title="EM iteration 1: the lower bound and the log-likelihood")
-ax.legend(loc="lower right")
+fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+left.plot(ts, curve, color="tab:red", label=r"$\ln p(X \mid \theta(t))$, eq. (4)")
+left.plot(ts, bound, color="tab:blue", label=r"$\mathcal{L}(q, \theta(t)) = Q + H(q)$")
+left.plot([0, 1], [log_likelihoods[0], lower_bound(q, theta_new)], "o", color="tab:blue")
+left.plot([1], [log_likelihoods[1]], "o", color="tab:red")
+left.annotate(r"touch at $\theta^{\mathrm{old}}$", (0, log_likelihoods[0]), (0.25, 0.2),
+              textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
+left.annotate(r"M-step: the bound's maximum", (1, lower_bound(q, theta_new)), (0.4, 0.45),
+              textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
+left.set(ylabel="log-likelihood / bound", title="the lower bound and the log-likelihood")
+left.legend(loc="lower right")
+
+right.plot(ts, gap, color="tab:purple")
+right.plot([0, 1], [0, gap_new], "o", color="tab:purple")
+right.annotate("0 at $\\theta^{\\mathrm{old}}$:\nthe E-step closed the gap", (0, 0), (0.08, 0.45),
+               textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
+right.annotate("$\\mathrm{KL}(q \\,\\|\\, p(Z \\mid X, \\theta^{\\mathrm{new}}))$"
+               f" = {gap_new:.1f}:\nthe next E-step closes it", (1, gap_new), (0.3, 0.75),
+               textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
+right.set(ylabel=r"$\ln p(X \mid \theta(t)) - \mathcal{L}(q, \theta(t))$ (nats)",
+          title=r"the gap: $\mathrm{KL}(q \,\|\, p(Z \mid X, \theta(t))) \geq 0$")
+right.set_ylim(bottom=-0.05 * gap.max())
+for ax in (left, right):
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.axvline(1, color="grey", lw=0.5)
+    ax.set_xlabel(r"$t$ along $\theta(t)$: $\theta^{\mathrm{old}}$ at 0, "
+                  r"$\theta^{\mathrm{new}}$ at 1")
+fig.suptitle("EM iteration 1, along the path from the old to the new parameters")
+plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The blue curve is a bound everywhere and meets the red one at $t = 0$; its maximum is at
-# $t = 1$, because $\theta^{\text{new}}$ maximises $Q$ over *all* parameters, not only along
-# this path. Above $\theta^{\text{new}}$ the gap between the two curves is
-# $\mathrm{KL}(q \,\|\, p(Z \mid X, \theta^{\text{new}}))$: the next E-step closes it, and
-# the next M-step climbs a new bound (exercise 3 computes that gap).
+# Left: the blue curve is a bound everywhere and meets the red one at $t = 0$; its maximum is
+# at $t = 1$, because $\theta^{\text{new}}$ maximises $Q$ over *all* parameters, not only
+# along this path. On a scale of thousands of nats the two curves look alike; the right panel
+# draws the difference itself. Since $q$ does not change along the path, the decomposition
+# at the top says that difference is $\mathrm{KL}(q \,\|\, p(Z \mid X, \theta(t)))$: zero
+# exactly at $\theta^{\text{old}}$, where $q$ *is* the posterior, and positive wherever the
+# parameters have moved away from the ones $q$ was computed from. At $\theta^{\text{new}}$
+# the likelihood has therefore climbed by more than the bound did, by the gap printed
+# above; the next E-step sets $q$ to the new posterior, closes the gap, and the next M-step
+# climbs a new bound (exercise 3 computes that gap from the responsibilities alone).
 #
 # Over the whole run the log-likelihood therefore never falls:
 
@@ -399,12 +425,12 @@ print("log-likelihood never decreases:", never_decreases(log_likelihoods))
 # ## The seed's covariance: old mean or new mean?
 #
 # The seed note writes the covariance update with the *old* mean,
-# $\Sigma_k = \frac{1}{N_k}\sum_n z_{nk}(x_n - \mu_k^{\text{old}})(x_n - \mu_k^{\text{old}})^\top$;
+# $\Sigma_k = \frac{1}{N_k}\sum_n \gamma(z_{nk})(x_n - \mu_k^{\text{old}})(x_n - \mu_k^{\text{old}})^\top$;
 # the derivation above (and Bishop, PRML eq. 9.25) gives the new one. Expanding around the
 # new mean shows the difference:
 #
 # $$
-# \frac{1}{N_k}\sum_n z_{nk}(x_n - \mu^{\text{old}}_k)(x_n - \mu^{\text{old}}_k)^\top
+# \frac{1}{N_k}\sum_n \gamma(z_{nk})(x_n - \mu^{\text{old}}_k)(x_n - \mu^{\text{old}}_k)^\top
 # = \Sigma_k^{\text{textbook}} + \Delta_k \Delta_k^\top,
 # \qquad \Delta_k = \mu_k^{\text{new}} - \mu_k^{\text{old}},
 # $$
@@ -489,6 +515,173 @@ for name, curve in (("new mean", log_likelihoods), ("old mean", log_likelihoods_
           f"{steps} iterations, final log-likelihood {curve[-1]:.4f}")
 
 # %% [markdown]
+# ## The k-means limit
+#
+# Give every component one and the same spherical covariance $\sigma^2 I$ and keep it fixed.
+# The E-step (5) becomes
+#
+# $$
+# \gamma(z_{nk}) = \frac{\pi_k \exp\!\big(-\lVert x_n - \mu_k \rVert^2 / 2\sigma^2\big)}
+#                       {\sum_j \pi_j \exp\!\big(-\lVert x_n - \mu_j \rVert^2 / 2\sigma^2\big)},
+# $$
+#
+# and as $\sigma \to 0$ the term of the nearest mean outgrows all the others, whatever the
+# weights: $\gamma(z_{nk}) \to 1$ for the $k$ with the smallest $\lVert x_n - \mu_k\rVert$ and
+# $\to 0$ for the rest. The responsibilities become hard assignments, and the mean update of
+# (7), $\mu_k = \sum_n \gamma(z_{nk})\, x_n / \sum_n \gamma(z_{nk})$, becomes the mean of the
+# points assigned to $k$: the two steps of **k-means** (Lloyd's algorithm), whose objective
+# $\sum_n \lVert x_n - \mu_{k(n)} \rVert^2$ is what is left of $-2\sigma^2 Q$ in the limit
+# (Bishop, PRML §9.3.2). The figure shows the responsibilities hardening as $\sigma$ shrinks,
+# with the three starting means of the run above.
+
+# %%
+def nearest_mean(X, means):
+    """k-means' assignment step: one-hot (N, K), a 1 at the nearest mean."""
+    squared_distances = np.sum((X[:, None, :] - means[None, :, :]) ** 2, axis=2)  # (N, K)
+    return np.eye(len(means))[np.argmin(squared_distances, axis=1)]  # (N, K)
+
+
+def spherical_responsibilities(X, means, sigma, weights):
+    """gamma(z_nk) of the mixture whose components all have covariance sigma^2 I: (N, K)."""
+    precisions_cholesky = np.full(len(means), 1 / sigma)  # (K,) spherical: 1 / sigma_k
+    return gmm.e_step(X, means, precisions_cholesky, "spherical", weights)
+
+
+# sigma -> 0: the package's E-step is k-means' assignment, even with unequal weights
+hard = nearest_mean(X, means)  # (N, K)
+for limit_weights in (weights, np.array([0.8, 0.15, 0.05])):
+    np.testing.assert_array_equal(spherical_responsibilities(X, means, 1e-3, limit_weights), hard)
+# ... and its M-step on hard assignments is k-means' centroid update
+centroids = np.stack([X[hard[:, k] == 1].mean(axis=0) for k in range(K)])  # (K, d)
+np.testing.assert_allclose(gmm.m_step(X, hard, "spherical")[1], centroids, rtol=1e-12)
+print("sigma = 1e-3: gmm.e_step == nearest-mean assignment, gmm.m_step means == centroids")
+
+sigma_grid = np.geomspace(3, 1e-3, 40)
+shared = [np.mean(spherical_responsibilities(X, means, sigma, weights).max(axis=1) < 0.99)
+          for sigma in sigma_grid]  # fraction of points still shared between components
+sigmas_shown = (1.5, 0.5, 0.05)
+fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.3]})
+for ax, sigma in zip(axes, sigmas_shown):
+    ax.scatter(*X.T, s=4, c=spherical_responsibilities(X, means, sigma, weights))
+    for mean, colour in zip(means, COLOURS):
+        ax.plot(*mean, "x", color=colour, ms=9, mew=2.5, mec="k")
+    ax.set(title=f"$\\sigma$ = {sigma}", xlabel="$x_1$", aspect="equal")
+axes[0].set_ylabel("$x_2$")
+axes[-1].semilogx(sigma_grid, shared, ".-")
+for sigma in sigmas_shown:
+    axes[-1].axvline(sigma, color="grey", lw=0.5)
+axes[-1].invert_xaxis()
+axes[-1].set(xlabel=r"$\sigma$ (shrinking to the right)",
+             ylabel=r"fraction with $\max_k \gamma(z_{nk}) < 0.99$",
+             title="points still shared")
+fig.suptitle(r"$\Sigma_k = \sigma^2 I$: points coloured by $\gamma(z_{nk})$ (red, green, blue); "
+             "crosses = the means, held fixed")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# So k-means is EM for this mixture with $\sigma$ frozen near 0. Run both from the same
+# means: EM with $\sigma = 10^{-3}$, using only the package's E-step and the means of its
+# M-step, and scikit-learn's `KMeans` (Lloyd's algorithm) end at the same centroids.
+
+# %%
+limit_means = means
+for _ in range(30):
+    hard_resp = spherical_responsibilities(X, limit_means, 1e-3, weights)  # (N, K), one-hot
+    limit_means = gmm.m_step(X, hard_resp, "spherical")[1]  # (K, d), the means of (7)
+kmeans = sklearn.cluster.KMeans(n_clusters=K, init=means, n_init=1, algorithm="lloyd").fit(X)
+print(f"k-means converged after {kmeans.n_iter_} iterations; largest difference to EM's "
+      f"sigma -> 0 means after 30: {np.max(np.abs(kmeans.cluster_centers_ - limit_means)):.1e}")
+
+# %% [markdown]
+# The limit explains both the family resemblance and the difference: k-means gives every
+# point to one cluster and measures only distances, while the mixture shares points near a
+# boundary and learns each cluster's shape and size (the ellipses above). Notebook 2 meets
+# the same limit again: EM attention's hard-assignment end is spherical k-means.
+#
+# ## Where EM starts decides where it ends
+#
+# Every step raises the likelihood, so EM climbs to *a* maximum of $\ln p(X \mid \theta)$;
+# which one depends on where it starts, and the likelihood of a mixture has many (every
+# relabelling of the components is already $K!$ copies of each). Below, 30 starts of the run
+# above, each from three other random points as the means (identity covariances, equal
+# weights), 200 iterations each; runs are grouped by the value they end at.
+
+# %%
+n_starts = 30
+ends = []  # (final log-likelihood, curve, final parameters, start means) of every start
+for seed in range(n_starts):
+    start_means = X[np.random.default_rng(seed).choice(len(X), K, replace=False)]  # (K, d)
+    run_history, run_curve, _ = run_em(X, start_means, covariances, weights, n_iter=200)
+    ends.append((run_curve[-1], run_curve, run_history[-1], start_means))
+    assert never_decreases(run_curve)
+
+# runs that end within 0.01 of each other reached the same maximum
+finals = np.array([end[0] for end in ends])
+levels = []
+for value in sorted(finals, reverse=True):
+    if not levels or levels[-1] - value > 0.01:
+        levels.append(value)
+group_of = [int(np.argmin(np.abs(np.array(levels) - value))) for value in finals]
+for g, level in enumerate(levels):
+    print(f"ln p = {level:10.2f}: reached from {group_of.count(g):2d} of {n_starts} starts")
+last_change = max(np.max(np.abs(np.diff(end[1][-50:]))) for end in ends)
+print(f"largest change of ln p in any run's last 50 iterations: {last_change:.1e}")
+
+GROUP_COLOURS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
+shown_groups = range(min(len(levels), 3))
+fig, axes = plt.subplots(1, 1 + len(shown_groups), figsize=(4.3 * (1 + len(shown_groups)), 3.8))
+for (_, run_curve, _, _), g in zip(ends, group_of):
+    axes[0].plot(run_curve, color=GROUP_COLOURS[g % len(GROUP_COLOURS)], lw=0.8, alpha=0.7)
+axes[0].set(xscale="symlog", xlabel="iteration", ylabel=r"$\ln p(X \mid \theta)$",
+            ylim=(levels[-1] - 0.3 * (levels[0] - levels[-1]),
+                  levels[0] + 0.1 * (levels[0] - levels[-1])),
+            title=f"{n_starts} starts, coloured by where they end")
+for ax, g in zip(axes[1:], shown_groups):
+    _, _, (_, final_means, final_covariances), start_means = ends[group_of.index(g)]
+    ax.scatter(*X.T, s=3, c="lightgrey")
+    draw_components(ax, final_means, final_covariances)
+    ax.plot(*start_means.T, "o", mfc="none", mec="k", ms=7)
+    ax.set(aspect="equal", xlabel="$x_1$",
+           title=f"ln p = {levels[g]:.1f} ({group_of.count(g)} of {n_starts} starts)")
+    for side in ("top", "bottom", "left", "right"):
+        ax.spines[side].set(color=GROUP_COLOURS[g], lw=2)
+axes[1].legend(handles=[Line2D([], [], color="k", marker="o", mfc="none", ls="",
+                               label="start means")], loc="lower left", fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Most starts reach the same, highest maximum: the three clusters as they were drawn. The
+# others stop on a lower one, where one component covers two clusters and two share the
+# third. The runs barely move there any more (the last line printed), and no EM step can
+# carry a component across the empty space between clusters, because every step must raise
+# the likelihood. Some runs also sit for tens of iterations on a plateau before they find
+# the way up (the green curves that rise late): a slow climb can look like convergence.
+#
+# Two remedies, both in `gmm.GaussianMixture` as in scikit-learn: start from a better place
+# (the default, `init_params="kmeans"`, runs k-means first), and run several starts and keep
+# the one of highest likelihood (`n_init`). Each is tried from 10 random states:
+
+# %%
+seeds = range(10)
+for init_params, n_init in (("random_from_data", 1), ("random_from_data", 10), ("kmeans", 1)):
+    reached = np.array([
+        gmm.GaussianMixture(n_components=K, init_params=init_params, n_init=n_init,
+                            random_state=seed).fit(X).score(X) * len(X)  # ln p, eq. (4)
+        for seed in seeds
+    ])
+    print(f"init_params={init_params!r:19s} n_init={n_init:2d}: the highest maximum "
+          f"(within 1 of {levels[0]:.2f}) from {np.sum(reached > levels[0] - 1)} of "
+          f"{len(seeds)} random states, lowest ln p {reached.min():.2f}")
+
+# %% [markdown]
+# A single start from random data points can miss the highest maximum. Starting from k-means
+# helps but guarantees nothing, since k-means climbs to local optima of its own (it is the
+# $\sigma \to 0$ limit of this same EM); keeping the best of ten starts found the highest
+# maximum from every random state tried. When a fit is cheap, several starts are the simple,
+# reliable remedy.
+#
 # ## Agreement with scikit-learn
 #
 # `gmm.GaussianMixture` is a drop-in for `sklearn.mixture.GaussianMixture`: same constructor,
@@ -536,7 +729,7 @@ print(f"{H} x {W} = {H * W} pixels, fitted in {time.perf_counter() - start:.2f} 
       f"{mixture.n_iter_} iterations, converged: {mixture.converged_}")
 
 labels = mixture.predict(pixels)  # (N,) the most responsible component
-reconstruction = mixture.reconstruct(pixels)  # (N, 3) eq. 8: sum_k z_nk mu_k
+reconstruction = mixture.reconstruct(pixels)  # (N, 3) eq. 8: sum_k gamma(z_nk) mu_k
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
 axes[0].imshow(photo)
@@ -544,7 +737,7 @@ axes[0].set_title("image")
 axes[1].imshow(labels.reshape(H, W), cmap="tab10", interpolation="nearest")
 axes[1].set_title("most responsible component")
 axes[2].imshow(np.clip(reconstruction.reshape(H, W, 3), 0, 1))
-axes[2].set_title(r"reconstruction $\tilde x_n = \sum_k z_{nk}\mu_k$ (8)")
+axes[2].set_title(r"reconstruction $\tilde x_n = \sum_k \gamma(z_{nk})\mu_k$ (8)")
 for ax in axes:
     ax.axis("off")
 plt.tight_layout()
@@ -564,12 +757,12 @@ plt.show()
 #
 # Each exercise leaves a function returning `None`. Replace its body with your answer and run
 # the hidden cell after it (click the "..." to see its code): it says *not yet* while the
-# answer is `None`, *right* or *not right* once there is one. The checks compare with the
-# package and never stop the notebook.
+# answer is `None`, *right* when it is, and otherwise what is wrong, with a hint. The checks
+# compare with the package and never stop the notebook.
 #
 # **Exercise 1: the tied-covariance M-step.** With one covariance $\Sigma$ shared by all
 # components, $Q$ becomes
-# $\sum_{n,k} z_{nk}[\ln \pi_k - \tfrac12 \ln\lvert\Sigma\rvert - \tfrac12 (x_n - \mu_k)^\top\Sigma^{-1}(x_n - \mu_k)] + \text{const}$.
+# $\sum_{n,k} \gamma(z_{nk})[\ln \pi_k - \tfrac12 \ln\lvert\Sigma\rvert - \tfrac12 (x_n - \mu_k)^\top\Sigma^{-1}(x_n - \mu_k)] + \text{const}$.
 # Set $\partial Q / \partial \Sigma^{-1} = 0$ as above and implement the result (without
 # `reg_covar`). The means are unchanged from (7).
 
@@ -584,7 +777,8 @@ from exercises import check
 
 _, _means_1, _tied = gmm.m_step(X, resp, "tied", reg_covar=0.0)
 check("Exercise 1", tied_covariance(X, resp, _means_1), _tied,
-      "the derivative gives N Sigma = sum over n AND k of z_nk (x_n - mu_k)(x_n - mu_k)^T.")
+      "differentiate as for Sigma_k in (7); the shared Sigma now collects a term from every "
+      "component k as well as every point n, and the soft counts N_k add up to N.")
 
 # %% [markdown]
 # **Exercise 2: the spherical E-step.** With $\Sigma_k = \sigma_k^2 I$ the log-density is
@@ -593,7 +787,7 @@ check("Exercise 1", tied_covariance(X, resp, _means_1), _tied,
 
 # %% tags=["exercise"]
 def spherical_e_step(X, means, variances, weights):
-    """z_nk for Sigma_k = variances[k] * I; X (N, d), means (K, d), variances (K,), weights (K,)."""
+    """gamma(z_nk), (N, K), for Sigma_k = variances[k] I; X (N, d), means (K, d), variances (K,)."""
     return None  # your answer here
 
 
@@ -601,7 +795,8 @@ def spherical_e_step(X, means, variances, weights):
 _variances = np.array([0.5, 1.0, 2.0])
 check("Exercise 2", spherical_e_step(X, means, _variances, weights),
       gmm.e_step(X, means, 1 / np.sqrt(_variances), "spherical", weights),
-      "softmax over k of ln pi_k - d/2 ln(2 pi sigma_k^2) - |x_n - mu_k|^2 / (2 sigma_k^2).")
+      "build the (N, K) array of ln pi_k + ln N(x_n | mu_k, sigma_k^2 I) by broadcasting "
+      "(X[:, None, :] - means[None]), then normalise every row over k in log space, as in (5).")
 
 # %% [markdown]
 # **Exercise 3: the gap the next E-step closes.** In the bound figure, at $\theta^{\text{new}}$
@@ -619,4 +814,5 @@ def gap_at_new(q_old, q_new):
 # %% tags=["check"] jupyter={"source_hidden": true}
 check("Exercise 3", gap_at_new(q, responsibilities(theta_new)),
       log_likelihoods[1] - lower_bound(q, theta_new),
-      "sum over n and k of q_nk (ln q_nk - ln z_nk(theta_new)).")
+      "the KL term of the decomposition at the top splits into one KL per point, between "
+      "that point's two rows of responsibilities; a component with q_nk = 0 adds nothing.")
