@@ -104,6 +104,7 @@ def _run_eval(args):
         load_checkpoint,
         resolve_device,
     )
+    from .segmentation.checkpoint import load_model_state
     from .segmentation.runlog import write_json
 
     if args.official_weights:  # the VOC recipe: the official normalisation and padding
@@ -125,7 +126,7 @@ def _run_eval(args):
         config.model_kwargs["weights"] = args.official_weights
     model = build_model(config, dataset.num_classes)
     if not args.official_weights:
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], f"checkpoint {args.checkpoint}")
     model.to(device)
     scales = VOC_EVAL_SCALES if args.multi_scale else args.scales
     matrix = evaluate(model, dataset, scales, args.flip, batch_size=1, device=device,
