@@ -10,6 +10,7 @@ import torch
 
 from em_tutorial.segmentation import CorruptCheckpoint, load_checkpoint, save_checkpoint
 from em_tutorial.segmentation.checkpoint import (
+    CHECKPOINT_FORMAT,
     UnverifiedCheckpointWarning,
     content_checksum,
     remove_stale_temporaries,
@@ -95,7 +96,7 @@ def test_non_finite_state_is_neither_saved_nor_loaded(tmp_path):
     # A file holding NaN with a valid checksum (written by something else) is refused on load.
     bad = _state()
     bad["model"]["conv.weight"][0] = float("nan")
-    bad["format"] = "em-tutorial checkpoint 2"
+    bad["format"] = CHECKPOINT_FORMAT
     bad["sha256"] = content_checksum(bad)
     torch.save(bad, path)
     with pytest.raises(CorruptCheckpoint, match=r"NaN or infinity in model\.conv\.weight$"):

@@ -5,8 +5,12 @@
   temporary file, and :func:`remove_stale_temporaries` clears those a killed process left.
 * It holds ``iteration``, the ``model`` and ``optimizer`` state (momentum included), the
   torch (and CUDA) random states and the ``config``, plus ``format`` and ``sha256``: the
-  SHA-256 of every other entry (names, dtypes, shapes and bytes of each tensor). Only tensors
-  and plain Python containers, so ``torch.load(path, weights_only=True)`` reads it.
+  SHA-256 of every other entry (each key and value with its type; dtypes, shapes and bytes of
+  each tensor). Only tensors and plain Python containers, so
+  ``torch.load(path, weights_only=True)`` reads it.
+* Format 2 hashed keys and leaves without their types (the key ``0`` as the key ``"0"``; an
+  empty dict, an empty list and a missing entry alike). Its files are still verified with its
+  own checksum; the next save writes format 3. A format this version does not know is refused.
 * :func:`load_checkpoint` refuses, in one line naming the file, anything that is not an
   em-tutorial checkpoint, a file whose content no longer matches its checksum (flipped bytes),
   and weights, buffers or optimiser state holding NaN or infinity.
@@ -58,7 +62,8 @@ RESUMABLE_CHANGES = {
 }  # fmt: skip
 
 #: The ``format`` entry of every checkpoint this module writes.
-CHECKPOINT_FORMAT = "em-tutorial checkpoint 2"
+CHECKPOINT_FORMAT = "em-tutorial checkpoint 3"
+_FORMAT_2 = "em-tutorial checkpoint 2"
 _REQUIRED_KEYS = ("iteration", "model", "optimizer", "rng", "config")
 _CHECKED_FOR_FINITENESS = ("model", "optimizer")
 
@@ -86,19 +91,51 @@ def _leaves(value, name=""):
 def content_checksum(state: dict) -> str:
     """SHA-256 (hex) of every entry of ``state`` but ``format`` and ``sha256``.
 
-    Each tensor contributes its name, dtype, shape and bytes; each plain value its name, type
-    and ``repr``; so two states have the same checksum exactly when their content is equal.
+    The content is fed to the hash as a tagged, length-prefixed encoding (:func:`_feed`), so
+    two states have the same checksum exactly when their content -- types included -- is equal.
     """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k not in ("format", "sha256")})
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    """Hash ``value``: a header line naming its type (and dtype and shape, or length), then
+    its bytes or its members. Every header fixes how much follows, so no two contents give
+    the same byte stream."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)  # (numel,)
+        digest.update(f"tensor {value.dtype} {tuple(value.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())  # the bytes, without a copy
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)}\n".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)}\n".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        text = repr(value).encode()
+        digest.update(f"{type(value).__name__} {len(text)}\n".encode() + text)
+
+
+def _format_2_checksum(state: dict) -> str:
+    """The checksum of format-2 files: dotted names and leaves, without container types."""
     digest = hashlib.sha256()
     content = {k: v for k, v in state.items() if k not in ("format", "sha256")}
     for name, leaf in _leaves(content):
         if isinstance(leaf, torch.Tensor):
             flat = leaf.detach().cpu().contiguous().reshape(-1)  # (numel,)
             digest.update(f"{name}|{leaf.dtype}|{tuple(leaf.shape)}|".encode())
-            digest.update(flat.view(torch.uint8).numpy())  # the bytes, without a copy
+            digest.update(flat.view(torch.uint8).numpy())
         else:
             digest.update(f"{name}|{type(leaf).__name__}|{leaf!r}|".encode())
     return digest.hexdigest()
+
+
+_CHECKSUMS = {CHECKPOINT_FORMAT: content_checksum, _FORMAT_2: _format_2_checksum}
 
 
 def _non_finite_entries(state: dict) -> list[str]:
@@ -208,7 +245,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if "sha256" not in state:
         warnings.warn(f"checkpoint {path} has no checksum (written by an older em-tutorial); "
                       "its content cannot be verified", UnverifiedCheckpointWarning, stacklevel=2)  # fmt: skip
-    elif state["sha256"] != content_checksum(state):
+    elif state.get("format") not in _CHECKSUMS:
+        raise CorruptCheckpoint(
+            f"cannot read checkpoint {path}: its format {state.get('format')!r} is not one this "
+            f"em-tutorial reads ({', '.join(map(repr, _CHECKSUMS))}): written by a newer "
+            "em-tutorial, or altered"
+        )
+    elif state["sha256"] != _CHECKSUMS[state["format"]](state):
         raise CorruptCheckpoint(
             f"cannot read checkpoint {path}: its content does not match its SHA-256 checksum "
             "(changed or damaged since it was written); use an intact copy or start a new run"
