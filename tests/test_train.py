@@ -129,6 +129,54 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, capsys)
     assert records[-1]["event"] == "eval" and 0.0 <= records[-1]["miou"] <= 1.0
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The 6-iteration run of ``_config`` (4 iterations per epoch), trained without a stop."""
+    torch.set_num_threads(1)
+    return train(_config(tmp_path_factory.mktemp("whole")))
+
+
+def _assert_same_run(resumed, whole):
+    expected, actual = whole["model"].state_dict(), resumed["model"].state_dict()
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert resumed["metrics"]["miou"] == whole["metrics"]["miou"]
+    assert resumed["final_loss"] == whole["final_loss"]
+
+
+@pytest.mark.parametrize("stop_at", [2, 5], ids=["inside the first epoch", "inside the second"])
+def test_resume_inside_an_epoch_gives_the_same_weights(tmp_path, uninterrupted, stop_at):
+    # 16 scenes, batch 4: epochs end after iterations 4 and 8; 2 and 5 fall inside them.
+    torch.set_num_threads(1)
+    first = train(_config(tmp_path, "split", stop_at=stop_at))
+    assert torch.load(first["checkpoint"], weights_only=True)["iteration"] == stop_at
+    resumed = train(_config(tmp_path, "split", resume=True))
+    assert resumed["resumed_from"] == stop_at
+    _assert_same_run(resumed, uninterrupted)
+
+
+def test_killed_after_a_checkpoint_inside_an_epoch_resumes_exactly(tmp_path, uninterrupted,
+                                                                   monkeypatch):  # fmt: skip
+    # Checkpoints after iterations 3 and 6; killed during iteration 5, inside the second epoch.
+    torch.set_num_threads(1)
+    step = training_module._step
+
+    def killed_at_five(run, images, labels, iteration, ignore_index):
+        if iteration == 4:  # the fifth iteration
+            raise KeyboardInterrupt
+        return step(run, images, labels, iteration, ignore_index)
+
+    monkeypatch.setattr(training_module, "_step", killed_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "split"))
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    monkeypatch.setattr(training_module, "_step", step)
+    resumed = train(_config(tmp_path, "split", resume=True))
+    assert resumed["resumed_from"] == 3
+    _assert_same_run(resumed, uninterrupted)
+
+
 def _strict_json(path):
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
