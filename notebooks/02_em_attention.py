@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -22,8 +22,9 @@
 # which turns out to be the M-step under the unit-length constraint the derivation assumes
 # (EM for a von Mises-Fisher mixture). It then looks at the two knobs (the inverse
 # temperature $\lambda$ and that normalisation), at what the reconstruction with $K$ bases
-# keeps and loses, with sliders to explore, and at the non-local block as the case where
-# every pixel is a basis. Three exercises close it.
+# keeps and loses, with sliders to explore (and their figures precomputed, for a page without
+# a kernel), and at the non-local block as the case where every pixel is a basis, with what
+# EM attention saves against it counted. Three exercises close it.
 
 # %%
 import ipywidgets
@@ -54,7 +55,10 @@ rng = np.random.default_rng(0)
 # $$
 #
 # and a term that is the same for every $k$ cancels between the numerator and the
-# denominator of (5). What is left is a softmax over the bases of a dot product:
+# denominator of (5). What is left is a softmax over the bases of a dot product, written
+# $z_{nk}$ as in the EMANet paper and in `em_tutorial.ema`: in this notebook $z_{nk}$ *is* the
+# responsibility $\gamma(z_{nk})$ of notebook 1 (no 0/1 indicator appears here), and the
+# $N \times K$ matrix $Z$ of them is EMANet's attention map.
 #
 # $$
 # \text{A}_E:\quad z_{nk} = \frac{\exp(\lambda\, x_n^\top \mu_k)}{\sum_{j=1}^{K} \exp(\lambda\, x_n^\top \mu_j)},
@@ -373,64 +377,142 @@ plt.show()
 # - detail that no basis captures (a colour that is rare in the image) is replaced by the
 #   nearest mixture of common ones, which is the *denoising* effect the paper describes.
 #
-# The reconstructions below are turned back into colours by giving each $\tilde x_n$ the
-# length of $x_n$ and undoing the whitening, for display only. The last panel measures how
-# well the direction is kept: the mean cosine similarity between $x_n$ and $\tilde x_n$. EM
-# has nothing that pushes bases apart, so once $K$ exceeds the number of distinct directions
-# in the data some bases merge, and each extra basis pays less.
+# Below, A$_R$'s real output, unnormalised, beside its input. The top row is the input: the
+# photo and its three whitened channels; the rows under it are $\tilde x = Z\mu$ for three
+# values of $K$ ($T = 3$, $\lambda = 5$). All channel panels share one colour scale, wide
+# enough for every value of the input. The colour images turn features back into RGB with
+# one and the same affine map for $x$ and $\tilde x$: the whitening undone, nothing rescaled.
+# Since $\lVert \tilde x_n \rVert \le 1$, every channel of $\tilde x_n$ stays within one
+# standard deviation of the photo's mean colour: the reconstructions keep the hues and lose
+# the contrast.
 
 # %%
-def reconstruction(k, n_iter=3, lam=lam_photo):
-    """The photo as A_R paints it with k bases, and the mean cos(x_n, x~_n)."""
-    _, _, x_tilde = ema.em_attention(colours, random_pixels(k), n_iter=n_iter, lam=lam)
-    directions = x_tilde / np.linalg.norm(x_tilde, axis=1, keepdims=True)  # (N, 3)
-    cosine = float(np.mean(np.sum(directions * colours / lengths, axis=1)))
-    shown = whitening.inverse_transform(directions * lengths)  # display only
-    return np.clip(shown.reshape(H, W, 3), 0, 1), cosine
+def as_colours(features):
+    """Whitened colours (N, 3) back to an (H, W, 3) RGB image: one affine map for x and x~."""
+    return whitening.inverse_transform(features).reshape(H, W, 3)
 
 
-Ks = (2, 3, 4, 6, 8, 16)
-fig, axes = plt.subplots(2, 4, figsize=(14, 5.6))
-axes = axes.ravel()
-axes[0].imshow(photo)
-axes[0].set_title("image")
-cosines = []
-for ax, k in zip(axes[1:], Ks):
-    image, cosine = reconstruction(k)
-    cosines.append(cosine)
-    ax.imshow(image)
-    ax.set_title(f"$\\tilde x$ with K = {k}")
-for ax in axes[:-1]:
-    ax.axis("off")
-axes[-1].plot(Ks, cosines, "o-")
-axes[-1].set(xlabel="K", ylabel=r"mean cos$(x_n, \tilde x_n)$", title="direction kept")
-plt.tight_layout()
+def reconstruct(k, n_iter=3, lam=lam_photo, seed=0):
+    """z (N, k), the bases (k, 3) and A_R's output x~ = z mu (N, 3), from k random pixels."""
+    return ema.em_attention(colours, random_pixels(k, seed), n_iter=n_iter, lam=lam)
+
+
+np.testing.assert_allclose(as_colours(colours), photo, atol=1e-12)  # the map is exact on x
+Ks_shown = (2, 6, 16)
+rows = {"input $x$": colours} | {f"$\\tilde x$, K = {k}": reconstruct(k)[2] for k in Ks_shown}
+scale = np.abs(colours).max()  # one colour scale for every channel panel
+fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.35 * len(rows)), layout="constrained")
+for row, (name, features) in zip(axes, rows.items()):
+    shown = as_colours(features)
+    assert shown.min() > -1e-9 and shown.max() < 1 + 1e-9  # inside RGB: clipped by rounding only
+    row[0].imshow(np.clip(shown, 0, 1))
+    row[0].set_ylabel(name, fontsize=11)
+    for channel, ax in enumerate(row[1:]):
+        values = ax.imshow(features[:, channel].reshape(H, W), cmap="RdBu_r",
+                           vmin=-scale, vmax=scale)
+    lengths_row = np.linalg.norm(features, axis=1)  # (N,)
+    row[0].set_title(f"mean length {lengths_row.mean():.2f}, largest {lengths_row.max():.2f}",
+                     fontsize=9)
+for channel, ax in enumerate(axes[0, 1:]):
+    ax.set_title(f"whitened channel {channel + 1}")
+for ax in axes.ravel():
+    ax.set(xticks=[], yticks=[])
+fig.colorbar(values, ax=axes[:, 1:].ravel().tolist(), shrink=0.7, label="channel value")
+fig.suptitle("A$_R$'s output beside its input: one colour scale, one map to RGB")
 plt.show()
 
 # %% [markdown]
+# The channels of $\tilde x$ are pale on the shared scale: A$_R$ keeps directions, not
+# lengths. How well is the direction kept? The mean cosine similarity between $x_n$ and
+# $\tilde x_n$ answers that, and it depends on which pixels the bases start from; so every
+# $K$ below is run from 10 different sets of random pixels, and the band shows the range
+# over those starts.
+
+# %%
+def mean_cosine(x_tilde):
+    """The mean over pixels of cos(x_n, x~_n)."""
+    dots = np.sum(x_tilde * colours, axis=1)  # (N,)
+    return float(np.mean(dots / (np.linalg.norm(x_tilde, axis=1) * lengths[:, 0])))
+
+
+Ks = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+seeds = range(10)
+x_tildes = [[reconstruct(k, seed=seed)[2] for seed in seeds] for k in Ks]
+cosines = np.array([[mean_cosine(x_tilde) for x_tilde in runs] for runs in x_tildes])  # (K, S)
+kept_length = np.array([[np.linalg.norm(x_tilde, axis=1).mean() for x_tilde in runs]
+                        for runs in x_tildes])  # (K, S): mean |x~_n| of every run
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.6))
+for ax, values in ((left, cosines), (right, kept_length)):
+    ax.fill_between(Ks, values.min(axis=1), values.max(axis=1), color="tab:blue", alpha=0.2,
+                    label=f"range over {len(seeds)} starts")
+    for seed_values in values.T:
+        ax.plot(Ks, seed_values, ".", color="tab:blue", ms=3, alpha=0.5)
+    ax.plot(Ks, values.mean(axis=1), "o-", color="tab:blue", label="mean over starts")
+    ax.set(xscale="log", xlabel="K (number of bases)", xticks=Ks, xticklabels=Ks)
+    ax.minorticks_off()
+right.axhline(lengths.mean(), color="grey", ls="--", label=r"mean $\|x_n\|$ (input)")
+right.axhline(1, color="grey", ls=":", label=r"$\|\tilde x_n\| \leq 1$")
+right.set(ylim=(0, 1.1 * lengths.mean()), ylabel=r"mean $\|\tilde x_n\|$",
+          title="length kept")
+left.set(ylabel=r"mean $\cos(x_n, \tilde x_n)$", title="direction kept")
+left.legend(loc="lower right")
+right.legend(loc="lower right", fontsize=8)
+plt.tight_layout()
+plt.show()
+print(" K   mean cos   range over starts   gain over the previous K")
+for i, k in enumerate(Ks):
+    gain = "" if i == 0 else f"{cosines[i].mean() - cosines[i - 1].mean():+.3f}"
+    print(f"{k:2d}   {cosines[i].mean():.3f}      {cosines[i].min():.3f} - {cosines[i].max():.3f}"
+          f"       {gain}")
+falls = int(np.sum(np.any(np.diff(cosines, axis=0) < 0, axis=0)))
+print(f"starts whose own curve falls somewhere between two K: {falls} of {len(seeds)}")
+
+# %% [markdown]
+# Averaged over starts, the direction kept rises with $K$, steeply at first and then more and
+# more slowly: past a dozen bases each new one adds little (the gains printed above). The
+# spread between starts is widest with few bases, where one badly placed basis is a large
+# share of the whole, and it narrows as $K$ grows. A single start's own curve can fall from
+# one $K$ to the next (the last line printed counts those that do), which is why one run per
+# $K$ is not enough to read the curve. The length panel is the
+# other half of the story: whatever $K$, $\lVert \tilde x_n \rVert$ stays below 1 while the
+# input is longer on average; A$_R$ keeps the direction and drops the length.
+#
 # ### Explore: $\lambda$, $K$ and $T$
 #
 # The three knobs on the photo at once: the hard segmentation, how sure each pixel is
-# ($\max_k z_{nk}$), and the reconstruction. The figure below is drawn for $\lambda = 5$,
-# $K = 6$, $T = 3$; in a live notebook the sliders under it redraw a copy with other values
-# (a headless run, such as the tests, shows the static figure only).
+# ($\max_k z_{nk}$), and A$_R$'s output as colours (the map above). The figure below is drawn
+# for $\lambda = 5$, $K = 6$, $T = 3$; in a live notebook the sliders under it redraw a copy
+# with other values.
 
 # %%
-def explore(lam=5.0, K=6, T=3):
-    z, _, _ = ema.em_attention(colours, random_pixels(K), n_iter=T, lam=lam)
-    image, cosine = reconstruction(K, n_iter=T, lam=lam)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+def distinct_bases(mu, tol=0.05):
+    """The bases that are not within tol of an earlier basis: merged bases count once."""
+    distances = np.linalg.norm(mu[:, None, :] - mu[None, :, :], axis=2)  # (K, K)
+    return int(np.sum(~np.any(np.triu(distances < tol, k=1), axis=0)))
+
+
+def explore_panels(axes, lam, K, T):
+    """Segmentation, confidence (optional) and A_R's colours for one setting of the knobs."""
+    z, mu, x_tilde = reconstruct(K, n_iter=T, lam=lam)
     axes[0].imshow(z.argmax(axis=1).reshape(H, W), cmap="tab20", vmin=0, vmax=19,
                    interpolation="nearest")
-    axes[0].set_title(r"segmentation, $\arg\max_k z_{nk}$")
-    confident = axes[1].imshow(z.max(axis=1).reshape(H, W), cmap="magma", vmin=0, vmax=1)
-    axes[1].set_title(r"confidence, $\max_k z_{nk}$")
-    fig.colorbar(confident, ax=axes[1], shrink=0.8)
-    axes[2].imshow(image)
-    axes[2].set_title(f"reconstruction (mean cos {cosine:.3f})")
+    if len(axes) == 3:
+        confident = axes[1].imshow(z.max(axis=1).reshape(H, W), cmap="magma", vmin=0, vmax=1)
+        axes[1].figure.colorbar(confident, ax=axes[1], shrink=0.8)
+    axes[-1].imshow(as_colours(x_tilde))
     for ax in axes:
-        ax.axis("off")
-    fig.suptitle(f"$\\lambda$ = {lam:g}, K = {K}, T = {T}")
+        ax.set(xticks=[], yticks=[])
+    return z, mu, x_tilde
+
+
+def explore(lam=5.0, K=6, T=3):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+    z, mu, x_tilde = explore_panels(axes, lam, K, T)
+    axes[0].set_title(r"segmentation, $\arg\max_k z_{nk}$")
+    axes[1].set_title(r"confidence, $\max_k z_{nk}$")
+    axes[2].set_title(f"A$_R$ output (mean cos {mean_cosine(x_tilde):.3f})")
+    fig.suptitle(f"$\\lambda$ = {lam:g}, K = {K}, T = {T}: {distinct_bases(mu)} distinct bases")
     plt.show()
 
 
@@ -454,10 +536,38 @@ for slider in sliders.values():
 display(ipywidgets.HBox(list(sliders.values())), live)
 
 # %% [markdown]
-# Things to try: $\lambda = 0.1$ (every pixel undecided, the reconstruction collapses to a
-# single colour), $\lambda = 100$ (hard, k-means-like segments), $T = 1$ against $T = 12$
-# with $K = 16$ (more iterations let bases merge: count the distinct colours in the
-# segmentation).
+# On a rendered page, or anywhere without a running kernel, the sliders show nothing. The
+# grid below is what they would draw, precomputed: one row per slider, three of its values,
+# the other two knobs at $\lambda = 5$, $K = 6$, $T = 3$ (the $T$ row uses $K = 16$, where
+# merging has room to show). Each setting is a pair: the segmentation, then A$_R$'s colours.
+
+# %%
+fallback = {
+    r"$\lambda$": [{"lam": lam, "K": 6, "T": 3} for lam in (0.1, 5.0, 100.0)],
+    "K": [{"lam": 5.0, "K": k, "T": 3} for k in (2, 6, 16)],
+    "T": [{"lam": 5.0, "K": 16, "T": t} for t in (1, 3, 12)],
+}
+fig, axes = plt.subplots(3, 6, figsize=(15, 6.6), layout="constrained")
+for row, (knob, settings) in zip(axes, fallback.items()):
+    row[0].set_ylabel(f"slider {knob}", fontsize=12)
+    for pair, setting in zip(row.reshape(3, 2), settings):
+        z_grid, mu_grid, _ = explore_panels(pair, **setting)
+        pair[0].set_title(f"$\\lambda$ = {setting['lam']:g}, K = {setting['K']}, "
+                          f"T = {setting['T']}", fontsize=9, loc="left")
+        pair[1].set_title(f"mean max z {z_grid.max(axis=1).mean():.2f}, "
+                          f"{distinct_bases(mu_grid)} distinct", fontsize=9, loc="right")
+fig.suptitle("the sliders, precomputed: segmentation and A$_R$ output for each setting")
+plt.show()
+
+# %% [markdown]
+# Row by row: at $\lambda = 0.1$ every pixel is undecided (mean $\max_k z_{nk}$ near $1/K$)
+# although its largest responsibility still draws segments, and $\tilde x_n$, an almost
+# even mix of all the bases, shrinks to nearly the mean colour;
+# at $\lambda = 100$ the assignments are one-hot, the segments are those of spherical
+# k-means, and $\tilde x_n$ is the colour of one basis. More bases paint more colours.
+# More iterations let bases drift together: bases closer than 0.05 count once in the titles,
+# and that count falls as $T$ grows. Things to try with a live kernel: $K = 16$ with $T = 1$
+# against $T = 12$ at $\lambda = 1$, and count the colours in the segmentation.
 #
 # The rank bound on features with many channels ($C = 64$, $K = 8$): the features themselves
 # have full rank 64, their reconstruction rank 8.
@@ -498,22 +608,74 @@ print("non-local output    == A_R with the initial bases:  ",
 # %% [markdown]
 # So the non-local block is EM attention with $K = N$ bases and no iterations: an
 # $N \times N$ attention matrix, $O(N^2 C)$ work. EM attention keeps $K \ll N$ bases, found by
-# EM, and pays $O(NKC)$ per iteration; the $N \times N$ matrix never exists. For the paper's
-# $97 \times 97$ feature maps and $K = 64$ that is $N / K \approx 147$ times less attention to
-# compute and store. Notebook 6 measures it.
+# EM, and pays $O(NKC)$ per iteration; the $N \times N$ matrix never exists. How much less,
+# for the paper's $97 \times 97$ feature maps, $C = 512$ channels and $K = 64$?
+#
+# Count the floating-point operations of the products (the softmaxes and norms are $O(NK)$
+# or $O(N^2)$ and add little). EM attention: per iteration A$_E$, $(N \times C)(C \times K)$,
+# and A$_M$, $(K \times N)(N \times C)$, then A$_R$ once, each $2NKC$: $(4T + 2)\,NKC$. The
+# non-local block, with its embeddings of $C'$ channels: $\theta\phi^\top$,
+# $(N \times C')(C' \times N)$, and the attention times $g$, each $2N^2C'$: $4N^2C'$. Both
+# counts are checked below against PyTorch's `FlopCounterMode` run on the package's
+# functions (the PyTorch stage of EM attention, and `non_local` on a tensor), then evaluated
+# at the paper's size with $C' = C/2$, the usual non-local block (notebook 6 measures the
+# blocks themselves). Storage is a different ratio: an $N \times N$ matrix against an
+# $N \times K$ one.
 
 # %%
-for side in (33, 65, 97):
-    n = side * side
-    print(f"{side}x{side}: N x N = {n * n * 4 / 2**20:7.1f} MiB,  "
-          f"N x K (K=64) = {n * 64 * 4 / 2**20:5.2f} MiB  (float32)")
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from em_tutorial.nn import functional as attention_torch
+
+
+def em_attention_flops(n, k, c, t):
+    """(4T + 2) N K C: A_E and A_M in each of T iterations, then A_R."""
+    return (4 * t + 2) * n * k * c
+
+
+def non_local_flops(n, c_inner):
+    """4 N^2 C': theta phi^T, then the attention times g."""
+    return 4 * n * n * c_inner
+
+
+def counted_flops(function, *args, **kwargs):
+    with FlopCounterMode(display=False) as counter:
+        function(*args, **kwargs)
+    return counter.get_total_flops()
+
+
+crop_tensor = torch.from_numpy(crop)  # (N, 3), the crop above
+bases_tensor = torch.from_numpy(random_pixels(8))  # (K, 3)
+n_crop, c_crop = crop.shape
+assert counted_flops(attention_torch.em_attention, crop_tensor, bases_tensor, n_iter=3) == \
+    em_attention_flops(n_crop, 8, c_crop, 3)
+assert counted_flops(non_local.non_local, crop_tensor) == non_local_flops(n_crop, c_crop)
+print("FLOP counts == FlopCounterMode on the package's functions")
+
+side, C_paper, K_paper, T_paper = 97, 512, 64, 3
+n = side * side
+flop_ratio = non_local_flops(n, C_paper // 2) / em_attention_flops(n, K_paper, C_paper, T_paper)
+print(f"{side} x {side} map, C = {C_paper}, C' = {C_paper // 2}, K = {K_paper}, "
+      f"T = {T_paper}:")
+print(f"  FLOPs:   non-local {non_local_flops(n, C_paper // 2) / 1e9:.1f} G, EM attention "
+      f"{em_attention_flops(n, K_paper, C_paper, T_paper) / 1e9:.2f} G: {flop_ratio:.0f}x less "
+      "work for EM attention")
+print(f"  storage: N x N = {n * n * 4 / 2**20:.1f} MiB, N x K = {n * K_paper * 4 / 2**20:.2f} "
+      f"MiB (float32): {n / K_paper:.0f}x less memory for the attention map")
+
+# %% [markdown]
+# The two factors differ because EM attention spends its saving on iterations: $T$ rounds of
+# two products plus A$_R$, against two products on $C' = C/2$ channels for the non-local
+# block. The work ratio grows like $N$ all the same, so the larger the feature map, the
+# larger the saving.
 
 # %% [markdown]
 # ## Exercises
 #
 # Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
-# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right* or
-# *not right* once there is one.
+# (click the "..." to see its code): it says *not yet* while the answer is `None`, *right*
+# when it is, and otherwise what is wrong, with a hint.
 #
 # **Exercise 1: bases of different lengths.** Without the unit-length constraint the
 # spherical mixture's E-step keeps the term $-\lambda\lVert\mu_k\rVert^2/2$. Write that E-step
@@ -531,7 +693,8 @@ from exercises import check
 _mu_long = rng.standard_normal((K, C)) * rng.uniform(0.5, 2.0, (K, 1))  # lengths differ
 check("Exercise 1", e_step_any_length(x, _mu_long, 2.0),
       gmm.e_step(x, **ema.spherical_gmm_parameters(_mu_long, 2.0)),
-      "softmax over k of lam * (x_n . mu_k - |mu_k|^2 / 2).")
+      "start from the log-density at the top of the notebook and keep every term that "
+      "depends on k; with lambda = 1/sigma^2, which one did unit-length bases let us drop?")
 
 # %% [markdown]
 # **Exercise 2: spherical k-means as the limit.** As $\lambda \to \infty$ the E-step becomes a
@@ -546,7 +709,8 @@ def hard_e_step(x, mu):
 
 # %% tags=["check"] jupyter={"source_hidden": true}
 check("Exercise 2", hard_e_step(x, mu), ema.attention_e_step(x, mu, lam=1e6), atol=1e-9,
-      hint="np.eye(K)[np.argmax(x @ mu.T, axis=1)].")
+      hint="find each pixel's winning basis with an argmax over the right axis of the "
+           "(N, K) dot products, then turn those indices into one-hot rows.")
 
 # %% [markdown]
 # **Exercise 3: the transformer's temperature.** Scaled dot-product attention divides the
@@ -561,4 +725,5 @@ lam_scaled = None  # your answer here: a number
 _scaled = softmax(crop @ crop.T / np.sqrt(crop.shape[1]), axis=1)  # (N, N)
 check("Exercise 3",
       None if lam_scaled is None else ema.attention_e_step(crop, crop, lam=lam_scaled), _scaled,
-      "lambda multiplies x_i . x_j; the transformer divides it by sqrt(C).")
+      "write out the softmax argument of both and match them term by term; C is a "
+      "number here, not a symbol.")
