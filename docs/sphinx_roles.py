@@ -1,5 +1,8 @@
 """Griffe extension for the book: the reStructuredText in the docstrings, as Markdown.
 
+(It also spells out ``__all__`` entries of the form ``*submodule.__all__``, which griffe
+leaves unexpanded: see :func:`_expand_starred_exports`.)
+
 The numpydoc docstrings are reStructuredText; mkdocstrings renders them as Markdown, where
 two of their constructs would stay as written:
 
@@ -81,6 +84,29 @@ def _walk(obj):
             yield from _walk(member)
 
 
+def _expand_starred_exports(module) -> None:
+    """``__all__ = [..., *submodule.__all__]``: put the submodule's names in the list.
+
+    Griffe reads such an entry as an expression and leaves it there, so the names it stands
+    for (``EMANet`` in ``em_tutorial.nn``) would not count as public and their entries would
+    be missing from the page.
+    """
+    if not module.exports:
+        return
+    names = []
+    for export in module.exports:
+        if isinstance(export, str):
+            names.append(export)
+            continue
+        source = module.members.get(getattr(export.parent, "name", ""))
+        if getattr(export, "name", None) != "__all__" or source is None:
+            names.append(export)
+            continue
+        target = source.final_target if source.is_alias else source
+        names.extend(name for name in (target.exports or []) if isinstance(name, str))
+    module.exports = names
+
+
 def _canonical(obj) -> str | None:
     try:
         return obj.final_target.path if obj.is_alias else obj.path
@@ -103,6 +129,9 @@ class SphinxRoles(griffe.Extension):
         self.pages = pages
 
     def on_package(self, *, pkg, loader, **kwargs):
+        for module in _walk(pkg):
+            if module.is_module:
+                _expand_starred_exports(module)
         documented = self._documented(loader)
         for obj in _walk(pkg):
             if obj.docstring is not None:

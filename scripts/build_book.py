@@ -48,32 +48,24 @@ WIDGET_NOTE = (
 
 
 def replace_widgets(notebook: nbformat.NotebookNode) -> int:
-    """Swap each widget output for a note; return how many were swapped.
+    """Swap the widget outputs for a note, one per cell; return how many were swapped.
 
     A widget's output holds only a reference to a kernel-side object and its ``repr``; with no
     kernel there is nothing to draw, and the ``repr`` (``HBox(children=(...))``) reads as noise.
     """
+    note = nbformat.v4.new_output("display_data", data={"text/html": WIDGET_NOTE, "text/plain": ""})
     swapped = 0
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
-        outputs = []
-        for output in cell.get("outputs", []):
-            if WIDGET_VIEW in output.get("data", {}):
-                if not swapped_in_cell(outputs):
-                    outputs.append(nbformat.v4.new_output(
-                        "display_data", data={"text/html": WIDGET_NOTE, "text/plain": ""}))
-                swapped += 1
-            else:
-                outputs.append(output)
-        cell.outputs = outputs
+        widgets = [output for output in cell.outputs if WIDGET_VIEW in output.get("data", {})]
+        if widgets:
+            first = cell.outputs.index(widgets[0])
+            kept = [output for output in cell.outputs if WIDGET_VIEW not in output.get("data", {})]
+            cell.outputs = kept[:first] + [note] + kept[first:]
+            swapped += len(widgets)
     notebook.metadata.pop("widgets", None)  # the state would ask for a widget renderer online
     return swapped
-
-
-def swapped_in_cell(outputs) -> bool:
-    """Whether this cell's outputs already end with the note (one note per run of widgets)."""
-    return bool(outputs) and outputs[-1].get("data", {}).get("text/html") == WIDGET_NOTE
 
 
 def execute(source: Path, target: Path, timeout: int) -> str:
@@ -86,7 +78,8 @@ def execute(source: Path, target: Path, timeout: int) -> str:
                    resources={"metadata": {"path": str(source.parent)}}).execute()
     swapped = replace_widgets(notebook)
     nbformat.write(notebook, target)
-    return f"{source.name}: executed in {time.perf_counter() - start:.0f} s, {swapped} widget(s) noted"
+    return (f"{source.name}: executed in {time.perf_counter() - start:.0f} s, "
+            f"{swapped} widget outputs replaced by a note")
 
 
 def stage_notebooks(target: Path, run: bool, jobs: int, timeout: int) -> None:
