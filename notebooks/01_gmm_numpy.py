@@ -315,9 +315,8 @@ plt.show()
 #
 # The picture behind "EM never decreases the likelihood" (Bishop's Fig. 9.14), computed on
 # this data. Take the first iteration: $\theta^{\text{old}}$ is the start, $q$ the
-# responsibilities it gives, $\theta^{\text{new}}$ the M-step's answer. Parameters live in
-# many dimensions, so walk the path
-# $\theta(t)$ from $\theta^{\text{old}}$ ($t = 0$) to $\theta^{\text{new}}$ ($t = 1$) and a
+# responsibilities $\gamma(z_{nk})$ it gives, $\theta^{\text{new}}$ the M-step's answer.
+# Parameters live in many dimensions, so walk the path $\theta(t)$ from $\theta^{\text{old}}$ ($t = 0$) to $\theta^{\text{new}}$ ($t = 1$) and a
 # little beyond (means and Cholesky factors of the covariances move linearly, the weights
 # through their logarithms). Along it, draw the log-likelihood $\ln p(X \mid \theta(t))$,
 # the bound $\mathcal{L}(q, \theta(t)) = Q(\theta(t), \theta^{\text{old}}) + H(q)$, and the
@@ -469,13 +468,12 @@ plt.show()
 # %% [markdown]
 # Does the seed's form break EM's promise that the likelihood never falls? It does not: it is
 # a *conditional-maximisation* step (ECM, Meng and Rubin 1993), a kind of generalised EM that
-# raises $Q$ without maximising it. Scored on the current
-# responsibilities, the old parameters see exactly the scatter
-# $\Sigma^{\text{textbook}}_k + \Delta_k\Delta_k^\top$ around their means, and no covariance fits
-# a scatter better than that scatter itself; the seed's covariance *is* that scatter, and
-# moving the mean to its new place only shrinks the scatter it has to explain. So the seed's
-# step gives a $Q$ at least as high as the old parameters', and that is all the monotonicity
-# argument above needs. What it gives up is
+# raises $Q$ without maximising it. Scored on the current responsibilities, the old
+# parameters see exactly the scatter $\Sigma^{\text{textbook}}_k + \Delta_k\Delta_k^\top$
+# around their means, and no covariance fits a scatter better than that scatter itself; the
+# seed's covariance *is* that scatter, and moving the mean to its new place only shrinks the
+# scatter it has to explain. So the seed's step gives a $Q$ at least as high as the old
+# parameters', and that is all the monotonicity argument above needs. What it gives up is
 # the largest step: each step gains at most as much $Q$ as the textbook one. At a fixed
 # point, where $\Delta_k = 0$, the two forms coincide. On this data the seed's run, from the
 # same start, trails the textbook one by about an iteration; the inflation matters most while
@@ -564,7 +562,7 @@ fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), gridspec_kw={"width_ratios": [
 for ax, sigma in zip(axes, sigmas_shown):
     ax.scatter(*X.T, s=4, c=spherical_responsibilities(X, means, sigma, weights))
     for mean, colour in zip(means, COLOURS):
-        ax.plot(*mean, "x", color=colour, ms=9, mew=2.5, mec="k")
+        ax.plot(*mean, "X", mfc=colour, mec="k", ms=11)
     ax.set(title=f"$\\sigma$ = {sigma}", xlabel="$x_1$", aspect="equal")
 axes[0].set_ylabel("$x_2$")
 axes[-1].semilogx(sigma_grid, shared, ".-")
@@ -590,6 +588,7 @@ for _ in range(30):
     hard_resp = spherical_responsibilities(X, limit_means, 1e-3, weights)  # (N, K), one-hot
     limit_means = gmm.m_step(X, hard_resp, "spherical")[1]  # (K, d), the means of (7)
 kmeans = sklearn.cluster.KMeans(n_clusters=K, init=means, n_init=1, algorithm="lloyd").fit(X)
+np.testing.assert_allclose(kmeans.cluster_centers_, limit_means, rtol=1e-10)
 print(f"k-means converged after {kmeans.n_iter_} iterations; largest difference to EM's "
       f"sigma -> 0 means after 30: {np.max(np.abs(kmeans.cluster_centers_ - limit_means)):.1e}")
 
