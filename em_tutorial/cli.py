@@ -162,7 +162,7 @@ def _add_train_command(commands):
     # Recipe defaults, written out so that --help needs no torch (a test keeps them equal).
     train.add_argument("--iterations", type=_POSITIVE,
                        help="total iterations of the schedule (default: 3000 for digits, "
-                       "30000 for voc)")  # fmt: skip
+                       "600 for context, 30000 for voc)")  # fmt: skip
     train.add_argument("--batch-size", type=_POSITIVE,
                        help="images per iteration, over all processes (default: 16)")  # fmt: skip
     train.add_argument("--crop-size", type=_SIDE, help="VOC training crop (default 513)")
@@ -268,9 +268,9 @@ def _add_data_arguments(parser, defaults_from_checkpoint=False):
         parser.add_argument("--num-scenes", type=_POSITIVE,
                             help="scenes for training (default: 3000 digits, 1000 context)")  # fmt: skip
         parser.add_argument("--val-scenes", type=_POSITIVE,
-                            help="scenes for validation (default: 300 digits, 100 context)")  # fmt: skip
+                            help="scenes for validation (default: 300 digits, 300 context)")  # fmt: skip
         parser.add_argument("--image-size", type=_SIDE,
-                            help="side of a scene in pixels (default: 96 digits, 256 context)")  # fmt: skip
+                            help="side of a scene in pixels (default: 96 digits, 192 context)")  # fmt: skip
 
 
 def _add_ablate_command(commands):
@@ -318,7 +318,7 @@ def _check_stop_at(parser, args):
                      f"{iterations} (--iterations): the run would simply finish")  # fmt: skip
 
 
-def _writable_place(path: Path):
+def _why_not_creatable(path: Path):
     """Why ``path`` cannot be created (its nearest existing folder is a file or read-only),
     or None."""
     ancestor = path.parent
@@ -346,7 +346,7 @@ def _check_outputs(parser, args):
         if path.exists():
             problem = None if os.access(path, os.W_OK) else f"{path} is not writable"
         else:
-            problem = _writable_place(path)
+            problem = _why_not_creatable(path)
         if problem:
             parser.error(f"{flag} {value} cannot be written: {problem}")
 

@@ -38,7 +38,11 @@ def test_train_help_shows_every_default():
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     help_text = " ".join(help_text.split())  # argparse wraps lines anywhere
     digits, voc = RECIPES["digits"], RECIPES["voc"]
-    assert f"(default: {digits['iterations']} for digits, {voc['iterations']} for voc)" in help_text
+    context = RECIPES["context"]
+    assert (f"(default: {digits['iterations']} for digits, {context['iterations']} for context, "
+            f"{voc['iterations']} for voc)" in help_text)  # fmt: skip
+    for name in ("num_scenes", "val_scenes", "image_size"):
+        assert f"{digits[name]} digits, {context[name]} context)" in help_text, name
     assert digits["batch_size"] == voc["batch_size"] and f"(default: {voc['batch_size']})" in help_text
     assert (f"(default: {digits['checkpoint_every']} for digits, {voc['checkpoint_every']} for voc;"
             in help_text)  # fmt: skip
