@@ -2,7 +2,9 @@
 
 Hypothesis draws shapes, dtypes and values (empty axes, NaN, inf, the largest floats, integer,
 boolean and complex arrays, lists, None, strings) for the mixture, EM attention on every stage,
-the EMA Unit and the two dataset readers. Every call must either give finite numbers or raise
+the EMA Unit, every network entry point (EMANet, ResNet, EMAU, NonLocal2d, ImagePooling2d, in
+eval and training mode, with NaN or inf at a random pixel of a random image, values up to
+1e38, empty batches and NumPy arrays) and the two dataset readers. Every call must either give finite numbers or raise
 a ValueError or TypeError (file errors for the readers) that
 
 * names the argument at fault,
@@ -31,7 +33,7 @@ from em_tutorial.gpu import em_attention_fused
 
 torch = pytest.importorskip("torch")
 
-from em_tutorial.nn import EMAU  # noqa: E402
+from em_tutorial.nn import EMAU, ImagePooling2d, NonLocal2d, ResNet, emanet_tiny  # noqa: E402
 from em_tutorial.nn import functional as nnf  # noqa: E402
 
 PACKAGE = str(Path(em_tutorial.__file__).parent)
@@ -166,6 +168,72 @@ def test_emau_finite_or_one_clear_error_and_buffers_kept(x, training, rule):
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     for name, value in emau.named_buffers():
         assert bool(torch.isfinite(value).all()), name
+
+
+# --- every network entry point: NaN at a random place, huge values, B = 0, NumPy -------------
+
+NETWORK_ENTRY_POINTS = {  # constructor, channels, spatial size (None: drawn small)
+    "EMANet": (lambda: emanet_tiny(3), 3, 16),
+    "ResNet": (lambda: ResNet((1, 1, 1, 1), base_width=4, deep_stem=True), 3, 16),
+    "EMAU": (lambda: EMAU(EMAU_C, num_bases=2, num_stages=2), EMAU_C, None),
+    "NonLocal2d": (lambda: NonLocal2d(EMAU_C), EMAU_C, None),
+    "ImagePooling2d": (lambda: ImagePooling2d(EMAU_C), EMAU_C, None),
+}
+
+
+@st.composite
+def network_calls(draw, name):
+    """(training, x, fault, image at fault) for entry point ``name``: x holds NaN or inf at a
+    random pixel of a random image, or all of its values scaled by up to 1e38, or is a NumPy
+    array."""
+    _, channels, side = NETWORK_ENTRY_POINTS[name]
+    b = draw(st.integers(0, 3))
+    h, w = (side, side) if side else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    x = torch.from_numpy(draw(hnp.arrays(np.float32, (b, channels, h, w),
+                                         elements=values(np.float32, "moderate"))))
+    fault = draw(st.sampled_from(["none", "nan", "inf", "huge", "numpy"]))
+    image = None
+    if fault in ("nan", "inf") and b:
+        image = draw(st.integers(0, b - 1))
+        where = (image, *(draw(st.integers(0, n - 1)) for n in (channels, h, w)))
+        x[where] = math.nan if fault == "nan" else draw(st.sampled_from([math.inf, -math.inf]))
+    elif fault == "huge":
+        x = x * 10.0 ** draw(st.integers(0, 38))
+    elif fault == "numpy":
+        x = x.numpy()
+    return draw(st.booleans()), x, fault, image
+
+
+@pytest.mark.parametrize("name", NETWORK_ENTRY_POINTS)
+@FAST
+@given(data=st.data())
+def test_network_entry_points_finite_or_one_clear_error(name, data):
+    """Never a silent NaN: NaN or inf is refused naming its image (in eval mode too), an empty
+    batch in training is refused, NumPy is a TypeError; otherwise finite numbers, and any
+    refusal leaves every buffer (num_batches_tracked included) bit-identical."""
+    training, x, fault, image = data.draw(network_calls(name))
+    torch.manual_seed(0)
+    module = NETWORK_ENTRY_POINTS[name][0]().train(training)
+    before = {key: value.clone() for key, value in module.named_buffers()}
+    try:
+        out = module(x)
+    except (ValueError, TypeError) as error:
+        assert_clear_refusal(error, ("x",))
+        assert "\n" not in str(error)
+        for key, value in module.named_buffers():
+            assert torch.equal(value, before[key]), f"{key} changed by a refused call"
+        if fault == "numpy":
+            assert isinstance(error, TypeError) and "torch.from_numpy(x)" in str(error)
+        elif image is not None:
+            assert re.search(rf"NaN or inf in image {image} of the batch", str(error))
+        return
+    assert fault != "numpy" and image is None, f"{fault} accepted"
+    assert not (training and x.shape[0] == 0), "an empty batch accepted in training"
+    assert out.shape[0] == x.shape[0] and bool(torch.isfinite(out).all())
+    for key, value in module.named_buffers():
+        assert bool(torch.isfinite(value).all()), key
+        if not training:
+            assert torch.equal(value, before[key]), f"{key} changed in eval mode"
 
 
 # --- the Gaussian mixture --------------------------------------------------------------------

@@ -281,6 +281,8 @@ def test_distributed_skip_on_one_rank_is_a_skip_on_every_rank(tmp_path, rule):
     for result in results:  # bit-identical to the initial bases on both ranks, after both steps
         assert torch.equal(result["mu after empty"], result["initial"])
         assert torch.equal(result["mu after nan"], result["initial"])
-    # the good rank ran normally; the faulty one refused NaN after taking part in the all-reduce
-    assert results[1]["empty"] == results[1]["nan"] == results[0]["empty"] == ""
-    assert results[0]["nan"].startswith("EMAU input x contains NaN or inf (1 of its")
+    # the good rank ran normally; the faulty one refused the empty batch and NaN after taking
+    # part in the all-reduce
+    assert results[1]["empty"] == results[1]["nan"] == ""
+    assert results[0]["empty"].startswith("EMAU input x of shape (0, 8, 5, 6) is an empty batch")
+    assert results[0]["nan"].startswith("EMAU input x contains NaN or inf in image 0 of the batch")

@@ -1,8 +1,9 @@
 """Bad input to EMAU and EMANet: one clear error, and no buffer changed by it.
 
-An empty batch or non-finite bases skip the moving average of the bases; NaN, inf, a wrong
-dtype or a lone 1x1 feature map in training mode are refused before any buffer is touched.
-The distributed case (a skip on one rank is a skip on every rank) is in ``test_nn_emau.py``.
+Non-finite bases skip the moving average of the bases; NaN, inf, a wrong dtype, an empty batch
+or a lone 1x1 feature map in training mode are refused before any buffer is touched. The
+distributed case (a skip on one rank is a skip on every rank) is in ``test_nn_emau.py``; the
+policy shared by every module of ``em_tutorial.nn`` is in ``test_nn_input_policy.py``.
 """
 
 import math
@@ -33,14 +34,16 @@ def _emau(rule="official", **kwargs):
 
 
 @pytest.mark.parametrize("rule", ["official", "mmseg"])
-def test_empty_batch_skips_the_bases_update(rule):
+def test_empty_batch_is_refused_in_training_and_empty_in_eval(rule):
     emau = _emau(rule)
     before = _buffers(emau)
-    out = emau(torch.randn(0, C, 5, 6))
-    assert out.shape == (0, C, 5, 6)
-    # BatchNorm counts the empty batch (torch's rule) but keeps its statistics
-    _assert_buffers_equal(emau, before, skip="num_batches_tracked")
-    emau(torch.randn(2, C, 5, 6))  # the control: a real batch moves the bases
+    with pytest.raises(ValueError, match=r"^EMAU input x of shape \(0, 8, 5, 6\) is an empty "
+                                         r"batch \(B = 0\): in training mode BatchNorm"):
+        emau(torch.randn(0, C, 5, 6))
+    _assert_buffers_equal(emau, before)  # num_batches_tracked included
+    assert emau.eval()(torch.randn(0, C, 5, 6)).shape == (0, C, 5, 6)
+    _assert_buffers_equal(emau, before)
+    emau.train()(torch.randn(2, C, 5, 6))  # the control: a real batch moves the bases
     assert not torch.equal(emau.mu, before["mu"])
     assert bool(torch.isfinite(emau.mu).all())
 
@@ -67,7 +70,8 @@ def test_emau_refuses_non_finite_input_in_training(rule, bad):
     before = _buffers(emau)
     x = torch.randn(2, C, 5, 6)
     x[1, 3, 2, 2] = bad
-    with pytest.raises(ValueError, match=r"^EMAU input x contains NaN or inf \(1 of its 480"):
+    with pytest.raises(ValueError, match=r"^EMAU input x contains NaN or inf in image 1 of the "
+                                         r"batch of 2 \(1 of its 480 values\)"):
         emau(x)
     _assert_buffers_equal(emau, before)
 
@@ -97,7 +101,8 @@ def test_emau_refuses_non_finite_input_in_eval_mode_too():
     before = _buffers(emau)
     x = torch.randn(2, C, 5, 6)
     x[0, 0, 0, 0] = math.nan
-    with pytest.raises(ValueError, match=r"^EMAU input x contains NaN or inf \(1 of its 480"):
+    with pytest.raises(ValueError, match=r"^EMAU input x contains NaN or inf in image 0 of the "
+                                         r"batch of 2 \(1 of its 480 values\)"):
         emau(x)
     _assert_buffers_equal(emau, before)
 
@@ -144,18 +149,21 @@ def test_emanet_refuses_non_finite_images_in_training(bad):
     before = _buffers(model)
     images = torch.randn(2, 3, 16, 16)
     images[0, 1, 2, 3] = bad
-    with pytest.raises(ValueError, match=r"^EMANet input images contain NaN or inf \(1 of"):
+    with pytest.raises(ValueError, match=r"^EMANet input x contains NaN or inf in image 0 of"):
         model(images)
     _assert_buffers_equal(model, before)
     model(images.nan_to_num(0.0, 0.0, 0.0))  # the control: the cleaned batch trains
     assert not torch.equal(model.emau.mu, before["attention.mu"])
 
 
-def test_emanet_empty_batch_leaves_statistics_and_bases():
+def test_emanet_empty_batch_refused_in_training_empty_output_in_eval():
     model = _tiny()
     before = _buffers(model)
-    assert model(torch.randn(0, 3, 16, 16)).shape == (0, 3, 16, 16)
-    _assert_buffers_equal(model, before, skip="num_batches_tracked")
+    with pytest.raises(ValueError, match=r"^EMANet input x of shape \(0, 3, 16, 16\) is an empty"):
+        model(torch.randn(0, 3, 16, 16))
+    _assert_buffers_equal(model, before)  # num_batches_tracked included
+    assert model.eval()(torch.randn(0, 3, 16, 16)).shape == (0, 3, 16, 16)
+    _assert_buffers_equal(model, before)
 
 
 def test_emanet_dtype_and_size_errors():

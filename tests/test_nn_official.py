@@ -1,7 +1,10 @@
 """The authors' EMANet checkpoints: names and layouts converted both ways, strictly, and
 EMANet-101's structure against the official network's, so that any drift shows."""
 
+import argparse
 import math
+import re
+import traceback
 
 import pytest
 
@@ -10,6 +13,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from em_tutorial.nn import (  # noqa: E402
+    emanet_resnet50,
     emanet_resnet101,
     emanet_tiny,
     from_official_state_dict,
@@ -127,16 +131,139 @@ def test_data_parallel_prefix_and_checkpoint_file(tmp_path):
     assert load_official_checkpoint(path).keys() == from_official_state_dict(official).keys()
     model = emanet_tiny(5, weights=path, **TINY_KWARGS)
     assert torch.equal(model.fc2.bias, official["fc2.bias"])
-    with pytest.raises(ValueError, match="does not fit this EMANet"):
+    with pytest.raises(ValueError, match=r"does not fit this EMANet: this checkpoint has 5 "
+                                         r"classes, the model has 3 classes$"):
         emanet_tiny(3, weights=path, **TINY_KWARGS)
 
 
-@pytest.mark.parametrize("content", [b"\x00\x01 not a checkpoint", b'{"net": {}}'])
-def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+def _truncated_checkpoint(path):
+    torch.save(_tiny_official(), path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+NOT_CHECKPOINTS = {
+    "random bytes": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "a short binary": lambda path: path.write_bytes(b"\x00\x01 not a checkpoint"),
+    "JSON": lambda path: path.write_text('{"net": {}}'),
+    "a cut zip": _truncated_checkpoint,
+}
+LOADERS = {
+    "load_official_checkpoint": load_official_checkpoint,
+    "weights=": lambda path: emanet_tiny(5, weights=path, **TINY_KWARGS),
+    "pretrained_backbone=": lambda path: emanet_tiny(5, pretrained_backbone=path),
+}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("content", NOT_CHECKPOINTS)
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, content, loader):
+    """PyTorch's advice to retry with weights_only=False (running the file's code) never shows,
+    neither in the message nor in a chained exception of the traceback."""
     path = tmp_path / "weights.pth"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint of the official"):
-        load_official_checkpoint(path)
+    NOT_CHECKPOINTS[content](path)
+    with pytest.raises(ValueError) as caught:
+        LOADERS[loader](path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a PyTorch checkpoint, or a damaged one")
+    assert "\n" not in message
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "weights_only" not in shown and "Weights only load failed" not in shown
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_pickled_object_is_named_not_run(tmp_path, loader):
+    path = tmp_path / "weights.pth"
+    torch.save({"net": _tiny_official(), "args": argparse.Namespace(lr=0.01)}, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} holds a pickled "
+                                         r"argparse.Namespace object; only tensors") as caught:
+        LOADERS[loader](path)
+    assert "weights_only" not in "".join(traceback.format_exception(caught.value))
+
+
+def test_a_missing_file_stays_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_official_checkpoint(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("wrapper", ["net", "state_dict", "model", "model_state_dict"])
+def test_wrapped_checkpoints_are_unwrapped(tmp_path, wrapper):
+    official = _tiny_official()
+    path = tmp_path / "wrapped.pth"
+    torch.save({wrapper: official, "meta": {"epoch": 3}}, path)
+    model = emanet_tiny(5, weights=path, **TINY_KWARGS)
+    assert torch.equal(model.fc2.weight, official["fc2.weight"])
+    shapes, _ = _official_backbone("", (1, 1, 1, 1), 8, 8)
+    backbone = _tensors(shapes)
+    torch.save({wrapper: backbone, "epoch": 3}, path)
+    model = emanet_tiny(5, pretrained_backbone=path)
+    assert torch.equal(model.backbone.conv1[0].weight, backbone["conv1.0.weight"])
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [({"epoch": 3, "optimizer": {"lr": 0.1}}, r"holds a dict with keys \['epoch', 'optimizer'\] "
+                                              r"and no state dict"),
+     ([1, 2], r"holds a list, not a state dict"),
+     # this package's own names under a wrapper: said so, not "no blocks for layer1"
+     ({"state_dict": "ours"}, r"already in this package's names \(backbone\.\*, attention"),
+     ({"state_dict": {"backbone.stem.0.weight": torch.ones(1), "decode_head.conv.weight":
+                      torch.ones(1), "auxiliary_head.conv.weight": torch.ones(1)}},
+      r"not the official EMANet's state dict nor its ResNet's: .*\(its keys begin "
+      r"\['auxiliary_head.conv', 'backbone.stem', 'decode_head.conv'\]")],
+)
+def test_what_was_found_instead_of_a_state_dict_is_said(tmp_path, content, match):
+    path = tmp_path / "other.pth"
+    if content == {"state_dict": "ours"}:
+        content = {"state_dict": emanet_tiny(5, **TINY_KWARGS).state_dict()}
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:? .*{match}") as caught:
+        emanet_tiny(5, weights=path, **TINY_KWARGS)
+    assert "no blocks for" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "removed, match",
+    [(("fc0.conv.weight",), r"missing key 'fc0.conv.weight'$"),
+     (("fc1.0.conv.weight",), r"missing key 'fc1.0.conv.weight'$"),
+     (("extractor.0.0.weight",), r"missing key 'extractor.0.0.weight'$"),
+     (("extractor.4.0.conv1.weight",), r"missing key 'extractor.4.0.conv1.weight'$"),
+     ("extractor.5.", r"missing keys: no blocks for extractor.5 \(no key extractor.5.0.\*\)$")],
+)
+def test_a_missing_official_key_is_named_by_its_official_name(tmp_path, removed, match):
+    official = _tiny_official()
+    for key in [k for k in official if k.startswith(removed)]:
+        del official[key]
+    path = tmp_path / "official.pth"
+    torch.save({"net": official}, path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: {match}"):
+        emanet_tiny(5, weights=path, **TINY_KWARGS)
+
+
+def test_another_class_count_or_depth_is_said_in_words(tmp_path):
+    """Not a load_state_dict dump: the items that differ, the checkpoint's then the model's."""
+    official = _tensors(_official_emanet(**{**TINY, "layers": (3, 4, 23, 3), "classes": 21}))
+    path = tmp_path / "resnet101.pth"
+    torch.save({"net": official, "step": 30000}, path)
+    widths = {"base_width": 8, "stem_width": 8}
+    with pytest.raises(ValueError) as caught:
+        emanet_resnet50(11, weights=path, **widths, **TINY_KWARGS)
+    assert str(caught.value) == (
+        f"{path} does not fit this EMANet: this checkpoint has ResNet-101, width 8 (deep stem) "
+        "/ 21 classes, the model has ResNet-50, width 8 (deep stem) / 11 classes")
+    with pytest.raises(ValueError, match=r"this checkpoint has 16 attention channels / 4 bases, "
+                                         r"the model has 32 attention channels / 8 bases$"):
+        emanet_resnet101(21, weights=path, **widths, **{**TINY_KWARGS, "ema_channels": 32,
+                                                        "num_bases": 8})
+    model = emanet_resnet101(21, weights=path, **widths, **TINY_KWARGS)  # the control
+    assert torch.equal(model.fc2.bias, official["fc2.bias"])
+
+
+def test_pretrained_backbone_of_another_depth_is_said_in_words():
+    shapes, _ = _official_backbone("", (1, 2, 1, 1), 8, 8)
+    with pytest.raises(ValueError, match=r"^pretrained_backbone: .* the weights are a ResNet "
+                                         r"\(1, 2, 1, 1\) bottleneck, width 8 \(deep stem\), "
+                                         r"this backbone is a ResNet \(1, 1, 1, 1\)"):
+        emanet_tiny(5, pretrained_backbone=_tensors(shapes))
 
 
 @pytest.mark.parametrize(

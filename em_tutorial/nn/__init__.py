@@ -10,6 +10,13 @@
   :func:`param_groups` and :func:`set_bn_momentum` for the official training recipe.
 * :func:`from_official_state_dict`, :func:`to_official_state_dict`,
   :func:`load_official_checkpoint` -- the authors' checkpoints in this package's names.
+
+Every module here follows one input policy, in eval and training mode alike: NaN or inf (the
+message names the images of the batch that hold them), values so large that a BatchNorm's
+statistics would overflow, and an empty batch in training mode are refused with a ValueError
+before any buffer moves; anything but a tensor (a NumPy array) is a TypeError. Inside
+:class:`EMANet`, which checks its images, the backbone and head blocks skip the check, so that
+NaN from diverged weights reaches the loss (see :func:`functional.check_batch`).
 """
 
 from . import emanet, functional, recipe

@@ -19,8 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._weights import (
+    backbone_structure,
+    emanet_structure,
+    key_differences,
+    mismatch,
+    read_weights,
+    unwrap_state_dict,
+)
 from .emau import EMAU
-from .functional import check_input_dtype
+from .functional import check_batch, check_input_dtype, check_tensor
 from .non_local import NonLocal2d
 from .pooling import ImagePooling2d
 from .recipe import set_bn_momentum
@@ -62,22 +70,33 @@ def _build_backbone(backbone, output_stride, norm_layer, backbone_kwargs) -> nn.
         raise ValueError(
             f"unknown backbone {backbone!r}; use one of {sorted(_BACKBONES)} or an nn.Module"
         )
-    kwargs = {"deep_stem": True, "output_stride": output_stride, "norm_layer": norm_layer}
+    # EMANet checks its images itself (EMANet._check_images): no second pass over them
+    kwargs = {"deep_stem": True, "output_stride": output_stride, "norm_layer": norm_layer,
+              "non_finite": "skip"}
     return ResNet(**{**kwargs, **_BACKBONES[backbone], **(backbone_kwargs or {})})
 
 
 def _load_backbone_weights(backbone: nn.Module, weights) -> None:
+    source = weights if isinstance(weights, (str, os.PathLike)) else "pretrained_backbone"
     if isinstance(weights, (str, os.PathLike)):
-        weights = torch.load(weights, map_location="cpu", weights_only=True)
+        weights = read_weights(weights)
+    weights = unwrap_state_dict(weights, source)
     # An ImageNet classifier's head (fc.*) has no place in a segmentation backbone.
     weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
-    try:
+    expected = backbone.state_dict()
+    if weights.keys() == expected.keys() and all(
+            v.shape == expected[k].shape for k, v in weights.items()):
         backbone.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ValueError(
-            "pretrained backbone weights do not fit this backbone (torchvision weights need "
-            f"backbone_kwargs={{'deep_stem': False}} and the same depth): {error}"
-        ) from error
+        return
+    found, wanted = backbone_structure(weights), backbone_structure(expected)
+    if found and wanted and found != wanted:
+        difference = f"the weights are a {found}, this backbone is a {wanted}"
+    else:
+        difference = key_differences(weights, expected)
+    raise ValueError(
+        f"{source}: pretrained backbone weights do not fit this backbone: {difference} "
+        "(torchvision weights need backbone_kwargs={'deep_stem': False} and the same depth)"
+    )
 
 
 class EMANet(nn.Module):
@@ -187,9 +206,11 @@ class EMANet(nn.Module):
             )
         elif head in ("nonlocal", "nonlocal_gamma1"):
             self.attention = NonLocal2d(ema_channels, norm_layer=norm_layer,
-                                        zero_init_output=head == "nonlocal")  # fmt: skip
+                                        zero_init_output=head == "nonlocal",
+                                        non_finite="skip")  # fmt: skip
         elif head == "pooling":
-            self.attention = ImagePooling2d(ema_channels, norm_layer=norm_layer)
+            self.attention = ImagePooling2d(ema_channels, norm_layer=norm_layer,
+                                            non_finite="skip")
         else:
             self.attention = nn.Identity()
         self.fc1 = _conv_bn_relu(ema_channels, head_channels, norm_layer)
@@ -212,29 +233,30 @@ class EMANet(nn.Module):
         return [self.fc0, self.attention, self.fc1, self.fc2]
 
     def _check_images(self, x: torch.Tensor) -> None:
-        """Shape and dtype always; in training mode also what would poison the buffers."""
+        """The rules of :func:`~em_tutorial.nn.functional.check_batch`, in both modes.
+
+        NaN would make its whole image background in eval mode and reach every BatchNorm's
+        running statistics in training; images so large that the stem's BatchNorm statistics
+        overflow would leave them infinite. Both are refused here, before the backbone. NaN
+        that appears later comes from diverged weights: the head blocks (built with
+        ``non_finite="skip"``) let it through to the loss, where the training loop sees it.
+        """
+        expected = getattr(self.backbone, "in_channels", None)
+        check_tensor(x, "EMANet", f"(B, {expected or 3}, H, W)")
         if x.ndim != 4:
             raise ValueError(f"EMANet expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
-        expected = getattr(self.backbone, "in_channels", None)
         if expected is not None and x.shape[1] != expected:
             raise ValueError(
                 f"EMANet expects {expected}-channel images, got shape {tuple(x.shape)}"
             )
         check_input_dtype(x, self.fc2.weight, "EMANet")
-        if not self.training:
-            return
-        # One pass over the images and one boolean read back per training step: NaN would
-        # otherwise reach every BatchNorm's running statistics before any check downstream.
-        # NaN that appears later comes from diverged weights: the EMAU then keeps its bases
-        # and lets it through to the loss, where the training loop sees it.
-        if not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"EMANet input images contain NaN or inf ({bad} of their "
-                             f"{x.numel()} values); no buffer was changed")
+        # A backbone of another kind: NaN and inf only (its first layers are unknown here).
+        stem = getattr(self.backbone, "stem_conv", None)
+        check_batch(x, "EMANet", self.training, [(stem,)] if stem is not None else [])
         stride = getattr(self.backbone, "output_stride", None)
-        if stride and x.shape[0] == 1 and max(x.shape[-2:]) <= stride:
+        if self.training and stride and x.shape[0] == 1 and max(x.shape[-2:]) <= stride:
             raise ValueError(
-                f"EMANet input of shape {tuple(x.shape)} gives 1x1 feature maps (output stride "
+                f"EMANet input x of shape {tuple(x.shape)} gives 1x1 feature maps (output stride "
                 f"{stride}): BatchNorm needs more than one value per channel in training; use "
                 f"B > 1, images larger than {stride} pixels, or eval mode"
             )
@@ -245,11 +267,14 @@ class EMANet(nn.Module):
         Raises
         ------
         ValueError
-            A shape that is not (B, 3, H, W); in training mode also NaN or inf in ``x``, or a
-            single image so small that BatchNorm would see one value per channel. Refused
-            inputs leave every buffer unchanged.
+            A shape that is not (B, 3, H, W); in eval and training mode NaN or inf in ``x``
+            (the message names the images), or images so large that the first BatchNorm's
+            statistics would overflow; in training mode also an empty batch (B = 0; in eval
+            mode it gives an empty output) or a single image so small that BatchNorm would
+            see one value per channel. Refused inputs leave every buffer unchanged.
         TypeError
-            An integer input, or a float dtype other than the parameters' outside autocast.
+            Not a tensor (a NumPy array, a list), an integer input, or a float dtype other
+            than the parameters' outside autocast.
         """
         self._check_images(x)
         size = x.shape[-2:]
@@ -269,10 +294,15 @@ def _emanet(backbone: str, num_classes: int, kwargs: dict) -> EMANet:
         # Imported here: the converter builds reference EMANets from this module.
         from .official import load_official_checkpoint
 
-        try:
-            model.load_state_dict(load_official_checkpoint(weights))
-        except RuntimeError as error:  # shapes that fit the checkpoint but not this model
-            raise ValueError(f"{weights} does not fit this EMANet: {error}") from error
+        state_dict = load_official_checkpoint(weights)
+        expected = model.state_dict()
+        difference = mismatch(emanet_structure(state_dict), emanet_structure(expected))
+        if difference is None and (state_dict.keys() != expected.keys() or any(
+                v.shape != expected[k].shape for k, v in state_dict.items())):
+            difference = key_differences(state_dict, expected)
+        if difference is not None:
+            raise ValueError(f"{weights} does not fit this EMANet: {difference}")
+        model.load_state_dict(state_dict)
     return model
 
 

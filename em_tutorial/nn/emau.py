@@ -10,7 +10,7 @@ The initial bases mu^(0) are a buffer, not a parameter: backpropagation never to
 In training mode they follow a moving average of the batch mean of the final bases, the way
 BatchNorm tracks its running statistics. An empty batch or non-finite bases leave them as they
 are (on every rank under ``torch.distributed``), and an input that would give non-finite
-bases is refused before BatchNorm sees it.
+bases, or an empty batch in training mode, is refused before BatchNorm sees it.
 
 The first 1x1 convolution is frozen. In the official code z and mu come out of
 ``torch.no_grad()``, so nothing the loss sees depends on that convolution: its gradient is None
@@ -40,7 +40,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ema_validation import check_lam, check_n_iter, overflow_problem
-from .functional import EPS, check_feature_map, check_input_dtype, em_iterations, safe_norm
+from .functional import (
+    EPS,
+    check_feature_map,
+    check_input_dtype,
+    em_iterations,
+    empty_batch_message,
+    non_finite_message,
+    safe_norm,
+)
 
 __all__ = ["EMAU"]
 
@@ -87,9 +95,8 @@ def _input_problem(x: torch.Tensor, points: torch.Tensor, mu: torch.Tensor, lam:
         return None
     largest_x, largest_mu = torch.stack([points.abs().amax(), mu.abs().amax()]).tolist()
     if not math.isfinite(largest_x):
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            return f"EMAU input x contains NaN or inf ({bad} of its {x.numel()} values)"
+        if not bool(torch.isfinite(x).all()):
+            return non_finite_message(x, "EMAU")
         return (f"EMAU input x (max |x| = {x.abs().amax().item():.3g}) overflowed "
                 f"{points.dtype} in the first convolution; scale it down")
     problem = overflow_problem(largest_x, largest_mu, points.shape[-2], points.shape[-1],
@@ -269,13 +276,16 @@ class EMAU(nn.Module):
         ------
         ValueError
             A shape other than (B, C, H, W) with this unit's C; in training mode, B * H * W = 1
-            (BatchNorm's limit); NaN or inf in ``x``, or values so large that the first
+            (BatchNorm's limit) or an empty batch, B = 0 (BatchNorm would count it as a step;
+            in eval mode it gives an empty output); NaN or inf in ``x`` (the message names the
+            images of the batch that hold them), or values so large that the first
             convolution or the EM iterations overflow (the rule of
             :mod:`em_tutorial.ema_validation`), unless ``non_finite="skip"``. The check is one
             pass over the projected features and one read back from the device per forward;
             ``mu`` and the BatchNorm running statistics are left untouched.
         TypeError
-            An integer input, or a float dtype other than the parameters' outside autocast.
+            Not a tensor (a NumPy array, a list), an integer input, or a float dtype other than
+            the parameters' outside autocast.
         """
         self._check_input(x)
         identity = x
@@ -296,7 +306,10 @@ class EMAU(nn.Module):
                 # it is already in the layout of the feature map
                 x_tilde = bases.mT @ z.mT  # (B, C, K) @ (B, K, N) -> (B, C, N)
         if self.training:
+            # An empty batch gives NaN bases (a mean over B = 0): the update skips it too.
             self._update_bases(bases, refused=problem is not None)
+            if b == 0:  # refused in both modes of non_finite, after the all-reduce
+                raise ValueError(f"{empty_batch_message(x, 'EMAU')}; nothing was changed")
         if problem and self.non_finite == "raise":  # after the update's all-reduce, as a skip
             raise ValueError(f"{problem}; the bases and BatchNorm statistics were left unchanged")
         self.last_z, self.last_bases = z, bases

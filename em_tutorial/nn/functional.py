@@ -4,18 +4,27 @@ Same arguments, same shapes, the same :data:`em_tutorial.ema.EPS` (``eps = 1e-6`
 denominator and in the L2 normalisation), so the NumPy stage and this one can be compared
 number for number. Autograd flows through every step; :class:`em_tutorial.nn.EMAU` runs the
 same iterations (:func:`em_iterations`) under ``torch.no_grad()``, as the paper does.
+
+It also holds the input checks that every module of :mod:`em_tutorial.nn` shares
+(:func:`check_tensor`, :func:`check_feature_map`, :func:`check_input_dtype`,
+:func:`check_batch`), so that the same bad input gets the same words from each of them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from ..backend import get_array_module
 from ..ema import EPS
 from ..ema_validation import validate_em_attention_inputs
 
 __all__ = [
-    "em_attention", "em_iterations", "safe_norm", "check_feature_map", "check_input_dtype", "EPS",
+    "em_attention", "em_iterations", "safe_norm", "check_tensor", "check_feature_map",
+    "check_input_dtype", "check_batch", "non_finite_message", "empty_batch_message", "EPS",
 ]
 
 
@@ -115,10 +124,18 @@ def safe_norm(mu: torch.Tensor) -> torch.Tensor:
     return scale * torch.linalg.vector_norm(mu / scale, dim=-1, keepdim=True)
 
 
+def check_tensor(x, owner: str, layout: str = "(B, C, H, W)") -> None:
+    """Raise a TypeError naming ``owner`` and what it expects unless ``x`` is a tensor."""
+    if not isinstance(x, torch.Tensor):
+        kind = type(x).__module__.split(".")[0] + "." + type(x).__qualname__
+        convert = "torch.from_numpy(x)" if kind == "numpy.ndarray" else "torch.as_tensor(x)"
+        raise TypeError(f"{owner} input x must be a torch.Tensor of shape {layout}, got "
+                        f"{kind.removeprefix('builtins.')}; convert it first ({convert})")
+
+
 def check_feature_map(x: torch.Tensor, channels: int, owner: str) -> None:
     """Raise ValueError or TypeError naming ``owner`` unless ``x`` is a (B, C, H, W) tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{owner} input x must be a torch tensor, got {type(x).__name__}")
+    check_tensor(x, owner)
     if x.ndim != 4:
         raise ValueError(f"{owner} input x must be a (B, C, H, W) feature map, got shape "
                          f"{tuple(x.shape)}")
@@ -149,3 +166,108 @@ def check_input_dtype(x: torch.Tensor, parameter: torch.Tensor, owner: str) -> N
             f"{parameter.dtype}; convert one to the other (x.to({parameter.dtype}) or "
             f"module.to({x.dtype})), or run under torch.autocast for half precision"
         )
+
+
+def non_finite_message(x: torch.Tensor, owner: str) -> str:
+    """Where ``x`` (B, ...) holds NaN or inf, in words: the images of the batch and the count.
+
+    Called only once a check has failed: it reads ``x`` again to find the images.
+    """
+    bad = ~torch.isfinite(x.detach())  # (B, ...)
+    per_image = bad.flatten(1).sum(dim=1)  # (B,)
+    images = per_image.nonzero().flatten().tolist()
+    shown = ", ".join(map(str, images[:5])) + (", ..." if len(images) > 5 else "")
+    where = f"image {shown}" if len(images) == 1 else f"images {shown}"
+    return (f"{owner} input x contains NaN or inf in {where} of the batch of {x.shape[0]} "
+            f"({int(per_image.sum())} of its {x.numel()} values)")
+
+
+def empty_batch_message(x: torch.Tensor, owner: str) -> str:
+    """Why an empty batch (B = 0) is refused in training mode, in words."""
+    return (f"{owner} input x of shape {tuple(x.shape)} is an empty batch (B = 0): in training "
+            "mode BatchNorm would count it as a step (num_batches_tracked) without data; skip "
+            "empty batches, or use eval mode")
+
+
+def _gain(path: Sequence[nn.Conv2d]):
+    """(g, o) with |path(x)| <= g max|x| + o: each convolution maps max|x| to at most
+    max_o sum_{c,i,j} |W_ocij| max|x| + max|b| (its largest kernel L1 norm, plus its bias)."""
+    gain, offset = 1.0, 0.0
+    for conv in path:
+        kernel_l1 = conv.weight.detach().abs().flatten(1).sum(dim=1).amax()  # max over outputs
+        bias = 0.0 if conv.bias is None else conv.bias.detach().abs().amax()
+        gain, offset = gain * kernel_l1, offset * kernel_l1 + bias
+    return gain, offset
+
+
+def check_batch(x: torch.Tensor, owner: str, training: bool,
+                paths: Sequence[Sequence[nn.Conv2d]] = ()) -> None:
+    """The value rules of every module of :mod:`em_tutorial.nn`, in eval and training mode alike.
+
+    Raises a ValueError, before anything is computed (so no buffer moves), for
+
+    * NaN or inf anywhere in ``x``: it would turn its whole image into NaN (attention, pooling
+      and the EM mix every pixel of an image), and in training every BatchNorm's running
+      statistics; the message names the images at fault;
+    * values so large that the first normalisation layer's statistics overflow: along each of
+      ``paths`` (the convolutions between ``x`` and a normalisation layer, in order) the
+      features are bounded by h = g max|x| + o (see :func:`_gain`), and BatchNorm sums up to
+      B * H * W squares of them, so ``B H W h^2`` must stay below the largest value of the
+      parameters' dtype (and h below that of the dtype the convolutions compute in) -- the
+      bound-by-largest-magnitudes rule of :func:`em_tutorial.ema_validation.overflow_problem`.
+      It refuses only inputs far outside any image or feature scale (max|x| beyond about
+      1e15 for float32 images of a few hundred pixels a side). Weights that would overflow
+      even on an input of unit scale have diverged: that is left to the loss, where the
+      training loop sees it, and not blamed on ``x``;
+    * an empty batch (B = 0) in training mode (:func:`empty_batch_message`).
+
+    Cost: one reduction over ``x`` (max|x|, which is NaN or inf exactly when ``x`` holds one)
+    and a few over the small kernels, read back together: one device synchronisation per
+    forward. The images at fault are located only after a failure. Meta tensors (shapes only)
+    are not checked.
+    """
+    if x.shape[0] == 0:
+        if training:
+            raise ValueError(empty_batch_message(x, owner))
+        return
+    if x.device.type == "meta":
+        return
+    # float64 where x is: float32 would read a finite max|x| above 3.4e38 as inf
+    read_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        # max|x| is NaN if x holds NaN, inf if it holds inf: one pass finds both
+        largest = torch.linalg.vector_norm(x.detach(), ord=math.inf)
+        bounds = [v for path in paths for v in _gain(path)]  # g_1, o_1, g_2, o_2, ...
+        largest, *bounds = torch.stack([torch.as_tensor(v, dtype=read_dtype, device=x.device)
+                                        for v in (largest, *bounds)]).tolist()
+    if not math.isfinite(largest):
+        raise ValueError(non_finite_message(x, owner))
+    if not paths:
+        return
+    parameter_dtype = paths[0][0].weight.dtype
+    compute_dtype = (torch.get_autocast_dtype(x.device.type)
+                     if torch.is_autocast_enabled(x.device.type) else parameter_dtype)
+    values_per_channel = x.shape[0] * x.shape[2] * x.shape[3]
+
+    def overflow(scale):
+        """(features, sum of squares) for inputs up to ``scale``, or None if both fit."""
+        features = max(g * scale + o for g, o in zip(bounds[::2], bounds[1::2]))
+        # sum over the B H W values of one channel of h^2 <= B H W max|h|^2
+        squares = values_per_channel * features * features
+        fits = features < torch.finfo(compute_dtype).max and \
+            squares < torch.finfo(parameter_dtype).max
+        return None if fits else (features, squares)
+
+    found = overflow(largest)
+    # Weights that overflow on images of unit scale have diverged: that shows in the loss
+    # (the training loop's signal); only an input that the weights cannot take is blamed.
+    if found is None or overflow(min(largest, 1.0)) is not None:
+        return
+    features, squares = found
+    raise ValueError(
+        f"{owner} input x is too large (max |x| = {largest:.3g}): the convolutions before its "
+        f"first normalisation give features up to {features:.3g}, whose squares summed over "
+        f"{values_per_channel} values per channel reach {squares:.3g}, beyond "
+        f"{parameter_dtype}'s largest value {torch.finfo(parameter_dtype).max:.3g}; scale x "
+        "down (normalised images lie within a few units of 0)"
+    )

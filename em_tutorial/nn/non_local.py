@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import check_feature_map, check_input_dtype
+from .functional import check_batch, check_feature_map, check_input_dtype, empty_batch_message
 
 __all__ = ["NonLocal2d"]
 
@@ -46,14 +46,24 @@ class NonLocal2d(nn.Module):
         Start the output BatchNorm's gamma (and beta) at 0, so the block is the identity at
         initialisation (the standard). ``False`` keeps PyTorch's gamma = 1: the block then adds
         a random perturbation to its input from the first step.
+    non_finite : {"raise", "skip"}
+        ``"raise"``: the input rules of :func:`~em_tutorial.nn.functional.check_batch` (NaN or
+        inf, values that would overflow the output BatchNorm's statistics) in both modes, a
+        ValueError before anything is computed. ``"skip"``: no such check; NaN flows on to the
+        output. :class:`~em_tutorial.nn.EMANet` uses it: it checks its images itself, so NaN
+        here means its weights diverged, which its loss shows. An empty batch in training mode
+        is refused either way.
     """
 
     def __init__(self, channels: int, inter_channels: int | None = None,
                  norm_layer=nn.BatchNorm2d, use_scale: bool = True,
-                 zero_init_output: bool = True):  # fmt: skip
+                 zero_init_output: bool = True, *, non_finite: str = "raise"):  # fmt: skip
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        if non_finite not in ("raise", "skip"):
+            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
+        self.non_finite = non_finite
         inter_channels = inter_channels or max(channels // 2, 1)
         self.channels = channels
         self.inter_channels = inter_channels
@@ -76,8 +86,24 @@ class NonLocal2d(nn.Module):
                 f"use_scale={self.use_scale}, zero_init_output={self.zero_init_output}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W).
+
+        Raises
+        ------
+        ValueError
+            A shape other than (B, C, H, W) with this block's C; an empty batch in training
+            mode; with ``non_finite="raise"``, NaN or inf (naming the images) or values that
+            would overflow the BatchNorm statistics. Refused inputs change no buffer.
+        TypeError
+            Not a tensor, or a dtype other than the parameters' outside autocast.
+        """
         check_feature_map(x, self.channels, "NonLocal2d")
         check_input_dtype(x, self.theta.weight, "NonLocal2d")
+        if self.non_finite == "raise":
+            # the path to the output BatchNorm: g, a convex combination (no larger), W_z
+            check_batch(x, "NonLocal2d", self.training, [(self.g, self.conv_out)])
+        elif self.training and x.shape[0] == 0:
+            raise ValueError(empty_batch_message(x, "NonLocal2d"))
         b, _, h, w = x.shape
         theta = self.theta(x).flatten(2).mT  # (B, N, C')
         phi = self.phi(x).flatten(2)  # (B, C', N)

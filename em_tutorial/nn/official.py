@@ -26,6 +26,7 @@ import os
 
 import torch
 
+from ._weights import read_weights, unwrap_state_dict
 from .emanet import EMANet
 from .resnet import ResNet
 
@@ -59,9 +60,10 @@ def _rename(key: str, official_to_ours: bool) -> str:
     raise ValueError(f"unknown key {key!r}: not a parameter or buffer name of {naming}")
 
 
-def _shape(state_dict: dict, key: str) -> torch.Size:
+def _shape(state_dict: dict, key: str, callers_name=str) -> torch.Size:
+    """The shape of ``state_dict[key]``; a missing key is named as the caller names it."""
     if key not in state_dict:
-        raise ValueError(f"missing key {key!r}")
+        raise ValueError(f"missing key {callers_name(key)!r}")
     return state_dict[key].shape
 
 
@@ -71,35 +73,40 @@ def _block_indices(state_dict: dict, stage: str) -> set[int]:
     return {int(head) for head in heads if head.isdigit()}
 
 
-def _reference_model(state_dict: dict, prefix: str) -> torch.nn.Module:
-    """A meta-device model of the structure that ``state_dict`` (this package's names) implies."""
-    blocks = [_block_indices(state_dict, f"{prefix}layer{i}.") for i in range(1, 5)]
+def _reference_model(state_dict: dict, prefix: str, callers_name) -> torch.nn.Module:
+    """A meta-device model of the structure that ``state_dict`` (this package's names) implies.
+
+    Keys it misses are named by ``callers_name`` (the official names for an official dict).
+    """
+    stages = [f"{prefix}layer{i}." for i in range(1, 5)]
+    blocks = [_block_indices(state_dict, stage) for stage in stages]
     if not all(blocks):
-        raise ValueError(f"missing keys: no blocks for {prefix}layer{1 + blocks.index(set())}")
+        stage = callers_name(stages[blocks.index(set())])
+        raise ValueError(f"missing keys: no blocks for {stage[:-1]} (no key {stage}0.*)")
     bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
     backbone_kwargs = {
         "layers": tuple(1 + max(b) for b in blocks),
         "block": "bottleneck" if bottleneck else "basic",
-        "base_width": _shape(state_dict, f"{prefix}layer1.0.conv1.weight")[0],
+        "base_width": _shape(state_dict, f"{prefix}layer1.0.conv1.weight", callers_name)[0],
         "deep_stem": True,
-        "stem_width": _shape(state_dict, f"{prefix}conv1.0.weight")[0],
+        "stem_width": _shape(state_dict, f"{prefix}conv1.0.weight", callers_name)[0],
     }
     with torch.device("meta"):
         if not prefix:  # the backbone alone, with or without its ImageNet classifier
             fc = state_dict.get("fc.weight")
             return ResNet(**backbone_kwargs, num_classes=None if fc is None else fc.shape[0])
         return EMANet(
-            _shape(state_dict, "fc2.weight")[0],
+            _shape(state_dict, "fc2.weight", callers_name)[0],
             backbone=ResNet(**backbone_kwargs),
-            ema_channels=_shape(state_dict, "fc0.0.weight")[0],
-            num_bases=_shape(state_dict, "attention.mu")[0],
-            head_channels=_shape(state_dict, "fc1.0.weight")[0],
+            ema_channels=_shape(state_dict, "fc0.0.weight", callers_name)[0],
+            num_bases=_shape(state_dict, "attention.mu", callers_name)[0],
+            head_channels=_shape(state_dict, "fc1.0.weight", callers_name)[0],
         )
 
 
 def _check_complete(state_dict: dict, prefix: str, callers_name) -> None:
     """Raise a ValueError naming (in the caller's naming) each missing, extra or misshapen key."""
-    expected = _reference_model(state_dict, prefix).state_dict()
+    expected = _reference_model(state_dict, prefix, callers_name).state_dict()
     missing = [callers_name(k) for k in expected if k not in state_dict]
     extra = [callers_name(k) for k in state_dict if k not in expected]
     if missing or extra:
@@ -144,9 +151,19 @@ def from_official_state_dict(state_dict: dict) -> dict:
         A key that is no official name, a missing key, a shape that does not fit.
     """
     state_dict = _strip_data_parallel(state_dict)
-    if "attention.mu" in state_dict or any(k.startswith("backbone.") for k in state_dict):
-        raise ValueError("this state dict is already in this package's names: load it directly")
+    ours = ("backbone.", "fc0.", "attention.", "fc1.", "fc2.")
+    if "attention.mu" in state_dict or all(k.startswith(ours) for k in state_dict):
+        raise ValueError("this state dict is already in this package's names (backbone.*, "
+                         "attention.*), not the official EMANet's: load it directly with "
+                         "model.load_state_dict(state_dict)")
     if "emau.mu" not in state_dict and "extractor.0.0.weight" not in state_dict:
+        if "conv1.0.weight" not in state_dict and "layer1.0.conv1.weight" not in state_dict:
+            starts = sorted({".".join(k.split(".")[:2]) for k in state_dict})
+            raise ValueError(
+                "not the official EMANet's state dict nor its ResNet's: no key 'emau.mu', "
+                f"'extractor.0.0.weight' or 'conv1.0.weight' (its keys begin {starts[:6]}"
+                f"{' ...' if len(starts) > 6 else ''})"
+            )
         _check_complete(state_dict, "", str)  # a backbone: same names here
         return state_dict
     converted = {_rename(k, official_to_ours=True): v for k, v in state_dict.items()}
@@ -182,20 +199,21 @@ def load_official_checkpoint(path: str | os.PathLike) -> dict:
     """Read an official EMANet checkpoint file -> ``state_dict`` in this package's names.
 
     The official training script saves ``{"net": state_dict, "step": int}``; a file holding
-    the ``state_dict`` itself is read too. Loaded with ``weights_only=True`` on the CPU.
+    the ``state_dict`` itself, or one under another usual key (``"state_dict"``, ``"model"``,
+    ``"model_state_dict"``), is read too. Loaded with ``weights_only=True`` on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        One line naming the file: not a PyTorch checkpoint (random bytes, text, a damaged
+        file), a pickled object other than tensors and containers, no state dict inside,
+        or a state dict that is not the official EMANet's (the key at fault by its official
+        name).
     """
+    state_dict = unwrap_state_dict(read_weights(path), path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # random bytes, JSON, a truncated zip, a pickled object
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint of the official EMANet "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
-    state_dict = checkpoint.get("net", checkpoint)
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path}: 'net' holds {type(state_dict).__name__}, not a state dict")
-    return from_official_state_dict(state_dict)
+        return from_official_state_dict(state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None

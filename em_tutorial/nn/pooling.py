@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import check_feature_map, check_input_dtype
+from .functional import check_batch, check_feature_map, check_input_dtype, empty_batch_message
 
 __all__ = ["ImagePooling2d"]
 
@@ -35,6 +35,10 @@ class ImagePooling2d(nn.Module):
         C, channels of the input and output.
     norm_layer : callable
         Normalisation after both 1x1 convolutions (BatchNorm in DeepLabv3).
+    non_finite : {"raise", "skip"}
+        As in :class:`~em_tutorial.nn.NonLocal2d`: ``"raise"`` refuses NaN, inf and values
+        that would overflow the BatchNorm statistics in both modes; ``"skip"`` (used inside
+        :class:`~em_tutorial.nn.EMANet`, which checks its images) lets them through.
 
     Notes
     -----
@@ -42,10 +46,13 @@ class ImagePooling2d(nn.Module):
     so it needs a batch of at least two images (DeepLabv3 has the same limit).
     """
 
-    def __init__(self, channels: int, norm_layer=nn.BatchNorm2d):
+    def __init__(self, channels: int, norm_layer=nn.BatchNorm2d, *, non_finite: str = "raise"):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        if non_finite not in ("raise", "skip"):
+            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
+        self.non_finite = non_finite
         self.channels = channels
         self.pooled = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
                                     norm_layer(channels), nn.ReLU(inplace=True))  # fmt: skip
@@ -58,11 +65,28 @@ class ImagePooling2d(nn.Module):
         return f"channels={self.channels}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W).
+
+        Raises
+        ------
+        ValueError
+            A shape other than (B, C, H, W) with this block's C; in training mode a batch of
+            fewer than two images; with ``non_finite="raise"``, NaN or inf (naming the images)
+            or values that would overflow the BatchNorm statistics. Refused inputs change no
+            buffer.
+        TypeError
+            Not a tensor, or a dtype other than the parameters' outside autocast.
+        """
         check_feature_map(x, self.channels, "ImagePooling2d")
         check_input_dtype(x, self.fuse[0].weight, "ImagePooling2d")
+        if self.non_finite == "raise":
+            # the convolutions that see x (pooled, or as it is) before their BatchNorm
+            check_batch(x, "ImagePooling2d", self.training, [(self.pooled[0],), (self.fuse[0],)])
+        if self.training and x.shape[0] == 0:
+            raise ValueError(empty_batch_message(x, "ImagePooling2d"))
         if self.training and x.shape[0] == 1:
             raise ValueError(
-                f"ImagePooling2d input of shape {tuple(x.shape)}: in training mode the pooled "
+                f"ImagePooling2d input x of shape {tuple(x.shape)}: in training mode the pooled "
                 "branch's BatchNorm needs a batch of at least two images; use eval mode for one"
             )
         # g = (1 / N) sum_n x_n

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .functional import check_batch, check_input_dtype, check_tensor, empty_batch_message
+
 __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "resnet50", "resnet101", "resnet152", "RESNET_DEPTHS"
 ]
@@ -121,6 +123,11 @@ class ResNet(nn.Module):
         Normalisation layer (``nn.BatchNorm2d``, ``nn.SyncBatchNorm``, ...).
     in_channels : int
         Channels of the input image.
+    non_finite : {"raise", "skip"}
+        ``"raise"``: the input rules of :func:`~em_tutorial.nn.functional.check_batch` (NaN or
+        inf, images so large that the first BatchNorm's statistics overflow) in both modes.
+        ``"skip"``: no such check (:class:`~em_tutorial.nn.EMANet` checks its images itself
+        and builds its backbone so). An empty batch in training mode is refused either way.
 
     Attributes
     ----------
@@ -142,8 +149,13 @@ class ResNet(nn.Module):
         num_classes: int | None = None,
         norm_layer=nn.BatchNorm2d,
         in_channels: int = 3,
+        *,
+        non_finite: str = "raise",
     ):
         super().__init__()
+        if non_finite not in ("raise", "skip"):
+            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
+        self.non_finite = non_finite
         if block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
         if len(layers) != 4 or any(n < 1 for n in layers):
@@ -219,9 +231,32 @@ class ResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @property
+    def stem_conv(self) -> nn.Conv2d:
+        """The convolution that sees the images, before the first normalisation layer."""
+        return self.conv1[0] if isinstance(self.conv1, nn.Sequential) else self.conv1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"ResNet expects images of shape (B, C, H, W), got {tuple(x.shape)}")
+        """(B, in_channels, H, W) images -> features (or class scores with ``num_classes``).
+
+        Raises
+        ------
+        ValueError
+            A shape other than (B, in_channels, H, W); an empty batch in training mode; with
+            ``non_finite="raise"``, NaN or inf (naming the images) or images so large that
+            the first BatchNorm's statistics overflow. Refused inputs change no buffer.
+        TypeError
+            Not a tensor, or a dtype other than the parameters' outside autocast.
+        """
+        check_tensor(x, "ResNet", f"(B, {self.in_channels}, H, W)")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ResNet expects images of shape (B, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        check_input_dtype(x, self.stem_conv.weight, "ResNet")
+        if self.non_finite == "raise":
+            check_batch(x, "ResNet", self.training, [(self.stem_conv,)])
+        elif self.training and x.shape[0] == 0:
+            raise ValueError(empty_batch_message(x, "ResNet"))
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, stem, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, out, H/os, W/os)
         if hasattr(self, "fc"):
