@@ -1,7 +1,7 @@
 """Build the book: the six notebooks, executed, and the API reference, into ``site/``.
 
-    python scripts/build_book.py                 # execute every notebook, then build (10-20 min on 2 cores)
-    python scripts/build_book.py --no-execute    # the notebooks as committed, without outputs (~15 s)
+    python scripts/build_book.py                 # execute every notebook, then build (5-7 min on 2 cores)
+    python scripts/build_book.py --no-execute    # the notebooks as committed, without outputs (~20 s)
 
 Steps, none of which touches the network. The pages are put together in a staging folder
 (``build/book/`` by default), so that ``docs/`` holds only what is committed:
