@@ -235,8 +235,10 @@ def check_batch(x: torch.Tensor, owner: str, training: bool,
     # float64 where x is: float32 would read a finite max|x| above 3.4e38 as inf
     read_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
-        # max|x| is NaN if x holds NaN, inf if it holds inf: one pass finds both
-        largest = torch.linalg.vector_norm(x.detach(), ord=math.inf)
+        # max|x| = max(-min x, max x): NaN if x holds NaN, inf if it holds inf, so one pass
+        # (without a temporary |x|) finds both
+        low, high = torch.aminmax(x.detach())
+        largest = torch.maximum(-low, high)
         bounds = [v for path in paths for v in _gain(path)]  # g_1, o_1, g_2, o_2, ...
         largest, *bounds = torch.stack([torch.as_tensor(v, dtype=read_dtype, device=x.device)
                                         for v in (largest, *bounds)]).tolist()
