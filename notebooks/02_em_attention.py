@@ -560,14 +560,14 @@ fig.suptitle("the sliders, precomputed: segmentation and A$_R$ output for each s
 plt.show()
 
 # %% [markdown]
-# Row by row: at $\lambda = 0.1$ every pixel is undecided (mean $\max_k z_{nk}$ near $1/K$)
-# although its largest responsibility still draws segments, and $\tilde x_n$, an almost
-# even mix of all the bases, shrinks to nearly the mean colour;
-# at $\lambda = 100$ the assignments are one-hot, the segments are those of spherical
-# k-means, and $\tilde x_n$ is the colour of one basis. More bases paint more colours.
-# More iterations let bases drift together: bases closer than 0.05 count once in the titles,
-# and that count falls as $T$ grows. Things to try with a live kernel: $K = 16$ with $T = 1$
-# against $T = 12$ at $\lambda = 1$, and count the colours in the segmentation.
+# Row by row: at $\lambda = 0.1$ every pixel is undecided (mean $\max_k z_{nk}$ near $1/K$),
+# although its largest responsibility still draws segments, and $\tilde x_n$, an almost even
+# mix of all the bases, shrinks to nearly the mean colour; at $\lambda = 100$ the assignments
+# are one-hot, the segments are those of spherical k-means, and $\tilde x_n$ is the colour of
+# one basis. More bases paint more colours. More iterations let bases drift together: bases
+# closer than 0.05 count once in the titles, and that count falls as $T$ grows. Things to try
+# with a live kernel: $K = 16$ with $T = 1$ against $T = 12$ at $\lambda = 1$, and count the
+# colours in the segmentation.
 #
 # The rank bound on features with many channels ($C = 64$, $K = 8$): the features themselves
 # have full rank 64, their reconstruction rank 8.
