@@ -14,10 +14,10 @@
 Every module here follows one input policy, in eval and training mode alike: NaN or inf (the
 message names the images of the batch that hold them), values so large that a BatchNorm's
 statistics (or the EMAU's EM iterations) would overflow, and an empty batch in training mode
-are refused with a ValueError
-before any buffer moves; anything but a tensor (a NumPy array) is a TypeError. Inside
-:class:`EMANet`, which checks its images, the backbone and head blocks skip the check, so that
-NaN from diverged weights reaches the loss (see :func:`functional.check_batch`).
+are refused with a ValueError before any buffer moves; anything but a tensor (a NumPy array)
+is a TypeError. Inside :class:`EMANet`, which checks its images, the backbone and head blocks
+skip the check, so that NaN from diverged weights reaches the loss (see
+:func:`functional.check_batch`).
 """
 
 from . import emanet, functional, recipe
