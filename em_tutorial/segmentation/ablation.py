@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._console import Terminated, terminate_by_exception
+
 __all__ = [
     "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "TASK_HEADS", "Run", "backbone_path",
     "backbone_source", "cpu_model",
@@ -201,7 +203,8 @@ def _train_run(run: Run, config: dict) -> dict:
     from .training import train
 
     config = TrainConfig(**config)
-    summary = train(config)
+    with terminate_by_exception():  # SIGTERM from the pool's owner: the checkpoint stays whole
+        summary = train(config)
     row = {"task": run.task, "head": run.head, "seed": run.seed,
            "miou": summary["metrics"]["miou"],
            "pixel_accuracy": summary["metrics"]["pixel_accuracy"], "fragment_iou": None,
@@ -325,17 +328,24 @@ def _train_in_pool(configs: dict, workers: int, progress: bool, runs_done: int):
                  disable=not progress or not configs) as bar:  # fmt: skip
         pending = {pool.submit(_train_run, run, config): run for run, config in configs.items()}
         finished_iterations = 0
-        while pending:
-            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            for future in done:
-                run = pending.pop(future)
-                finished_iterations += _planned_iterations(configs[run])
-                row = future.result()
-                bar.set_postfix_str(f"{run.name} mIoU {row['miou']:.3f}", refresh=False)
-                yield row
-            running = sum(_iterations_done(Path(configs[r]["out_dir"]) / "log.jsonl")
-                          for r in pending.values())  # fmt: skip
-            bar.update(finished_iterations + running - bar.n)
+        try:
+            while pending:
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = pending.pop(future)
+                    finished_iterations += _planned_iterations(configs[run])
+                    row = future.result()
+                    bar.set_postfix_str(f"{run.name} mIoU {row['miou']:.3f}", refresh=False)
+                    yield row
+                running = sum(_iterations_done(Path(configs[r]["out_dir"]) / "log.jsonl")
+                              for r in pending.values())  # fmt: skip
+                bar.update(finished_iterations + running - bar.n)
+        except Terminated:  # pass SIGTERM on, or leaving the pool would wait for the runs
+            workers = list(pool._processes.values())  # no public way to reach them
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.terminate()
+            raise
 
 
 def _planned_iterations(config: dict) -> int:
