@@ -36,6 +36,7 @@ Every function takes NumPy, CuPy or any array-API arrays (the ``xp`` idiom of
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 from .backend import get_array_module
@@ -51,6 +52,7 @@ __all__ = [
     "attention_reconstruct",
     "em_attention",
     "em_iterations",
+    "em_attention_flops",
     "spherical_gmm_parameters",
 ]
 
@@ -268,8 +270,9 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=e
     Notes
     -----
     Cost per iteration O(NKC), against the O(N^2 C) of the non-local block
-    (:func:`em_tutorial.non_local.non_local`). The overflow rule makes every accepted
-    input give a finite result.
+    (:func:`em_tutorial.non_local.non_local`); :func:`em_attention_flops` and
+    :func:`em_tutorial.non_local.non_local_flops` count both exactly. The overflow rule
+    makes every accepted input give a finite result.
     """
     xp = array_namespace(x, mu)
     x, mu = validate_em_attention_inputs(xp, x, mu, n_iter, lam)
@@ -279,6 +282,67 @@ def em_attention(x, mu, n_iter=3, lam=1.0, return_history=False, *, iterations=e
     if return_history:
         return z, mu, x_tilde, history
     return z, mu, x_tilde
+
+
+def _positive_integers(counts):
+    """The values of ``counts`` ({name: value}) as Python ints, checked to be integers >= 1.
+
+    Python ints, so that products of large counts cannot overflow as NumPy's int64 would.
+    """
+    checked = []
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a positive integer; got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value}")
+        checked.append(int(value))
+    return checked
+
+
+def em_attention_flops(n_pixels, n_bases, n_channels, n_iter):
+    """FLOPs of the matrix products of :func:`em_attention` on one feature map: (4T + 2) N K C.
+
+    Each of the T iterations runs two products of N K C multiply-adds: A_E's ``x mu^T``,
+    (N, C) @ (C, K), and A_M's ``z^T x``, (K, N) @ (N, C). A_R's ``z mu``, (N, K) @ (K, C),
+    adds a third after the last iteration.
+
+    Units: FLOPs, a multiply-add counting as 2, the convention of PyTorch's
+    :class:`torch.utils.flop_counter.FlopCounterMode`; half the result is the number of
+    multiply-accumulates (MACs). The softmax, the sums over the pixels and the L2
+    normalisation (O(NK) and O(KC) per iteration) are not counted, as FlopCounterMode does
+    not count them either.
+
+    Parameters
+    ----------
+    n_pixels : int
+        N = HW, the pixels of the feature map (the rows of ``x``).
+    n_bases : int
+        K, the number of bases (the rows of ``mu``).
+    n_channels : int
+        C, the channels of ``x`` and of the bases.
+    n_iter : int
+        T, the number of EM iterations (``n_iter`` of :func:`em_attention`).
+
+    Returns
+    -------
+    int
+        FLOPs for one feature map; a batch of B feature maps costs B times as many.
+
+    Raises
+    ------
+    TypeError
+        An argument that is not an integer (a float, a bool or a string).
+    ValueError
+        An argument below 1.
+
+    See Also
+    --------
+    em_tutorial.non_local.non_local_flops : the same count for the non-local block.
+    """
+    n, k, c, t = _positive_integers({"n_pixels (N)": n_pixels, "n_bases (K)": n_bases,
+                                     "n_channels (C)": n_channels, "n_iter (T)": n_iter})
+    # (4T + 2) N K C: 2 N K C for A_E and for A_M in each iteration, 2 N K C for A_R once
+    return (4 * t + 2) * n * k * c
 
 
 def spherical_gmm_parameters(mu, lam=1.0):

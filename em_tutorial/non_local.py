@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 
 from .backend import get_array_module, is_numpy_namespace
-from .ema import softmax
+from .ema import _positive_integers, softmax
 from .ema_fast import softmax_last_axis_inplace
 from .ema_validation import check_finite, check_float_dtype
 
-__all__ = ["non_local_attention", "non_local"]
+__all__ = ["non_local_attention", "non_local", "non_local_flops"]
 
 
 def _embed(xp, x, weight, name):
@@ -126,13 +126,13 @@ def non_local(x, w_theta=None, w_phi=None, w_g=None):
 
     Notes
     -----
-    Time O(N^2 C') and memory O(N^2) per feature map. EM attention reduces to it as follows
-    (all with identity embeddings, lambda = 1, one iteration, initial bases ``mu = x``):
-    its first A_E is :func:`non_local_attention`, and the reconstruction with those *initial*
-    bases, ``z @ mu = z @ x``, is ``non_local(x)``. EM attention's own output ``x_tilde``
-    differs: A_M first replaces each basis by a mean of the pixels weighted by a column of z
-    (normalised over n, not k) and the L2 normalisation then sets its length to 1, whereas
-    the non-local block averages the unnormalised g(x_j).
+    Time O(N^2 C') (:func:`non_local_flops` counts it) and memory O(N^2) per feature map.
+    EM attention reduces to it as follows (all with identity embeddings, lambda = 1, one
+    iteration, initial bases ``mu = x``): its first A_E is :func:`non_local_attention`, and
+    the reconstruction with those *initial* bases, ``z @ mu = z @ x``, is ``non_local(x)``.
+    EM attention's own output ``x_tilde`` differs: A_M first replaces each basis by a mean of
+    the pixels weighted by a column of z (normalised over n, not k) and the L2 normalisation
+    then sets its length to 1, whereas the non-local block averages the unnormalised g(x_j).
     """
     xp = _namespace(x, w_theta=w_theta, w_phi=w_phi, w_g=w_g)
     attention = non_local_attention(x, w_theta, w_phi)  # (..., N, N)
@@ -141,3 +141,45 @@ def non_local(x, w_theta=None, w_phi=None, w_g=None):
     g = _embed(xp, x, w_g, "w_g")  # (..., N, C_g)
     # y_i = sum_j a_ij g(x_j):  (..., N, N) @ (..., N, C_g) -> (..., N, C_g)
     return xp.matmul(attention, g)
+
+
+def non_local_flops(n_pixels, inter_channels):
+    """FLOPs of the attention products of the non-local block on one feature map: 4 N^2 C'.
+
+    Two products of N^2 C' multiply-adds: ``theta phi^T``, (N, C') @ (C', N), and the
+    attention times g, (N, N) @ (N, C'), with theta, phi and g all embedding into C' channels
+    (as in :class:`em_tutorial.nn.NonLocal2d`; :func:`non_local` with identity embeddings has
+    C' = C).
+
+    Units: FLOPs, a multiply-add counting as 2, the convention of PyTorch's
+    :class:`torch.utils.flop_counter.FlopCounterMode`; half the result is the number of
+    multiply-accumulates (MACs). The softmax (O(N^2)) is not counted, nor are the embeddings
+    themselves (1x1 convolutions, O(N C C'), linear in N).
+
+    Parameters
+    ----------
+    n_pixels : int
+        N = HW, the pixels of the feature map.
+    inter_channels : int
+        C', the channels of the embeddings theta, phi and g (C/2 in the usual block).
+
+    Returns
+    -------
+    int
+        FLOPs for one feature map; a batch of B feature maps costs B times as many.
+
+    Raises
+    ------
+    TypeError
+        An argument that is not an integer (a float, a bool or a string).
+    ValueError
+        An argument below 1.
+
+    See Also
+    --------
+    em_tutorial.ema.em_attention_flops : the same count for EM attention, (4T + 2) N K C.
+    """
+    n, c_inner = _positive_integers({"n_pixels (N)": n_pixels,
+                                     "inter_channels (C')": inter_channels})
+    # 4 N^2 C': 2 N^2 C' for theta phi^T and 2 N^2 C' for the attention times g
+    return 4 * n * n * c_inner
