@@ -615,9 +615,10 @@ print("non-local output    == A_R with the initial bases:  ",
 # or $O(N^2)$ and add little). EM attention: per iteration A$_E$, $(N \times C)(C \times K)$,
 # and A$_M$, $(K \times N)(N \times C)$, then A$_R$ once, each $2NKC$: $(4T + 2)\,NKC$. The
 # non-local block, with its embeddings of $C'$ channels: $\theta\phi^\top$,
-# $(N \times C')(C' \times N)$, and the attention times $g$, each $2N^2C'$: $4N^2C'$. Both
-# counts are checked below against PyTorch's `FlopCounterMode` run on the package's
-# functions (the PyTorch stage of EM attention, and `non_local` on a tensor), then evaluated
+# $(N \times C')(C' \times N)$, and the attention times $g$, each $2N^2C'$: $4N^2C'$. The
+# package writes both counts, `ema.em_attention_flops` and `non_local.non_local_flops`; they
+# are checked below against PyTorch's `FlopCounterMode` run on the package's functions (the
+# PyTorch stage of EM attention, and `non_local` on a tensor), then evaluated
 # at the paper's size with $C' = C/2$, the usual non-local block (notebook 6 measures the
 # blocks themselves). Storage is a different ratio: an $N \times N$ matrix against an
 # $N \times K$ one.
@@ -626,17 +627,9 @@ print("non-local output    == A_R with the initial bases:  ",
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from em_tutorial.ema import em_attention_flops  # (4T + 2) N K C
 from em_tutorial.nn import functional as attention_torch
-
-
-def em_attention_flops(n, k, c, t):
-    """(4T + 2) N K C: A_E and A_M in each of T iterations, then A_R."""
-    return (4 * t + 2) * n * k * c
-
-
-def non_local_flops(n, c_inner):
-    """4 N^2 C': theta phi^T, then the attention times g."""
-    return 4 * n * n * c_inner
+from em_tutorial.non_local import non_local_flops  # 4 N^2 C'
 
 
 def counted_flops(function, *args, **kwargs):

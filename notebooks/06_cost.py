@@ -37,13 +37,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from em_tutorial import ema, non_local
+from em_tutorial.ema import em_attention_flops
 from em_tutorial.nn import EMAU, NonLocal2d
+from em_tutorial.non_local import non_local_flops
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # compare work, not parallel speed-up; one thread also times steadier
 rng = np.random.default_rng(0)
 
 C, K, T = 128, 64, 3  # channels, bases, EM iterations
+C_inner = C // 2  # C', the channels of the non-local block's embeddings (NonLocal2d's default)
 sides = (12, 16, 24, 32, 48, 64)  # feature maps from 12 x 12 to 64 x 64
 Ns = np.array([s * s for s in sides])
 
@@ -60,24 +63,20 @@ Ns = np.array([s * s for s in sides])
 #   $(N \times C')(C' \times N)$, $2N^2C'$ FLOPs, and the attention times $g$ another
 #   $2N^2C'$: $4N^2C'$.
 #
-# The two are equal at $N^* = (4T+2)KC / (4C')$: below it the non-local block is the cheaper
-# one, above it EM attention wins by a factor that grows like $N$.
+# The package writes both counts: `ema.em_attention_flops(N, K, C, T)` and
+# `non_local.non_local_flops(N, C')`. The two are equal at $N^* = (4T+2)KC / (4C')$: below it
+# the non-local block is the cheaper one, above it EM attention wins by a factor that grows
+# like $N$.
 
 # %%
-def em_attention_flops(n):
-    return (4 * T + 2) * n * K * C
-
-
-def non_local_flops(n, inter_channels=C // 2):
-    return 4 * n * n * inter_channels
-
-
-crossover = (4 * T + 2) * K * C / (4 * (C // 2))
+# N* by the formula above (448 pixels here); the package's two counts meet there
+crossover = (4 * T + 2) * K * C / (4 * C_inner)
+assert em_attention_flops(int(crossover), K, C, T) == non_local_flops(int(crossover), C_inner)
 side_star = np.sqrt(crossover)
 print(f"equal cost at N* = {crossover:.0f} pixels, about {side_star:.0f} x {side_star:.0f}")
 for side in (65, 97):
     n = side * side
-    ratio = non_local_flops(n) / em_attention_flops(n)
+    ratio = non_local_flops(n, C_inner) / em_attention_flops(n, K, C, T)
     print(f"{side} x {side}: non-local / EM attention = {ratio:.0f}x the FLOPs")
 
 # %% [markdown]
@@ -190,8 +189,10 @@ for ax, (label, measured, (linear_name, quadratic_name)) in zip(axes, panels):
             spread = np.array(quartiles[name])  # (sizes, 2)
             ax.fill_between(Ns, spread[:, 0], spread[:, 1], color=colour, alpha=0.25)
     ax.set(xlabel="feature map (N = H W pixels)", ylabel=label)
-axes[1].loglog(Ns, em_attention_flops(Ns), ":", color="tab:blue", label="$(4T+2)NKC$")
-axes[1].loglog(Ns, non_local_flops(Ns), ":", color="tab:orange", label="$4N^2C'$")
+axes[1].loglog(Ns, [em_attention_flops(n, K, C, T) for n in Ns], ":", color="tab:blue",
+               label="$(4T+2)NKC$")
+axes[1].loglog(Ns, [non_local_flops(n, C_inner) for n in Ns], ":", color="tab:orange",
+               label="$4N^2C'$")
 for ax in axes:
     ax.set_xticks(Ns, [f"{side}x{side}" for side in sides])
     ax.xaxis.set_minor_locator(plt.NullLocator())
@@ -267,7 +268,8 @@ flop_ratio_256 = None  # your answer here: a number
 # %% tags=["check"] jupyter={"source_hidden": true}
 from exercises import check
 
-check("Exercise 1", flop_ratio_256, non_local_flops(256**2) / em_attention_flops(256**2),
+check("Exercise 1", flop_ratio_256,
+      non_local_flops(256**2, C_inner) / em_attention_flops(256**2, K, C, T),
       "write both FLOP counts for a general N first: which power of N is left in their "
       "ratio? Then put in N = 256**2 and this notebook's C, K and T.")
 
