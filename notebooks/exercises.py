@@ -4,6 +4,10 @@ An exercise ships with a placeholder answer, ``None``; its check reports "not ye
 so a notebook with unanswered exercises still runs from top to bottom. The hint is printed
 only once an answer is wrong: a reader who has not tried yet sees no hint.
 
+An answer computed by the reader's own function is passed as a zero-argument callable
+(``lambda: f(data)``): the check calls it, so that an error inside the reader's function is
+reported as a wrong answer, with the hint, instead of stopping the notebook.
+
 A wrong answer is told what is wrong without being told the expected numbers: that it is not
 numeric, that its shape differs (both shapes are given: a shape is part of the question),
 that it breaks the exercise's instruction (``validate``), or that its values differ (how many
@@ -38,6 +42,12 @@ def _what_differs(answer, expected, rtol, atol):
             f"(tolerance rtol={rtol:g}){nan_note}")
 
 
+def _one_line(error):
+    """``"TypeError: message"`` of an exception, its message's whitespace folded onto one line."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def check(name, answer, expected, hint, rtol=1e-6, atol=1e-12, validate=None):
     """Print whether ``answer`` equals ``expected``; never raise.
 
@@ -45,8 +55,10 @@ def check(name, answer, expected, hint, rtol=1e-6, atol=1e-12, validate=None):
     ----------
     name : str
         The exercise, as the printed line starts ("Exercise 2").
-    answer : None, number, array-like
-        ``None`` is the placeholder: "not yet", and no hint.
+    answer : None, number, array-like, or callable
+        ``None`` is the placeholder: "not yet", and no hint. A callable is called with no
+        arguments and its result is checked as the answer; if it raises, the error is reported
+        as a wrong answer with the hint.
     expected : number or array-like
         The right answer, as the package computes it. Never printed.
     hint : str
@@ -60,6 +72,12 @@ def check(name, answer, expected, hint, rtol=1e-6, atol=1e-12, validate=None):
         ``None``. It runs only on a numeric answer of the right shape and value, so that it
         never turns a plain wrong value into a complaint about the method.
     """
+    if callable(answer):
+        try:
+            answer = answer()
+        except Exception as error:  # the reader's function failing is a wrong answer, not a crash
+            print(f"{name}: not right yet: your function raised {_one_line(error)}. Hint: {hint}")
+            return
     if answer is None:
         print(f"{name}: not yet (the answer is still None).")
         return

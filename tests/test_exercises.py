@@ -81,8 +81,8 @@ def test_hint_only_after_a_wrong_answer(capsys):
     assert HINT in _printed(capsys, EXPECTED + 1)
 
 
-@pytest.mark.parametrize("answer", ["forty", lambda x: x, [[1.0, 2.0], [3.0]], {"a": 1}, object()],
-                         ids=["str", "function", "ragged", "dict", "object"])
+@pytest.mark.parametrize("answer", ["forty", [[1.0, 2.0], [3.0]], {"a": 1}, object()],
+                         ids=["str", "ragged", "dict", "object"])
 def test_non_numeric_answer_does_not_raise(capsys, answer):
     out = _printed(capsys, answer)
     assert "not right yet" in out and "number" in out and HINT in out
@@ -124,3 +124,59 @@ def test_keyword_and_positional_tolerances(capsys):
     assert capsys.readouterr().out == "Exercise 9: right.\n"
     exercises.check("Exercise 9", 1.01, 1.0, hint=HINT, rtol=1e-3)
     assert "not right yet" in capsys.readouterr().out
+
+
+def test_callable_answer_is_called_and_its_result_checked(capsys):
+    assert _printed(capsys, lambda: EXPECTED.tolist()) == "Exercise 9: right.\n"
+    out = _printed(capsys, lambda: EXPECTED + 1)
+    assert "not right yet" in out and "4 of the 4 values" in out and HINT in out
+
+
+def test_callable_returning_the_placeholder_says_not_yet(capsys):
+    def unanswered():
+        return None
+
+    out = _printed(capsys, unanswered)
+    assert out.startswith("Exercise 9: not yet") and HINT not in out
+
+
+def test_callable_that_raises_is_one_wrong_line_with_the_hint(capsys):
+    rows = [{"task": "control", "score": None}, {"task": "context", "score": 0.5}]
+
+    def forgot_to_filter():  # the natural mistake: None from rows the reader should have skipped
+        return sum(row["score"] for row in rows)
+
+    out = _printed(capsys, forgot_to_filter)
+    assert out.startswith("Exercise 9: not right yet: your function raised TypeError: ")
+    assert "unsupported operand" in out and out.rstrip().endswith(f"Hint: {HINT}")
+
+
+def test_callable_error_message_on_several_lines_stays_on_one(capsys):
+    def raises():
+        raise ValueError("first line\nsecond line")
+
+    out = _printed(capsys, raises)
+    assert "your function raised ValueError: first line second line. Hint:" in out
+
+
+def test_callable_error_without_message(capsys):
+    def raises():
+        raise KeyError
+
+    out = _printed(capsys, raises)
+    assert "your function raised KeyError. Hint:" in out
+
+
+def test_callable_that_needs_arguments_is_reported_not_raised(capsys):
+    out = _printed(capsys, lambda x: x)
+    assert "your function raised TypeError" in out and HINT in out
+
+
+def test_callable_result_goes_through_validate(capsys):
+    out = _printed(capsys, lambda: EXPECTED, validate=lambda answer: "computed the wrong way")
+    assert "not right yet: computed the wrong way" in out
+
+
+def test_callable_returning_a_function_is_not_numeric(capsys):
+    out = _printed(capsys, lambda: print)
+    assert "not right yet" in out and "number" in out and "got builtin_function_or_method" in out
