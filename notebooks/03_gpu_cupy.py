@@ -131,7 +131,8 @@ print(f"float32, gmm.m_step:      {variance[0, 0]:.6f}")
 # $N_k = \sum_n z_{nk}$. Written as array operations, as `ema.softmax` and
 # `ema.attention_m_step` are, each step is one pass that reads its inputs from memory and
 # writes its result back. Little arithmetic is done per byte, so when the matrix is larger
-# than the processor's caches the time goes into moving bytes, not into computing.
+# than the processor's caches one expects the time to go into moving bytes. Whether it does
+# is measured below, and on this CPU the answer is: only in part.
 #
 # EMANet's feature map during training: a batch of $B = 16$ crops of $97 \times 97$ pixels
 # ($N = 9409$) and $K = 64$ bases. In float32 the matrix is 37 MiB, more than the caches of
@@ -209,7 +210,10 @@ print(f"fused: same z and N_k; {fused_bytes / 2**20:.1f} MiB moved, "
 # writes, 128 MiB per copy, counted as the chains' bytes are. (The hardware may move more: a
 # processor usually reads a cache line before writing it.) Then time both chains (medians of
 # seven runs: the machine may be shared), and compare the time the fused chain saves with the
-# time its saved bytes take at that speed.
+# time its saved bytes take at that speed. Expect the two to agree within a factor of about 2,
+# not exactly: each unfused step allocates a fresh 37 MiB array, whose pages the operating
+# system maps on first write (page faults the byte count ignores), and the copy bandwidth is
+# itself one measurement on a machine that may be busy.
 
 # %%
 def median_seconds(function, repeats=7):
@@ -235,7 +239,7 @@ for name, moved in (("unfused", unfused_bytes), ("fused", fused_bytes)):
     print(f"{name:8s} {1e3 * seconds[name]:7.1f} ms; its bytes alone, at copy speed, "
           f"take {1e3 * moved / bandwidth:6.1f} ms")
 print(f"time saved by fusing: {1e3 * saved:.1f} ms measured, {1e3 * predicted:.1f} ms predicted "
-      "by the bytes saved")
+      f"by the bytes saved (ratio {saved / predicted:.2f})")
 
 # %%
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -257,19 +261,62 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# The fused chain takes far longer than its bytes need. Where does that time go? Time each
+# step on one block of 1024 rows, which stays in the cache, repeated as many times as the
+# matrix has blocks: that is the step's share of the fused chain, with no memory traffic in it.
+
+# %%
+block_in = logits[0, :1024]  # (1024, K): 256 KiB, in cache
+blocks_per_matrix = logits.size / block_in.size
+work = {name: np.empty_like(block_in) for name in ("scaled", "shifted", "e", "z")}
+peak, total = block_in.max(axis=-1, keepdims=True), np.ones((1024, 1), np.float32)  # (1024, 1)
+block_steps = {
+    "scale by lambda": lambda: np.multiply(block_in, lam, out=work["scaled"]),
+    "row maximum": lambda: np.max(work["scaled"], axis=-1, keepdims=True, out=peak),
+    "subtract the maximum": lambda: np.subtract(work["scaled"], peak, out=work["shifted"]),
+    "exp": lambda: np.exp(work["shifted"], out=work["e"]),
+    "row sum": lambda: np.sum(work["e"], axis=-1, keepdims=True, out=total),
+    "divide by the sum": lambda: np.divide(work["e"], total, out=work["z"]),
+    "column sum N_k": lambda: work["z"].sum(axis=0),
+}
+for step_function in block_steps.values():  # fill the buffers once, in the chain's order
+    step_function()
+
+
+def repeated(step_function, times=int(blocks_per_matrix)):
+    """The step run on the block as many times as the matrix has blocks."""
+    def run():
+        for _ in range(times):
+            step_function()
+    return run
+
+
+step_ms = {name: 1e3 * median_seconds(repeated(function)) * blocks_per_matrix
+           / int(blocks_per_matrix) for name, function in block_steps.items()}
+ranking = sorted(step_ms, key=step_ms.get, reverse=True)
+print(f"each step on one in-cache block, scaled to the whole matrix ({blocks_per_matrix:.0f} "
+      "blocks):")
+for name in ranking:
+    print(f"  {name:22s} {step_ms[name]:6.1f} ms")
+print(f"  {'sum of the steps':22s} {sum(step_ms.values()):6.1f} ms; the fused chain took "
+      f"{1e3 * seconds['fused']:.1f} ms, its bytes alone {1e3 * fused_bytes / bandwidth:.1f} ms")
+print(f"largest step: {ranking[0]} ({step_ms[ranking[0]] / sum(step_ms.values()):.0%} of the "
+      f"sum); the exp: {step_ms['exp'] / sum(step_ms.values()):.0%}")
+
+# %% [markdown]
 # How to read the result on the machine that ran this notebook (the numbers change with the
-# machine and with whatever else runs on it):
+# machine and with whatever else runs on it, so the cells print their own):
 #
 # - the black marks are the time the bytes alone need at copy speed: a floor no
 #   implementation of that formulation can beat. The unfused chain's floor is several times
 #   the fused one's;
-# - the fused chain's time sits well above its own floor: with the traffic gone, what is
-#   left is arithmetic (mostly the exponentials, one per element) and NumPy's per-call
-#   overhead, which fusion does not remove;
-# - the time saved is of the order of the bytes saved divided by the bandwidth: fusion pays
-#   exactly because these steps are limited by memory, not by arithmetic. When the matrix
-#   fits in the cache (try `B = 1`), the unfused chain's extra passes are cheap and the gain
-#   shrinks.
+# - the fused chain's time sits far above its floor. What is left is not memory: it is
+#   NumPy's cost per call on short rows, each reduction along rows of only $K = 64$ numbers
+#   paying a fixed overhead per row, and the exponentials. The per-step timing above ranks
+#   the steps, largest first, and names the largest;
+# - the time saved is of the order of the bytes saved divided by the bandwidth: what fusion
+#   removes is memory traffic. When the matrix fits in the cache (try `B = 1`), the unfused
+#   chain's extra passes are cheap and the gain shrinks.
 #
 # ## The same lesson on a GPU
 #
@@ -282,9 +329,12 @@ plt.show()
 #
 # The ratio of the two rates, in operations per byte, says how much arithmetic a step must do
 # on each byte it moves before the arithmetic, rather than the memory, sets its time. The
-# chain above does one operation per element and step (a multiplication, a comparison, a
-# subtraction, an exponential, an addition, a division, an addition), that is
-# `len(log)` operations for every 8 bytes of the fused version.
+# chain above does at least one operation per element and step (a multiplication, a
+# comparison, a subtraction, an exponential, an addition, a division, an addition), that is
+# `len(log)` operations for every 8 bytes of the fused version. That count is a lower bound:
+# an exponential is tens of instructions, not one. And the arithmetic rate is the rate of a
+# matrix product, which BLAS keeps in the processor's vector units; NumPy's element-wise
+# steps and short reductions run far below it, as the last line of the cell measures.
 
 # %%
 # Peak figures of the H100 SXM, from NVIDIA's H100 datasheet: HBM3 bandwidth, and float32
@@ -304,13 +354,23 @@ for machine, bytes_per_s, flops in (("this CPU (measured)", bandwidth, cpu_flops
           f"{flops / bytes_per_s:14.1f}")
 print(f"the H100 moves memory {H100_SXM_BYTES_PER_S / bandwidth:.0f} times faster than this "
       f"CPU copies it, and computes {H100_SXM_FLOAT32_PER_S / cpu_flops:.0f} times faster")
-print(f"the fused chain does {chain_ops_per_byte:.2f} operations per byte it moves")
+print(f"the fused chain does {chain_ops_per_byte:.2f} operations per byte it moves (at least)")
+chain_ops_per_s = len(log) * logits.size / seconds["fused"]
+h100_arithmetic_share = chain_ops_per_byte / (H100_SXM_FLOAT32_PER_S / H100_SXM_BYTES_PER_S)
+print(f"on the H100, at one operation per element and step, the fused chain's arithmetic "
+      f"needs {h100_arithmetic_share:.0%} of its memory time (datasheet rates)")
+print(f"this CPU ran the fused chain at {chain_ops_per_s / 1e9:.2f} G operations/s, "
+      f"{cpu_flops / chain_ops_per_s:.0f} times below its matrix-product rate")
 
 # %% [markdown]
-# The chain's operations per byte sit far below what either machine can do per byte, so on
-# both of them its time is set by memory, fused or not: fusion pays on the GPU for the same
-# reason it pays here. On the GPU it pays twice, because each unfused step is also a separate
-# kernel launch, a few microseconds of fixed cost.
+# The chain's operations per byte sit far below the FLOP per byte of either machine: the
+# unfused chain's extra passes cost memory time, so what fusion saves is memory time on both
+# machines. On the H100 what remains after fusion is small too: its arithmetic, counted as
+# above, is a small share of its memory time, and a GPU's exponential is a few instructions.
+# On this CPU, NumPy's element-wise kernels and short reductions run far below the
+# matrix-product rate, so what remains there is not memory. On the GPU fusion pays twice,
+# because each unfused step is also a separate kernel launch, a few microseconds of fixed
+# cost.
 #
 # ## The fused kernel, in CUDA
 #
@@ -448,8 +508,8 @@ from exercises import check
 
 _small_log = []
 unfused_chain(np.zeros((3, 50, 7), np.float32), 1.0, _small_log)
-_answer = unfused_bytes_formula(3, 50, 7)
-check("Exercise 1", _answer, sum(r + w for _, r, w in _small_log),
+check("Exercise 1", lambda: unfused_bytes_formula(3, 50, 7),
+      sum(r + w for _, r, w in _small_log),
       "go through the table of steps above line by line: which arrays does each step read, "
       "which does it write, and what is the shape of each? A float32 number is 4 bytes.")
 
@@ -482,7 +542,7 @@ def _follows_the_instruction(value):
     return None
 
 
-check("Exercise 2", shifted_variance(offset_data, offset_data[0, 0]), _reference, rtol=1e-3,
+check("Exercise 2", lambda: shifted_variance(offset_data, offset_data[0, 0]), _reference, rtol=1e-3,
       hint="subtracting a constant changes no variance; what matters is that the numbers you "
            "square are no longer near 10^4: their squares, near 10^8, float32 stores only to "
            "the nearest multiple of 8.",
