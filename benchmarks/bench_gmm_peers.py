@@ -182,7 +182,7 @@ def timed_torchgmm_fit(X, initial_means, n_iter):
 def torchgmm_table(divisor, repeats):
     """torchgmm, ours (NumPy and PyTorch) and scikit-learn at the headline shape, float32."""
     if importlib.util.find_spec("torchgmm") is None:
-        print("\ntorchgmm: skipped, not installed (the docstring of this file says how to install it)")
+        print("\ntorchgmm: skipped, not installed (this file's docstring says how to install it)")
         return
     import torchgmm.bayes.gmm  # noqa: F401  (imports PyTorch Lightning, which sets its log level)
 
