@@ -60,22 +60,8 @@ rng = np.random.default_rng(0)
 # \text{M-step (2):}\quad \theta^{\text{new}} = \arg\max_{\theta}\, Q(\theta, \theta^{\text{old}}).
 # $$
 #
-# Why this works: for *any* distribution $q(Z)$ the log-likelihood splits into a lower bound
-# and a Kullback-Leibler divergence, which is never negative (Bishop, PRML §9.4):
-#
-# $$
-# \ln p(X \mid \theta)
-# = \underbrace{\sum_Z q(Z) \ln \frac{p(X, Z \mid \theta)}{q(Z)}}_{\mathcal{L}(q,\, \theta)}
-# + \underbrace{\sum_Z q(Z) \ln \frac{q(Z)}{p(Z \mid X, \theta)}}_{\mathrm{KL}(q \,\|\, p(Z \mid X, \theta)) \;\ge\; 0}.
-# $$
-#
-# The E-step takes $q(Z) = p(Z \mid X, \theta^{\text{old}})$: the KL term vanishes at
-# $\theta^{\text{old}}$, so the bound *touches* the log-likelihood there. With that $q$,
-# $\mathcal{L}(q, \theta) = Q(\theta, \theta^{\text{old}}) + H(q)$, and the entropy $H(q)$ does
-# not depend on $\theta$: maximising $Q$ in the M-step maximises the bound. The new
-# likelihood is at least the bound at $\theta^{\text{new}}$, which is at least the bound at
-# $\theta^{\text{old}}$, which *is* the old likelihood. The figure after the EM run below
-# draws exactly this.
+# Why alternating them can only raise $\ln p(X \mid \theta)$ is drawn after the first EM
+# run below, where the bound it rests on can be computed.
 #
 # ## The mixture and its $Q$
 #
@@ -112,38 +98,6 @@ rng = np.random.default_rng(0)
 # the $(N, K)$ array of $\gamma(z_{nk})$ is `resp` here and in `em_tutorial.gmm`, `z` in
 # `em_tutorial.ema`.
 #
-# **The E-step (5)** is that posterior, by Bayes' rule:
-#
-# $$
-# \gamma(z_{nk}) = \frac{\pi_k\, \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}{\sum_{j} \pi_j\, \mathcal{N}(x_n \mid \mu_j, \Sigma_j)}
-# \qquad (\theta = \theta^{\text{old}}). \tag{5}
-# $$
-#
-# **The M-step (7)** sets the derivatives of $Q$ to zero; the $\gamma(z_{nk})$ are constants now.
-#
-# - Means. Only the quadratic term depends on $\mu_k$:
-#   $\partial Q / \partial \mu_k = \sum_n \gamma(z_{nk})\, \Sigma_k^{-1} (x_n - \mu_k) = 0$. Multiply by
-#   $\Sigma_k$ and solve, with the soft count $N_k = \sum_n \gamma(z_{nk})$:
-#   $\mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n$.
-# - Covariances. Differentiate with respect to the precision $\Lambda_k = \Sigma_k^{-1}$, using
-#   $\partial \ln\lvert\Lambda\rvert / \partial \Lambda = \Lambda^{-1}$ and
-#   $\partial\, a^\top \Lambda a / \partial \Lambda = a a^\top$:
-#   $\partial Q / \partial \Lambda_k = \tfrac12 \sum_n \gamma(z_{nk}) \big[\Sigma_k - (x_n - \mu_k)(x_n - \mu_k)^\top\big] = 0$,
-#   so $\Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk}) (x_n - \mu_k)(x_n - \mu_k)^\top$, centred on the
-#   $\mu_k$ that solves the first equation: both derivatives vanish *together* at the new mean.
-# - Weights. Maximise $\sum_k N_k \ln \pi_k$ under $\sum_k \pi_k = 1$ with a Lagrange
-#   multiplier $\beta$: $N_k / \pi_k + \beta = 0$ for every $k$; summing over $k$ gives
-#   $\beta = -N$, so $\pi_k = N_k / N$.
-#
-# $$
-# \pi_k = \frac{N_k}{N}, \qquad
-# \mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n, \qquad
-# \Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, (x_n - \mu_k)(x_n - \mu_k)^\top + \varepsilon I. \tag{7}
-# $$
-#
-# The small $\varepsilon$ (`reg_covar`) is not part of the maximum; it keeps a component that
-# sits on a single point from collapsing to a singular covariance.
-#
 # ## The equations beside the package
 #
 # A toy data set: three elongated clusters in the plane, and a starting point for EM.
@@ -169,7 +123,8 @@ precisions_cholesky = gmm.precisions_cholesky_from_covariances(covariances, "ful
 
 # %% [markdown]
 # The package computes everything in log space, through the Cholesky factor $P_k$ of the
-# precision, $\Sigma_k^{-1} = P_k P_k^\top$ (no matrix is ever inverted twice):
+# precision, $\Sigma_k^{-1} = P_k P_k^\top$ (each precision's Cholesky factor is computed once
+# per M-step; the E-step solves no linear system):
 #
 # $$
 # \ln \mathcal{N}(x_n \mid \mu_k, \Sigma_k)
@@ -210,6 +165,14 @@ print("eq. (3): package == formula == scipy.stats")
 # $\ln p(X, Z)$ is the complete-data one written out above, with no sum inside the logarithm.
 # This tutorial uses the formula and calls it by its right name.
 #
+# **The E-step (5)** computes the responsibilities $\gamma(z_{nk})$ in $Q$: the posterior of
+# $z_{nk}$, by Bayes' rule,
+#
+# $$
+# \gamma(z_{nk}) = \frac{\pi_k\, \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}{\sum_{j} \pi_j\, \mathcal{N}(x_n \mid \mu_j, \Sigma_j)}
+# \qquad (\theta = \theta^{\text{old}}). \tag{5}
+# $$
+#
 # The logarithm of a sum of exponentials is taken with the log-sum-exp trick, so that
 # far-away points do not underflow to $\ln 0$; the E-step (5) is then a softmax over $k$ of
 # the weighted log-densities.
@@ -226,8 +189,35 @@ np.testing.assert_allclose(resp, softmax(weighted, axis=1), rtol=1e-12, atol=1e-
 print("eq. (4) and eq. (5): package == formula")
 
 # %% [markdown]
-# The M-step (7) and the reconstruction (8), $\tilde x_n = \sum_k \gamma(z_{nk})\, \mu_k$, which plays
-# no role in fitting the mixture but is the output of EM attention in EMANet (notebook 2):
+# **The M-step (7)** sets the derivatives of $Q$ to zero; the E-step's $\gamma(z_{nk})$ are
+# constants now.
+#
+# - Means. Only the quadratic term depends on $\mu_k$:
+#   $\partial Q / \partial \mu_k = \sum_n \gamma(z_{nk})\, \Sigma_k^{-1} (x_n - \mu_k) = 0$. Multiply by
+#   $\Sigma_k$ and solve, with the soft count $N_k = \sum_n \gamma(z_{nk})$:
+#   $\mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n$.
+# - Covariances. Differentiate with respect to the precision $\Lambda_k = \Sigma_k^{-1}$, using
+#   $\partial \ln\lvert\Lambda\rvert / \partial \Lambda = \Lambda^{-1}$ and
+#   $\partial\, a^\top \Lambda a / \partial \Lambda = a a^\top$:
+#   $\partial Q / \partial \Lambda_k = \tfrac12 \sum_n \gamma(z_{nk}) \big[\Sigma_k - (x_n - \mu_k)(x_n - \mu_k)^\top\big] = 0$,
+#   so $\Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk}) (x_n - \mu_k)(x_n - \mu_k)^\top$, centred on the
+#   $\mu_k$ that solves the first equation: both derivatives vanish *together* at the new mean.
+# - Weights. Maximise $\sum_k N_k \ln \pi_k$ under $\sum_k \pi_k = 1$ with a Lagrange
+#   multiplier $\beta$: $N_k / \pi_k + \beta = 0$ for every $k$; summing over $k$ gives
+#   $\beta = -N$, so $\pi_k = N_k / N$.
+#
+# $$
+# \pi_k = \frac{N_k}{N}, \qquad
+# \mu_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, x_n, \qquad
+# \Sigma_k = \frac{1}{N_k} \sum_n \gamma(z_{nk})\, (x_n - \mu_k)(x_n - \mu_k)^\top + \varepsilon I. \tag{7}
+# $$
+#
+# The small $\varepsilon$ (`reg_covar`) is not part of the maximum; it keeps a component that
+# sits on a single point from collapsing to a singular covariance.
+#
+# Below, these formulas beside `gmm.m_step`, and the reconstruction (8),
+# $\tilde x_n = \sum_k \gamma(z_{nk})\, \mu_k$, which plays no role in fitting the mixture but
+# is the output of EM attention in EMANet (notebook 2):
 
 # %%
 counts = resp.sum(axis=0)  # (K,) N_k = sum_n gamma(z_nk)
@@ -313,14 +303,32 @@ plt.show()
 # %% [markdown]
 # ## The bound that touches the likelihood
 #
-# The picture behind "EM never decreases the likelihood" (Bishop's Fig. 9.14), computed on
-# this data. Take the first iteration: $\theta^{\text{old}}$ is the start, $q$ the
-# responsibilities $\gamma(z_{nk})$ it gives, $\theta^{\text{new}}$ the M-step's answer.
-# Parameters live in many dimensions, so walk the path $\theta(t)$ from $\theta^{\text{old}}$ ($t = 0$) to $\theta^{\text{new}}$ ($t = 1$) and a
-# little beyond (means and Cholesky factors of the covariances move linearly, the weights
-# through their logarithms). Along it, draw the log-likelihood $\ln p(X \mid \theta(t))$,
-# the bound $\mathcal{L}(q, \theta(t)) = Q(\theta(t), \theta^{\text{old}}) + H(q)$, and the
-# gap between them.
+# Why EM never lowers the likelihood: for *any* distribution $q(Z)$ the log-likelihood
+# splits into a lower bound and a Kullback-Leibler divergence, which is never negative
+# (Bishop, PRML §9.4):
+#
+# $$
+# \ln p(X \mid \theta)
+# = \underbrace{\sum_Z q(Z) \ln \frac{p(X, Z \mid \theta)}{q(Z)}}_{\mathcal{L}(q,\, \theta)}
+# + \underbrace{\sum_Z q(Z) \ln \frac{q(Z)}{p(Z \mid X, \theta)}}_{\mathrm{KL}(q \,\|\, p(Z \mid X, \theta)) \;\ge\; 0}.
+# $$
+#
+# The E-step (1) takes $q(Z) = p(Z \mid X, \theta^{\text{old}})$: the KL term vanishes at
+# $\theta^{\text{old}}$, so the bound *touches* the log-likelihood there. With that $q$,
+# $\mathcal{L}(q, \theta) = Q(\theta, \theta^{\text{old}}) + H(q)$, and the entropy $H(q)$ does
+# not depend on $\theta$: maximising $Q$ in the M-step (2) maximises the bound. The new
+# likelihood is at least the bound at $\theta^{\text{new}}$, which is at least the bound at
+# $\theta^{\text{old}}$, which *is* the old likelihood.
+#
+# The figure below draws this on the data above (Bishop's Fig. 9.14 is the sketch of it).
+# Take the first iteration: $\theta^{\text{old}}$ is the start, $q$ the responsibilities
+# $\gamma(z_{nk})$ it gives, $\theta^{\text{new}}$ the M-step's answer. Parameters live in
+# many dimensions, so walk the path $\theta(t)$ from $\theta^{\text{old}}$ ($t = 0$) to
+# $\theta^{\text{new}}$ ($t = 1$) and a little beyond (means and Cholesky factors of the
+# covariances move linearly, the weights through their logarithms). Along it, draw the
+# log-likelihood $\ln p(X \mid \theta(t))$, the bound
+# $\mathcal{L}(q, \theta(t)) = Q(\theta(t), \theta^{\text{old}}) + H(q)$, and the gap between
+# them.
 
 # %%
 def interpolated(old, new, t):
@@ -398,7 +406,7 @@ plt.show()
 # at $t = 1$, because $\theta^{\text{new}}$ maximises $Q$ over *all* parameters, not only
 # along this path. On a scale of thousands of nats the two curves look alike; the right panel
 # draws the difference itself. Since $q$ does not change along the path, the decomposition
-# at the top says that difference is $\mathrm{KL}(q \,\|\, p(Z \mid X, \theta(t)))$: zero
+# above says that difference is $\mathrm{KL}(q \,\|\, p(Z \mid X, \theta(t)))$: zero
 # exactly at $\theta^{\text{old}}$, where $q$ *is* the posterior, and positive wherever the
 # parameters have moved away from the ones $q$ was computed from. At $\theta^{\text{new}}$
 # the likelihood has therefore climbed by more than the bound did, by the gap printed
@@ -744,10 +752,11 @@ plt.show()
 
 # %% [markdown]
 # The mixture found sky, water, foliage and the building's tones without being told what an
-# object is: colour alone separates them. The reconstruction (8) paints each pixel with the
-# mean colours of its components: six colours reproduce the picture's structure, the
-# "compact representation" that EMANet builds from its bases. What colour cannot do, such as
-# telling two objects of the same colour apart, is left to the learnt features of notebook 5.
+# object is. Colour does not separate them all, though: the hazy sky above the far shore
+# falls into the water's component. Same colour, different object: that is what colour
+# cannot do, and what is left to the learnt features of notebook 5. The reconstruction (8)
+# paints each pixel with the mean colours of its components: six colours reproduce the
+# picture's structure, the "compact representation" that EMANet builds from its bases.
 #
 # Next, notebook 2 shrinks this mixture to the special case EMANet runs on its feature maps.
 
@@ -794,8 +803,10 @@ def spherical_e_step(X, means, variances, weights):
 _variances = np.array([0.5, 1.0, 2.0])
 check("Exercise 2", spherical_e_step(X, means, _variances, weights),
       gmm.e_step(X, means, 1 / np.sqrt(_variances), "spherical", weights),
-      "build the (N, K) array of ln pi_k + ln N(x_n | mu_k, sigma_k^2 I) by broadcasting "
-      "(X[:, None, :] - means[None]), then normalise every row over k in log space, as in (5).")
+      "the normaliser of a d-dimensional sigma_k^2 I Gaussian has d factors of sigma_k, and "
+      "with unequal sigma_k it does not cancel between components. Build the (N, K) array of "
+      "ln pi_k + ln N(x_n | mu_k, sigma_k^2 I) by broadcasting (X[:, None, :] - means[None]), "
+      "then normalise every row over k in log space, as in (5).")
 
 # %% [markdown]
 # **Exercise 3: the gap the next E-step closes.** In the bound figure, at $\theta^{\text{new}}$
@@ -813,5 +824,6 @@ def gap_at_new(q_old, q_new):
 # %% tags=["check"] jupyter={"source_hidden": true}
 check("Exercise 3", gap_at_new(q, responsibilities(theta_new)),
       log_likelihoods[1] - lower_bound(q, theta_new),
-      "the KL term of the decomposition at the top splits into one KL per point, between "
-      "that point's two rows of responsibilities; a component with q_nk = 0 adds nothing.")
+      "the KL term of the decomposition above the bound figure splits into one KL per point, "
+      "between that point's two rows of responsibilities; a component with q_nk = 0 adds "
+      "nothing.")
