@@ -248,10 +248,10 @@ plt.show()
 # Toy features with eight known clusters (mean length 1) are multiplied by a scale $s$, and
 # $T = 3$ iterations run both ways from the same random bases. Three measurements:
 #
-# - **purity** of the grouping: give every point to its most responsible basis, and count
-#   the points that share their basis with the majority of their own cluster (1 is a perfect
-#   grouping; the grey line is the purity of the first, random assignment, from
-#   $\mu^{(0)}$);
+# - **purity** of the grouping: give every point to its most responsible basis; in each
+#   basis count the points of the cluster most common there; purity is that sum over $N$
+#   (1 is a perfect grouping; splitting a cluster over bases is not penalised; the grey line
+#   is the purity of the first, random assignment, from $\mu^{(0)}$);
 # - **hardness**: the mean of $\max_k z_{nk}$ (1 is one-hot, $1/K$ uniform);
 # - the mean **length** of the bases.
 #
@@ -266,7 +266,9 @@ def iterate_without_l2(x, mu, n_iter=3):
 
 
 def purity(z, labels):
-    """Fraction of points whose most responsible basis is held by their cluster's majority."""
+    """Purity of the hard grouping: every point goes to its most responsible basis; in each
+    basis, count the points of the cluster most common there; sum over the bases, divide by N.
+    1 is perfect; splitting a cluster over several bases is not penalised."""
     hard = z.argmax(axis=1)  # (N,)
     return sum(np.bincount(labels[hard == k]).max() for k in np.unique(hard)) / len(labels)
 
@@ -495,8 +497,9 @@ def distinct_bases(mu, tol=0.05):
 def explore_panels(axes, lam, K, T):
     """Segmentation, confidence (optional) and A_R's colours for one setting of the knobs."""
     z, mu, x_tilde = reconstruct(K, n_iter=T, lam=lam)
-    axes[0].imshow(z.argmax(axis=1).reshape(H, W), cmap="tab20", vmin=0, vmax=19,
-                   interpolation="nearest")
+    palette = "tab10" if K <= 10 else "tab20"  # tab20 pairs two shades of one hue
+    axes[0].imshow(z.argmax(axis=1).reshape(H, W), cmap=palette, vmin=0,
+                   vmax=plt.get_cmap(palette).N - 1, interpolation="nearest")
     if len(axes) == 3:
         confident = axes[1].imshow(z.max(axis=1).reshape(H, W), cmap="magma", vmin=0, vmax=1)
         axes[1].figure.colorbar(confident, ax=axes[1], shrink=0.8)
@@ -559,18 +562,30 @@ for row, (knob, settings) in zip(axes, fallback.items()):
 fig.suptitle("the sliders, precomputed: segmentation and A$_R$ output for each setting")
 plt.show()
 
+# the lambda row: which basis wins, and how sure each pixel is of it
+lam_row = {lam: reconstruct(6, lam=lam)[0] for lam in (0.1, 5.0, 100.0)}  # z, (N, K)
+winner = {lam: z_lam.argmax(axis=1) for lam, z_lam in lam_row.items()}  # (N,)
+for lam in (0.1, 100.0):
+    print(f"arg max agrees between lambda = {lam:g} and 5 on "
+          f"{np.mean(winner[lam] == winner[5.0]):.0%} of the pixels")
+print("mean max z: " + ", ".join(f"{z_lam.max(axis=1).mean():.2f} at lambda = {lam:g}"
+                                 for lam, z_lam in lam_row.items()))
+
 # %% [markdown]
-# Row by row: at $\lambda = 0.1$ every pixel is undecided (mean $\max_k z_{nk}$ near $1/K$),
-# although its largest responsibility still draws segments, and $\tilde x_n$, an almost even
-# mix of all the bases, shrinks to nearly the mean colour; at $\lambda = 100$ the assignments
-# are one-hot, the segments are those of spherical k-means, and $\tilde x_n$ is the colour of
-# one basis. More bases paint more colours. More iterations let bases drift together: bases
-# closer than 0.05 count once in the titles, and that count falls as $T$ grows. Things to try
-# with a live kernel: $K = 16$ with $T = 1$ against $T = 12$ at $\lambda = 1$, and count the
-# colours in the segmentation.
+# Row by row. The three segmentations of the $\lambda$ row look alike, and they nearly are:
+# $\lambda$ barely changes *which* basis wins a pixel (the agreements printed under the grid,
+# all runs from the same starting bases). What it changes is how sure each pixel is, the
+# mean $\max_k z_{nk}$ printed last, and with it $\tilde x$. At $\lambda = 0.1$ every pixel is
+# undecided (mean $\max_k z_{nk}$ near $1/K$), although its largest responsibility still draws
+# segments, and $\tilde x_n$, an almost even mix of all the bases, shrinks to nearly the mean
+# colour; at $\lambda = 100$ the assignments are one-hot, the segments are those of spherical
+# k-means, and $\tilde x_n$ is the colour of one basis. More bases paint more colours. More
+# iterations let bases drift together: bases closer than 0.05 count once in the titles, and
+# that count falls as $T$ grows. Things to try with a live kernel: $K = 16$ with $T = 1$
+# against $T = 12$ at $\lambda = 1$, and count the colours in the segmentation.
 #
 # The rank bound on features with many channels ($C = 64$, $K = 8$): the features themselves
-# have full rank 64, their reconstruction rank 8.
+# have full rank, their reconstruction at most rank $K$.
 
 # %%
 wide = rng.standard_normal((400, 64))
@@ -653,7 +668,7 @@ print(f"{side} x {side} map, C = {C_paper}, C' = {C_paper // 2}, K = {K_paper}, 
       f"T = {T_paper}:")
 print(f"  FLOPs:   non-local {non_local_flops(n, C_paper // 2) / 1e9:.1f} G, EM attention "
       f"{em_attention_flops(n, K_paper, C_paper, T_paper) / 1e9:.2f} G: {flop_ratio:.0f}x less "
-      "work for EM attention")
+      "work in the attention")
 print(f"  storage: N x N = {n * n * 4 / 2**20:.1f} MiB, N x K = {n * K_paper * 4 / 2**20:.2f} "
       f"MiB (float32): {n / K_paper:.0f}x less memory for the attention map")
 
@@ -662,6 +677,41 @@ print(f"  storage: N x N = {n * n * 4 / 2**20:.1f} MiB, N x K = {n * K_paper * 4
 # two products plus A$_R$, against two products on $C' = C/2$ channels for the non-local
 # block. The work ratio grows like $N$ all the same, so the larger the feature map, the
 # larger the saving.
+#
+# Those are the attention's products alone. A whole block also runs $1 \times 1$
+# convolutions over all $N$ pixels, $O(NC^2)$: the non-local block its embeddings $\theta$,
+# $\phi$, $g$ ($C \to C'$) and its output ($C' \to C$), the EMAU one convolution before EM
+# attention and one after ($C \to C$). At $C' = C/2$ both sets come to $4NC^2$ FLOPs. Counted
+# by `FlopCounterMode` on the whole PyTorch modules, `em_tutorial.nn.NonLocal2d` and
+# `em_tutorial.nn.EMAU` (notebook 4), on one feature map of the paper's size:
+
+# %%
+from em_tutorial.nn import EMAU, NonLocal2d
+
+paper_map = torch.randn(1, C_paper, side, side)  # (B, C, H, W)
+whole_blocks = {
+    "NonLocal2d": (NonLocal2d(C_paper).eval(), non_local_flops(n, C_paper // 2)),
+    "EMAU": (EMAU(C_paper, num_bases=K_paper, num_stages=T_paper).eval(),
+             em_attention_flops(n, K_paper, C_paper, T_paper)),
+}
+block_flops = {}
+for name, (block, attention_flops) in whole_blocks.items():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        block(paper_map)
+    convolution_flops = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert convolution_flops == 4 * n * C_paper**2  # the 1x1 convolutions: 4 N C^2
+    assert counter.get_total_flops() == attention_flops + convolution_flops  # nothing else
+    block_flops[name] = counter.get_total_flops()
+    print(f"{name:10s} {block_flops[name] / 1e9:6.1f} GFLOP: attention "
+          f"{attention_flops / 1e9:5.1f} G + 1x1 convolutions {convolution_flops / 1e9:.1f} G")
+print(f"whole blocks: {block_flops['NonLocal2d'] / block_flops['EMAU']:.1f}x less work for the "
+      f"EMAU, against {flop_ratio:.0f}x in the attention alone")
+
+# %% [markdown]
+# The convolutions cost the same in both blocks, so they dilute the saving: the whole blocks
+# differ by a much smaller factor than their attention does (the last line printed). That
+# factor still grows with $N$, since only the attention is quadratic; notebook 6 measures
+# the two blocks' time and memory over map sizes.
 
 # %% [markdown]
 # ## Exercises
@@ -707,16 +757,30 @@ check("Exercise 2", hard_e_step(x, mu), ema.attention_e_step(x, mu, lam=1e6), at
 
 # %% [markdown]
 # **Exercise 3: the transformer's temperature.** Scaled dot-product attention divides the
-# logits by $\sqrt{C}$. Which $\lambda$ makes the non-local attention above (A$_E$ with
-# $\mu = X$) equal to $\mathrm{softmax}_j(x_i^\top x_j / \sqrt{C})$ on the crop, whose $C$ is
-# `crop.shape[1]`?
+# logits by $\sqrt{C}$. The reason is the logits' scale: for features whose channels have
+# unit variance, the standard deviation of $x_i^\top x_j$ grows like $\sqrt{C}$ (measured
+# below on random pairs), and a softmax of ever larger logits tends to a one-hot, the large-
+# $\lambda$ end of this notebook.
+
+# %%
+for channels in (4, 16, 64, 256, 1024):
+    pairs = rng.standard_normal((2, 10_000, channels))  # 10 000 pairs (x_i, x_j)
+    dots = np.sum(pairs[0] * pairs[1], axis=1)  # (10 000,) x_i^T x_j
+    print(f"C = {channels:4d}: std of x_i^T x_j {dots.std():5.2f}, "
+          f"sqrt(C) {np.sqrt(channels):5.2f}")
+
+# %% [markdown]
+# Which $\lambda$ makes the non-local attention above (A$_E$ with $\mu = X$) equal to
+# $\mathrm{softmax}_j(x_i^\top x_j / \sqrt{C})$ on the crop, whose $C$ is `crop.shape[1]`?
 
 # %% tags=["exercise"]
 lam_scaled = None  # your answer here: a number
 
 # %% tags=["check"] jupyter={"source_hidden": true}
-_scaled = softmax(crop @ crop.T / np.sqrt(crop.shape[1]), axis=1)  # (N, N)
-check("Exercise 3",
-      None if lam_scaled is None else ema.attention_e_step(crop, crop, lam=lam_scaled), _scaled,
+# softmax_j(lam x_i^T x_j) equals softmax_j(x_i^T x_j / sqrt(C)) when lam = 1 / sqrt(C)
+_lam_expected = 1 / np.sqrt(crop.shape[1])
+np.testing.assert_allclose(ema.attention_e_step(crop, crop, lam=_lam_expected),
+                           softmax(crop @ crop.T / np.sqrt(crop.shape[1]), axis=1), rtol=1e-10)
+check("Exercise 3", lam_scaled, _lam_expected,
       "write out the softmax argument of both and match them term by term; C is a "
-      "number here, not a symbol.")
+      "number here, not a symbol.", rtol=1e-3)
