@@ -211,9 +211,9 @@ print(f"fused: same z and N_k; {fused_bytes / 2**20:.1f} MiB moved, "
 # processor usually reads a cache line before writing it.) Then time both chains (medians of
 # seven runs: the machine may be shared), and compare the time the fused chain saves with the
 # time its saved bytes take at that speed. Expect the two to agree within a factor of about 2,
-# not exactly: each unfused step allocates a fresh 37 MiB array, whose pages the operating
-# system maps on first write (page faults the byte count ignores), and the copy bandwidth is
-# itself one measurement on a machine that may be busy.
+# not exactly: each unfused step allocates a fresh array as large as the matrix, whose pages
+# the operating system maps on first write (page faults the byte count ignores), and the copy
+# bandwidth is itself one measurement on a machine that may be busy.
 
 # %%
 def median_seconds(function, repeats=7):
