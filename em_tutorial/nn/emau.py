@@ -2,7 +2,7 @@
 
 Forward pass, on a feature map X of shape (B, C, H, W):
 
-    X' = conv1x1(X)                              (with bias; frozen, see below)
+    X' = conv1x1(X)                              (bias 0 under init='kaiming'; frozen, see below)
     z, mu, X~ = EM attention(X', mu^(0), T)      (iterations under no-grad, as in the paper)
     Y = ReLU(X + BN(conv1x1(ReLU(X~))))          (second conv without bias; residual)
 
