@@ -766,7 +766,8 @@ plt.show()
 # Each exercise leaves a function returning `None`. Replace its body with your answer and run
 # the hidden cell after it (click the "..." to see its code): it says *not yet* while the
 # answer is `None`, *right* when it is, and otherwise what is wrong, with a hint. The checks
-# compare with the package and never stop the notebook.
+# compare with the package and never stop the notebook: an error raised inside your
+# function is reported with the hint.
 #
 # **Exercise 1: the tied-covariance M-step.** With one covariance $\Sigma$ shared by all
 # components, $Q$ becomes
@@ -784,7 +785,7 @@ def tied_covariance(X, resp, means):
 from exercises import check
 
 _, _means_1, _tied = gmm.m_step(X, resp, "tied", reg_covar=0.0)
-check("Exercise 1", tied_covariance(X, resp, _means_1), _tied,
+check("Exercise 1", lambda: tied_covariance(X, resp, _means_1), _tied,
       "differentiate as for Sigma_k in (7); the shared Sigma now collects a term from every "
       "component k as well as every point n, and the soft counts N_k add up to N.")
 
@@ -801,7 +802,7 @@ def spherical_e_step(X, means, variances, weights):
 
 # %% tags=["check"] jupyter={"source_hidden": true}
 _variances = np.array([0.5, 1.0, 2.0])
-check("Exercise 2", spherical_e_step(X, means, _variances, weights),
+check("Exercise 2", lambda: spherical_e_step(X, means, _variances, weights),
       gmm.e_step(X, means, 1 / np.sqrt(_variances), "spherical", weights),
       "the normaliser of a d-dimensional sigma_k^2 I Gaussian has d factors of sigma_k, and "
       "with unequal sigma_k it does not cancel between components. Build the (N, K) array of "
@@ -822,7 +823,7 @@ def gap_at_new(q_old, q_new):
 
 
 # %% tags=["check"] jupyter={"source_hidden": true}
-check("Exercise 3", gap_at_new(q, responsibilities(theta_new)),
+check("Exercise 3", lambda: gap_at_new(q, responsibilities(theta_new)),
       log_likelihoods[1] - lower_bound(q, theta_new),
       "the KL term of the decomposition above the bound figure splits into one KL per point, "
       "between that point's two rows of responsibilities; a component with q_nk = 0 adds "

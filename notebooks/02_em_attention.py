@@ -718,7 +718,8 @@ print(f"whole blocks: {block_flops['NonLocal2d'] / block_flops['EMAU']:.1f}x les
 #
 # Each exercise leaves an answer set to `None`. Replace it and run the hidden cell after it
 # (click the "..." to see its code): it says *not yet* while the answer is `None`, *right*
-# when it is, and otherwise what is wrong, with a hint.
+# when it is, and otherwise what is wrong, with a hint; an error raised inside your function
+# is reported the same way and does not stop the notebook.
 #
 # **Exercise 1: bases of different lengths.** Without the unit-length constraint the
 # spherical mixture's E-step keeps the term $-\lambda\lVert\mu_k\rVert^2/2$. Write that E-step
@@ -734,7 +735,7 @@ def e_step_any_length(x, mu, lam):
 from exercises import check
 
 _mu_long = rng.standard_normal((K, C)) * rng.uniform(0.5, 2.0, (K, 1))  # lengths differ
-check("Exercise 1", e_step_any_length(x, _mu_long, 2.0),
+check("Exercise 1", lambda: e_step_any_length(x, _mu_long, 2.0),
       gmm.e_step(x, **ema.spherical_gmm_parameters(_mu_long, 2.0)),
       "start from the log-density at the top of the notebook and keep every term that "
       "depends on k; with lambda = 1/sigma^2, which one did unit-length bases let us drop?")
@@ -751,7 +752,8 @@ def hard_e_step(x, mu):
 
 
 # %% tags=["check"] jupyter={"source_hidden": true}
-check("Exercise 2", hard_e_step(x, mu), ema.attention_e_step(x, mu, lam=1e6), atol=1e-9,
+check("Exercise 2", lambda: hard_e_step(x, mu), ema.attention_e_step(x, mu, lam=1e6),
+      atol=1e-9,
       hint="find each pixel's winning basis with an argmax over the right axis of the "
            "(N, K) dot products, then turn those indices into one-hot rows.")
 
