@@ -21,7 +21,7 @@
 # EM attention lets every pixel attend to $K$ bases, $O(NKC)$ per iteration, with $K$ fixed
 # (64 in the paper). This notebook measures both over feature-map sizes (time, FLOPs and
 # memory), sets the measurements against the two complexities and fits the exponents they
-# actually follow. Two exercises close it.
+# actually follow. Three exercises close it.
 #
 # The sizes are kept small so that the notebook runs in seconds on a laptop CPU; the
 # benchmarks in `benchmarks/` measure the paper's sizes ($C = 512$, $65 \times 65$ and
@@ -69,7 +69,7 @@ Ns = np.array([s * s for s in sides])
 # like $N$.
 
 # %%
-# N* by the formula above (448 pixels here); the package's two counts meet there
+# N* by the formula above; the package's two counts meet there
 crossover = (4 * T + 2) * K * C / (4 * C_inner)
 assert em_attention_flops(int(crossover), K, C, T) == non_local_flops(int(crossover), C_inner)
 side_star = np.sqrt(crossover)
@@ -86,9 +86,9 @@ for side in (65, 97):
 # map in evaluation mode without gradients. PyTorch's `FlopCounterMode` counts the FLOPs of
 # every matrix product and convolution the forward pass actually runs (element-wise work such
 # as the softmax is not counted). Each time is the **median** of at least seven runs (and
-# of enough runs to fill 0.2 s), with the spread between the fastest and the slowest quarter
-# of the runs kept for the error bars: on a shared machine single runs jump, the median of
-# many does not.
+# of enough runs to fill 0.2 s), with the **interquartile range** of the runs (their 25th to
+# 75th percentile) kept for the error bands: on a shared machine single runs jump, the median
+# of many does not.
 
 # %%
 def timed_runs(function, min_repeats=7, min_total=0.2):
@@ -158,6 +158,7 @@ for i, n in enumerate(Ns):
     print(f"N = {n:5d}: EM attention {memory['EM attention'][i] / 2**20:6.2f} MiB, "
           f"non-local {memory['non-local'][i] / 2**20:7.2f} MiB   "
           f"(N x N float32: {4 * n * n / 2**20:6.2f} MiB)")
+print(f"the paper's 97 x 97 map: N x N float32 is {4 * (97 * 97) ** 2 / 2**20:.0f} MiB per image")
 
 # %% [markdown]
 # ## Against the complexities
@@ -237,14 +238,15 @@ for block, array_name, complexity in (("EMAU", "EM attention", "O(NKC):  slope 1
 #   dominate). The curves cross near the $N^*$ computed above.
 # - **Time** follows FLOPs at the larger sizes (compare the fitted time and FLOPs slopes); at
 #   the smallest ones fixed per-call overheads flatten both curves, which is why small
-#   benchmarks say little about complexity. The shaded bands are the middle half of the
-#   runs: where they are wide, the machine was busy, and only the median is worth reading. Once the
-#   $N \times N$ matrix no longer fits in the CPU's caches, the non-local block's time can
-#   grow even faster than its FLOPs.
-# - **Memory** of the non-local operation is the $N \times N$ matrix: at $64 \times 64$ it is
-#   already 64 MiB in float32 for a single image, and at the paper's $97 \times 97$ it would
-#   be 338 MiB per image, before the backward pass stores it again. EM attention's
-#   $N \times K$ responsibilities grow only linearly.
+#   benchmarks say little about complexity. The shaded bands are the interquartile range of
+#   the runs: narrow where the machine was quiet; where they are wide, it was busy, and only
+#   the median is worth reading. Once the $N \times N$ matrix no longer fits in the CPU's
+#   caches, the non-local block's time can grow even faster than its FLOPs.
+# - **Memory** of the non-local operation is the $N \times N$ matrix: the last line of the
+#   memory table, for a single image at $64 \times 64$, and the line under it at the paper's
+#   $97 \times 97$. That is for inference; in training autograd keeps the matrix for the
+#   backward pass, which also creates an $N \times N$ gradient of the same size. EM
+#   attention's $N \times K$ responsibilities grow only linearly.
 #
 # Extrapolating along the two slopes to EMANet's setting ($97 \times 97$, $C = 512$, batch
 # 16 during training) is what makes the non-local block impractical there and EM attention
@@ -276,12 +278,46 @@ check("Exercise 1", flop_ratio_256,
 # %% [markdown]
 # **Exercise 2: the memory wall.** How many GiB does one float32 $N \times N$ attention matrix
 # take at $N = 256^2$, and how many GiB the $N \times K$ responsibilities of EM attention?
-# Give both, as a pair.
+# A GiB is $2^{30}$ bytes (not $10^9$). Give both, as a pair.
 
 # %% tags=["exercise"]
 gib_256 = None  # your answer here: (non-local GiB, EM attention GiB)
 
 # %% tags=["check"] jupyter={"source_hidden": true}
 check("Exercise 2", gib_256, (4 * (256**2) ** 2 / 2**30, 4 * 256**2 * K / 2**30),
-      "count the entries of each matrix first, then the bytes; a GiB is a power of two, "
-      "not 10**9 bytes.")
+      "count the entries of each matrix first, then the bytes each entry takes.")
+
+# %% [markdown]
+# **Exercise 3: predict, then measure.** The fitted time slope $p$ of a block says how its
+# time grows, $t \approx c\, N^p$. Predict each block's time on a $96 \times 96$ map from its
+# median time at $64 \times 64$ (the last of `seconds[name]`) and its time slope
+# (`slopes[name][0]`). Then measure it: time each block of `blocks` on a
+# $(1, C, 96, 96)$ input with `timed_runs` under `torch.no_grad()`, and take the median, as
+# the notebook did above. Give both as (EMAU, NonLocal2d) pairs, in seconds. Which
+# prediction comes closer, and why might the other miss? The check compares your prediction
+# with the formula, not with a timing, and your measurement with one it makes itself,
+# within a factor of 2 either way (timings on a shared machine vary).
+
+# %% tags=["exercise"]
+predicted_96 = None  # your answer here: (EMAU s, NonLocal2d s) from the slopes
+measured_96 = None  # your answer here: (EMAU s, NonLocal2d s), medians of timed_runs
+
+# %% tags=["check"] jupyter={"source_hidden": true}
+_names = ("EMAU", "NonLocal2d")
+# t(96 x 96) = t(64 x 64) * (N_96 / N_64)^p, p the fitted time slope
+_predicted = [seconds[name][-1] * (96 * 96 / Ns[-1]) ** slopes[name][0] for name in _names]
+check("Exercise 3, prediction", predicted_96, _predicted,
+      "t ~ c N^p, so a ratio of two times is the ratio of their N raised to p; N counts the "
+      "pixels, not the side of the map.", rtol=1e-3)
+_measured = None
+if measured_96 is not None:  # time the blocks only once there is a measurement to compare
+    _map_96 = torch.randn(1, C, 96, 96)  # (B, C, H, W)
+    with torch.no_grad():
+        _measured = [float(np.median(timed_runs(lambda: blocks[name](_map_96))))
+                     for name in _names]
+check("Exercise 3, measurement", measured_96, _measured,
+      "time block(x) with timed_runs for each block in `blocks`, on x of shape (1, C, 96, 96), "
+      "inside torch.no_grad(), and give the two medians in seconds, EMAU first.",
+      rtol=1.0, atol=0.0,  # at most twice the check's own time ...
+      validate=lambda answer: None if np.all(np.asarray(answer, float) >= np.array(_measured) / 2)
+      else "a time is less than half of what the check measured just now")  # ... at least half
