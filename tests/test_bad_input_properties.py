@@ -4,7 +4,8 @@ Hypothesis draws shapes, dtypes and values (empty axes, NaN, inf, the largest fl
 boolean and complex arrays, lists, None, strings) for the mixture, EM attention on every stage,
 the EMA Unit, every network entry point (EMANet, ResNet, EMAU, NonLocal2d, ImagePooling2d, in
 eval and training mode, with NaN or inf at a random pixel of a random image, values up to
-1e38, empty batches and NumPy arrays) and the two dataset readers. Every call must either give finite numbers or raise
+1e38, empty batches and NumPy arrays), the training configuration and the two dataset
+readers. Every call must either give finite numbers or raise
 a ValueError or TypeError (file errors for the readers) that
 
 * names the argument at fault,
@@ -444,3 +445,34 @@ def test_voc_reader_finite_or_one_clear_error(images, labels, list_kind, split):
     for image, label in samples:
         assert image.dtype == np.float32 and np.isfinite(image).all()
         assert label.shape == image.shape[1:]
+
+
+TRAIN_COUNTS = ("iterations", "batch_size", "image_size", "warmup_iterations",
+                "checkpoint_every", "log_every", "num_workers", "threads", "stop_at")
+
+
+@st.composite
+def train_settings(draw):
+    """TrainConfig keyword arguments for the scenes: counts in and out of range, or odd values."""
+    odd = st.sampled_from(["2", 1.5, math.nan, True, -1, 0, 10**9])
+    settings_ = {"dataset": draw(st.sampled_from(["digits", "context"]))}
+    for name in draw(st.sets(st.sampled_from(TRAIN_COUNTS), max_size=3)):
+        settings_[name] = draw(st.one_of(st.integers(-2, 40), odd))
+    return settings_
+
+
+@FAST
+@given(settings_=train_settings())
+def test_train_config_valid_or_one_clear_error(settings_):
+    """A training configuration is refused, before any work, in one line naming the field."""
+    from em_tutorial.segmentation import TrainConfig
+
+    try:
+        config = TrainConfig(**settings_)
+    except (ValueError, TypeError) as error:
+        assert_clear_refusal(error, [*settings_, "stop_at", "warmup_iterations"])
+        assert "\n" not in str(error)
+        return
+    assert config.iterations >= 1 and config.batch_size >= 1 and config.num_workers >= 0
+    assert config.image_size >= 32 and 0 <= config.warmup_iterations < config.iterations
+    assert config.stop_at is None or config.stop_at <= config.iterations

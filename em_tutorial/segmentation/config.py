@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import json
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -146,6 +147,12 @@ _MODELS = {
 }
 
 
+#: The fields that count something (scenes, pixels, iterations, processes): whole numbers only.
+_WHOLE_NUMBERS = ("num_scenes", "val_scenes", "image_size", "iterations", "batch_size",
+                  "crop_size", "warmup_iterations", "seed", "checkpoint_every", "log_every",
+                  "num_workers", "threads", "stop_at")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. ``None`` fields take the data set's recipe value.
@@ -255,6 +262,11 @@ class TrainConfig:
             if getattr(self, name) is None:
                 # a copy: editing this config's model_kwargs must not edit the recipe
                 setattr(self, name, copy.deepcopy(value))
+        for name in _WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral)):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
         if self.model not in _MODELS:
             raise ValueError(f"model must be one of {sorted(_MODELS)}, got {self.model!r}")
         if self.dataset == "voc" and not self.data_root:
