@@ -122,6 +122,11 @@ def build(name: str, side: int, seed: int = 0):
 
 
 VERSIONS = ("EMAU", "official EMAU", "NonLocal2d", "EM only, torch", "EM only, NumPy")
+#: The pause before every timed call. 0.1 s was too short on an Intel Xeon (2026-12-06): at
+#: 65x65 the EMAU, timed straight after the NumPy version, took 56 ms against the official
+#: unit's 28 ms, and 30 against 31 ms with the NumPy version left out of the loop; OpenBLAS's
+#: idle workers spin for a while after a product, as bench_gmm.py's SETTLE_SECONDS notes.
+SETTLE_SECONDS = 0.5
 
 
 def median_seconds(side: int, repeats: int) -> dict[str, float]:
@@ -134,7 +139,7 @@ def median_seconds(side: int, repeats: int) -> dict[str, float]:
             for name, call in calls.items():
                 # Let the previous version's BLAS/OpenMP worker threads stop spinning: on a
                 # 2-core machine their busy-wait would otherwise be charged to the next call.
-                time.sleep(0.1)
+                time.sleep(SETTLE_SECONDS)
                 start = time.perf_counter()
                 call()
                 seconds[name].append(time.perf_counter() - start)
