@@ -20,7 +20,8 @@
 # CuPy arrays and the same lines execute there. Second, "runs on the GPU" is not "fast on the
 # GPU": between its matrix products, EM attention is a chain of small element-wise steps,
 # each a separate pass over memory, and *fusing* them, so that the data crosses the memory
-# bus once instead of many times, is where the time is. That second lesson is measured here
+# bus once instead of many times, is where much of the time goes, on a GPU above all. That
+# second lesson is measured here
 # on the CPU, where the same arithmetic of bytes holds; the GPU versions follow in cells
 # tagged `gpu`, which run only where a GPU is present.
 
@@ -31,6 +32,7 @@ import time
 import array_api_strict
 import matplotlib.pyplot as plt
 import numpy as np
+import threadpoolctl
 
 from em_tutorial import backend, ema, gmm, gpu
 
@@ -251,8 +253,7 @@ left.bar("fused", fused_bytes / 2**20, color="grey", label="fused: read once, wr
 left.set(ylabel="MiB moved", title=f"bytes over the memory bus (B={B}, N={N}, K={K})")
 left.legend(fontsize=7, loc="upper right")
 names = list(seconds)
-right.bar(names, [1e3 * seconds[n] for n in names], color=["tab:orange", "tab:blue"],
-          label="measured (median)")
+right.bar(names, [1e3 * seconds[n] for n in names], color="tab:blue", label="measured (median)")
 right.scatter(names, [1e3 * b / bandwidth for b in (unfused_bytes, fused_bytes)], color="k",
               marker="_", s=900, zorder=3, label="bytes / copy bandwidth")
 right.set(ylabel="ms", title="time of the chain")
@@ -281,6 +282,13 @@ block_steps = {
 }
 for step_function in block_steps.values():  # fill the buffers once, in the chain's order
     step_function()
+# The same work as one flat loop over the block's 65536 numbers, not one loop per row of 64:
+# references to set beside the row-wise steps, not steps of the chain.
+flat_steps = {
+    "subtract a scalar (one flat loop)": lambda: np.subtract(work["scaled"], 0.5,
+                                                             out=work["shifted"]),
+    "max of the whole block (one flat loop)": lambda: work["scaled"].max(),
+}
 
 
 def repeated(step_function, times=int(blocks_per_matrix)):
@@ -291,17 +299,42 @@ def repeated(step_function, times=int(blocks_per_matrix)):
     return run
 
 
-step_ms = {name: 1e3 * median_seconds(repeated(function)) * blocks_per_matrix
-           / int(blocks_per_matrix) for name, function in block_steps.items()}
+def whole_matrix_ms(step_function):
+    """Milliseconds the step takes over the whole matrix, timed on the in-cache block."""
+    return (1e3 * median_seconds(repeated(step_function)) * blocks_per_matrix
+            / int(blocks_per_matrix))
+
+
+step_ms = {name: whole_matrix_ms(function) for name, function in block_steps.items()}
+flat_ms = {name: whole_matrix_ms(function) for name, function in flat_steps.items()}
 ranking = sorted(step_ms, key=step_ms.get, reverse=True)
 print(f"each step on one in-cache block, scaled to the whole matrix ({blocks_per_matrix:.0f} "
       "blocks):")
 for name in ranking:
-    print(f"  {name:22s} {step_ms[name]:6.1f} ms")
-print(f"  {'sum of the steps':22s} {sum(step_ms.values()):6.1f} ms; the fused chain took "
+    print(f"  {name:38s} {step_ms[name]:6.1f} ms")
+print(f"  {'sum of the steps':38s} {sum(step_ms.values()):6.1f} ms; the fused chain took "
       f"{1e3 * seconds['fused']:.1f} ms, its bytes alone {1e3 * fused_bytes / bandwidth:.1f} ms")
 print(f"largest step: {ranking[0]} ({step_ms[ranking[0]] / sum(step_ms.values()):.0%} of the "
       f"sum); the exp: {step_ms['exp'] / sum(step_ms.values()):.0%}")
+print("the same work as one flat loop, for reference:")
+for name in flat_ms:
+    print(f"  {name:38s} {flat_ms[name]:6.1f} ms")
+print(f"subtracting the (rows, 1) maximum takes "
+      f"{step_ms['subtract the maximum'] / flat_ms['subtract a scalar (one flat loop)']:.1f}x "
+      f"as long as subtracting a scalar; the row maximum "
+      f"{step_ms['row maximum'] / flat_ms['max of the whole block (one flat loop)']:.1f}x "
+      "as long as the block's maximum")
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 3.4))
+ax.barh(ranking[::-1], [step_ms[name] for name in ranking[::-1]], color="tab:blue")
+ax.axvline(1e3 * seconds["fused"], color="tab:red", label="fused chain, measured")
+ax.axvline(1e3 * fused_bytes / bandwidth, color="k", linestyle="--",
+           label="fused chain's bytes / copy bandwidth")
+ax.set(xlabel="ms over the whole matrix", title="where the fused chain's time goes, step by step")
+ax.legend(fontsize=8, loc="lower right")
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # How to read the result on the machine that ran this notebook (the numbers change with the
@@ -310,10 +343,12 @@ print(f"largest step: {ranking[0]} ({step_ms[ranking[0]] / sum(step_ms.values())
 # - the black marks are the time the bytes alone need at copy speed: a floor no
 #   implementation of that formulation can beat. The unfused chain's floor is several times
 #   the fused one's;
-# - the fused chain's time sits far above its floor. What is left is not memory: it is
-#   NumPy's cost per call on short rows, each reduction along rows of only $K = 64$ numbers
-#   paying a fixed overhead per row, and the exponentials. The per-step timing above ranks
-#   the steps, largest first, and names the largest;
+# - the fused chain's time sits far above its floor. What is left is not memory. Every step
+#   that works row by row (the three reductions, and the subtraction and division that
+#   broadcast a $(\text{rows}, 1)$ column) runs NumPy's inner loop once per row of only
+#   $K = 64$ numbers; the same work as one flat loop over the block is faster by the two
+#   ratios printed above. A fused kernel does all of a row's steps in one loop. The
+#   exponentials add their share; the chart ranks the steps, largest first;
 # - the time saved is of the order of the bytes saved divided by the bandwidth: what fusion
 #   removes is memory traffic. When the matrix fits in the cache (try `B = 1`), the unfused
 #   chain's extra passes are cheap and the gain shrinks.
@@ -343,17 +378,18 @@ H100_SXM_BYTES_PER_S = 3.35e12
 H100_SXM_FLOAT32_PER_S = 67e12
 
 square = rng.standard_normal((1024, 1024), dtype=np.float32)
-cpu_flops = 2 * 1024**3 / median_seconds(lambda: square @ square)  # (n, n) @ (n, n): 2 n^3
+with threadpoolctl.threadpool_limits(limits=1):  # one core, as np.copyto's bandwidth is
+    cpu_flops = 2 * 1024**3 / median_seconds(lambda: square @ square)  # (n, n) @ (n, n): 2 n^3
 chain_ops_per_byte = len(log) * logits.size / fused_bytes  # one operation per element and step
 
-print(f"{'':26s} {'memory GB/s':>12s} {'float32 GFLOP/s':>16s} {'FLOP per byte':>14s}")
-for machine, bytes_per_s, flops in (("this CPU (measured)", bandwidth, cpu_flops),
+print(f"{'':30s} {'memory GB/s':>12s} {'float32 GFLOP/s':>16s} {'FLOP per byte':>14s}")
+for machine, bytes_per_s, flops in (("this CPU, one core (measured)", bandwidth, cpu_flops),
                                     ("H100 SXM (datasheet peak)", H100_SXM_BYTES_PER_S,
                                      H100_SXM_FLOAT32_PER_S)):
-    print(f"{machine:26s} {bytes_per_s / 1e9:12.1f} {flops / 1e9:16.0f} "
+    print(f"{machine:30s} {bytes_per_s / 1e9:12.1f} {flops / 1e9:16.0f} "
           f"{flops / bytes_per_s:14.1f}")
-print(f"the H100 moves memory {H100_SXM_BYTES_PER_S / bandwidth:.0f} times faster than this "
-      f"CPU copies it, and computes {H100_SXM_FLOAT32_PER_S / cpu_flops:.0f} times faster")
+print(f"the H100 moves memory {H100_SXM_BYTES_PER_S / bandwidth:.0f} times faster than one core "
+      f"of this CPU copies it, and computes {H100_SXM_FLOAT32_PER_S / cpu_flops:.0f} times faster")
 print(f"the fused chain does {chain_ops_per_byte:.2f} operations per byte it moves (at least)")
 chain_ops_per_s = len(log) * logits.size / seconds["fused"]
 h100_arithmetic_share = chain_ops_per_byte / (H100_SXM_FLOAT32_PER_S / H100_SXM_BYTES_PER_S)
