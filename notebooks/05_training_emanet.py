@@ -152,11 +152,14 @@ for head in ("emau", "emau_gamma0", "nonlocal", "pooling"):
           f"{costs[head]['extra_kib']:7.0f} KiB   {costs[head]['head_ms']:6.2f} ms")
 print(f"non-local / EMAU: {costs['nonlocal']['extra_mmacs'] / costs['emau']['extra_mmacs']:.1f}x "
       f"the multiply-adds, {costs['nonlocal']['extra_kib'] / costs['emau']['extra_kib']:.1f}x "
-      "the memory")
+      f"the memory, {costs['nonlocal']['head_ms'] / costs['emau']['head_ms']:.1f}x the time")
 
 # %% [markdown]
 # The non-local block's cost grows with $N^2$ (here $N = 576$ positions); the EMAU's with
-# $NK$. On this small map the gap is a few times; notebook 6 measures it at EMANet's size.
+# $NK$. On this small map the gap is a few times in multiply-adds and memory; in time, on this
+# small map and one thread, the ratio is far nearer 1 (the last line printed): at this size
+# the fixed costs of each call weigh as much as the arithmetic, as notebook 6 measures on
+# small maps. Notebook 6 also measures the gap at EMANet's size.
 #
 # ## The experiment
 #
@@ -400,7 +403,9 @@ _seeds = sorted(s for h, s in _by_seed if h == "emau" and ("none", s) in _by_see
 _expected = paired_comparison([_by_seed["emau", s] for s in _seeds],
                               [_by_seed["none", s] for s in _seeds])["ci"]
 check("Exercise 1", lambda: paired_interval(rows), _expected,
-      "d_s = emau_s - none_s for each seed s; the interval is about the mean of the d_s.")
+      "d_s = emau_s - none_s for each seed s; the interval is about the mean of the d_s. "
+      "s_d is the sample standard deviation (ddof=1), and the quantile is Student's t with "
+      "n - 1 degrees of freedom, not the normal distribution's.")
 
 
 # %% [markdown]
@@ -429,7 +434,9 @@ _expected_p = stats.binomtest(sum(g > 0 for g in _nonzero), len(_nonzero), 0.5,
                               alternative="greater").pvalue
 check("Exercise 2", lambda: sign_test_p(rows), _expected_p, rtol=1e-9,
       hint="count the seeds whose difference is positive, and the seeds whose difference is "
-           "not zero; the test asks whether the first count is large for the second.")
+           "not zero; the test asks whether the first count is large for the second. The test "
+           "is one-sided (scipy.stats.binomtest is two-sided unless you set its alternative argument), and "
+           "'at least as many' includes the observed count itself.")
 
 
 # %% [markdown]
