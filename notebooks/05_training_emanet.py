@@ -435,8 +435,8 @@ _expected_p = stats.binomtest(sum(g > 0 for g in _nonzero), len(_nonzero), 0.5,
 check("Exercise 2", lambda: sign_test_p(rows), _expected_p, rtol=1e-9,
       hint="count the seeds whose difference is positive, and the seeds whose difference is "
            "not zero; the test asks whether the first count is large for the second. The test "
-           "is one-sided (scipy.stats.binomtest is two-sided unless you set its alternative argument), and "
-           "'at least as many' includes the observed count itself.")
+           "is one-sided (scipy.stats.binomtest is two-sided unless you set its alternative "
+           "argument), and 'at least as many' includes the observed count itself.")
 
 
 # %% [markdown]
