@@ -181,8 +181,9 @@ diagrams.arrow(ax, diagrams.right_of(a_r, 0.1), diagrams.left_of(X_tilde))
 plt.show()
 
 # %% [markdown]
-# The $N \times K$ matrix $Z$ is the only large thing EM attention creates; compare the
-# $N \times N$ of the non-local block at the end of this notebook.
+# Besides its output $\tilde X$, the size of its input, the only large thing EM attention
+# creates is the $N \times K$ matrix $Z$; compare the $N \times N$ of the non-local block at
+# the end of this notebook.
 #
 # ## The inverse temperature $\lambda$
 #
@@ -306,18 +307,31 @@ plt.show()
 for name, values in runs.items():
     print(f"{name:17s} purity at s = 0.3: {values[0][0]:.2f},  at s = 30: {values[-1][0]:.2f}")
 
+# how far s must grow for the hardness to cross from a quarter to three quarters of the way
+# from uniform (1/K) to one-hot (1); both curves rise, so np.interp may read s off them
+swing_levels = 1 / K + (1 - 1 / K) * np.array([0.25, 0.75])
+log_swing = {name: np.diff(np.interp(swing_levels, np.array(values)[:, 1], np.log(scales)))[0]
+             for name, values in runs.items()}
+for name, width in log_swing.items():
+    print(f"{name:17s} hardness {swing_levels[0]:.2f} -> {swing_levels[1]:.2f} "
+          f"while s grows {np.exp(width):.1f}x")
+print(f"the swing without L2 spans {log_swing['without'] / log_swing['with L2 (EMANet)']:.2f} "
+      f"of the range of log s it spans with L2")
+
 # %% [markdown]
 # What the measurements say, and what they do not:
 #
 # - The **temperature** is where the two differ. With the constraint the hardness grows
 #   gradually with $s$ (logits $\propto s$); without it, it swings from nearly uniform to
-#   one-hot over a much shorter range of scales (logits $\propto s^2$), because the bases'
-#   length follows $s$ (right panel).
+#   one-hot over a little more than half the range of $\log s$ (the fraction printed),
+#   close to the half that logits $\propto s^2$ predict, because the bases' length follows
+#   $s$ (right panel).
 # - The **grouping** itself is not ruined by dropping the step on these well-separated toy
 #   clusters: at large $s$ both runs end far above the first, random assignment (the
 #   constrained one somewhat higher), so nothing is "frozen in": a one-hot E-step is hard EM
-#   (k-means), which still moves its assignments. At small $s$ both stay near the first assignment: soft assignments shared
-#   by all bases pull every basis towards the same global mean.
+#   (k-means), which still moves its assignments. At small $s$ both stay near the first
+#   assignment: soft assignments shared by all bases pull every basis towards the same
+#   global mean.
 #
 # The normalisation matters for two other reasons: it keeps the E-step a true posterior (the
 # model the derivation is about), and it makes the bases of different images comparable,
@@ -565,16 +579,18 @@ plt.show()
 # the lambda row: which basis wins, and how sure each pixel is of it
 lam_row = {lam: reconstruct(6, lam=lam)[0] for lam in (0.1, 5.0, 100.0)}  # z, (N, K)
 winner = {lam: z_lam.argmax(axis=1) for lam, z_lam in lam_row.items()}  # (N,)
+sky = (slice(0, H // 4), slice(0, W // 6))  # the photo's top-left corner: sky only
 for lam in (0.1, 100.0):
-    print(f"arg max agrees between lambda = {lam:g} and 5 on "
-          f"{np.mean(winner[lam] == winner[5.0]):.0%} of the pixels")
+    moved = (winner[lam] != winner[5.0]).reshape(H, W)  # (H, W)
+    print(f"lambda = {lam:g} gives {moved.mean():.0%} of the pixels another basis than "
+          f"lambda = 5 does, {moved[sky].mean():.0%} of the sky at the top left")
 print("mean max z: " + ", ".join(f"{z_lam.max(axis=1).mean():.2f} at lambda = {lam:g}"
                                  for lam, z_lam in lam_row.items()))
 
 # %% [markdown]
-# Row by row. The three segmentations of the $\lambda$ row look alike, and they nearly are:
-# $\lambda$ barely changes *which* basis wins a pixel (the agreements printed under the grid,
-# all runs from the same starting bases). What it changes is how sure each pixel is, the
+# Row by row. $\lambda$ moves a good share of the pixels to another basis (printed under the
+# grid, all runs from the same starting bases), sometimes whole regions, such as the sky at
+# the top left. What it changes most is how sure each pixel is, the
 # mean $\max_k z_{nk}$ printed last, and with it $\tilde x$. At $\lambda = 0.1$ every pixel is
 # undecided (mean $\max_k z_{nk}$ near $1/K$), although its largest responsibility still draws
 # segments, and $\tilde x_n$, an almost even mix of all the bases, shrinks to nearly the mean
