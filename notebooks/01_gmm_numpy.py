@@ -60,7 +60,7 @@ rng = np.random.default_rng(0)
 # \text{M-step (2):}\quad \theta^{\text{new}} = \arg\max_{\theta}\, Q(\theta, \theta^{\text{old}}).
 # $$
 #
-# Why alternating them can only raise $\ln p(X \mid \theta)$ is drawn after the first EM
+# Why alternating them never lowers $\ln p(X \mid \theta)$ is drawn after the first EM
 # run below, where the bound it rests on can be computed.
 #
 # ## The mixture and its $Q$
@@ -608,7 +608,7 @@ print(f"k-means converged after {kmeans.n_iter_} iterations; largest difference 
 #
 # ## Where EM starts decides where it ends
 #
-# Every step raises the likelihood, so EM climbs to *a* maximum of $\ln p(X \mid \theta)$;
+# No step lowers the likelihood, so EM climbs to *a* maximum of $\ln p(X \mid \theta)$;
 # which one depends on where it starts, and the likelihood of a mixture has many (every
 # relabelling of the components is already $K!$ copies of each). Below, 30 starts of the run
 # above, each from three other random points as the means (identity covariances, equal
@@ -658,13 +658,32 @@ axes[1].legend(handles=[Line2D([], [], color="k", marker="o", mfc="none", ls="",
 plt.tight_layout()
 plt.show()
 
+# the highest maximum's grouping stands for the clusters as drawn; at each lower maximum,
+# share[c, k] is the fraction of cluster c's points whose most responsible component is k
+clusters = responsibilities(ends[group_of.index(0)][2]).argmax(axis=1)  # (N,)
+print(f"{len(levels) - 1} lower maxima")
+for g in range(1, len(levels)):
+    grouping = responsibilities(ends[group_of.index(g)][2]).argmax(axis=1)  # (N,)
+    share = np.array([np.bincount(grouping[clusters == c], minlength=K) / np.sum(clusters == c)
+                      for c in range(K)])  # (K clusters, K components)
+    main = share.argmax(axis=1)  # (K,) the component that takes most of each cluster
+    assert sorted(np.bincount(main, minlength=K)) == [0, 1, 2]  # one component, two clusters
+    covering = np.bincount(main).argmax()  # the component that takes most of two clusters
+    third = np.flatnonzero(main != covering)[0]
+    others = [k for k in range(K) if k != covering]
+    print(f"ln p = {levels[g]:.2f}: the {COLOURS[covering]} component takes "
+          f"{share[main == covering, covering].min():.0%} or more of two clusters; the third is "
+          f"shared {share[third, others[0]]:.0%} / {share[third, others[1]]:.0%} by the other two")
+
 # %% [markdown]
 # Most starts reach the same, highest maximum: the three clusters as they were drawn. The
-# others stop on a lower one, where one component covers two clusters and two share the
-# third. The runs barely move there any more (the last line printed), and no EM step can
-# carry a component across the empty space between clusters, because every step must raise
-# the likelihood. Some runs also sit for tens of iterations on a plateau before they find
-# the way up (the green curves that rise late): a slow climb can look like convergence.
+# others stop on lower ones (how many is printed under the figure), each with one component
+# covering two clusters and two sharing the third (the shares printed). The runs barely move
+# there any more (the largest change printed), and no step will leave: a local maximum is a
+# fixed point of EM, since the bound that touches the likelihood there is maximised by the
+# parameters already in hand. Some runs also sit for tens of iterations on a plateau before
+# they find the way up (the green curves that rise late): a slow climb can look like
+# convergence.
 #
 # Two remedies, both in `gmm.GaussianMixture` as in scikit-learn: start from a better place
 # (the default, `init_params="kmeans"`, runs k-means first), and run several starts and keep
