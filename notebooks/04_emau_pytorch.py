@@ -66,7 +66,8 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## The unit and the network, drawn
 #
-# Tensors are drawn at shapes proportional to theirs; grey operations receive no gradient
+# Tensors are drawn as boxes whose sizes suggest their shapes, not measure them; grey
+# operations receive no gradient
 # (why is the subject of a section below), white ones are trained, and the orange buffer
 # $\mu^{(0)}$ is moved by a moving average, not by the optimiser.
 
@@ -158,9 +159,11 @@ plt.show()
 # %% [markdown]
 # ## The module, part by part
 #
-# The constructor draws the initial bases $\mu^{(0)} \sim \mathcal{N}(0, \sqrt{2/K})$ and
-# scales each to unit length. They are registered as a **buffer**, not a parameter: they are
-# saved in the `state_dict` and moved by `.to(device)`, but the optimiser never sees them.
+# The constructor draws the initial bases $\mu^{(0)}$ from a normal distribution with mean 0
+# and standard deviation $\sqrt{2/K}$ and scales each to unit length (the scale of the draw
+# does not matter, since each basis is then normalised). They are registered as a
+# **buffer**, not a parameter: they are saved in the `state_dict` and moved by
+# `.to(device)`, but the optimiser never sees them.
 
 # %%
 unit = EMAU(channels=16, num_bases=8, num_stages=3)
@@ -540,6 +543,9 @@ initial_bases = F.normalize(model.emau.mu, dim=1)  # (K, C): the learned mu^(0),
 same_direction = (initial_bases @ initial_bases.T) > 0.999  # (K, K)
 groups = sorted({tuple(np.flatnonzero(row).tolist()) for row in same_direction.numpy()})
 print(f"{num_bases} initial bases, {len(groups)} distinct directions: {groups}")
+largest_distance = max(torch.cdist(model.emau.mu[list(g)], model.emau.mu[list(g)]).max().item()
+                       for g in groups)  # within a group, unnormalised bases
+print(f"largest distance between two bases of one group: {largest_distance}")
 
 stride = truth.shape[0] // maps.shape[1]  # output stride: pixels per feature cell
 h, w = maps.shape[1:]
@@ -552,9 +558,10 @@ for k in range(num_bases):
 # Read together, the figure and the printout show what the network learned to do with its
 # bases on this task:
 #
-# - most of the initial bases have merged into one direction. Merged bases never separate
-#   again: bases that start equal receive equal responsibilities in A$_E$ and so equal
-#   updates in A$_M$, batch after batch. They share the background evenly, and the arg max,
+# - most of the initial bases have merged into one: within the group they are identical
+#   (the largest distance between two of them is printed, 0). Identical bases never
+#   separate again: bases that start equal receive equal responsibilities in A$_E$ and so
+#   equal updates in A$_M$, batch after batch. They share the background evenly, and the arg max,
 #   which breaks a tie in favour of the lowest index, paints the whole background with the
 #   first of them;
 # - the remaining bases take the digits' ink and divide it between them, each responsible
@@ -598,6 +605,13 @@ check("Exercise 1", trainable_numbers,
 #
 # (b) With the EMAU's default momentum, after how many steps has $\mu^{(0)}$ covered at least
 # 99 % of its distance to $M$? Answer with the smallest such integer.
+#
+# (c) The right panel of the moving-average figure shows the bases' length dipping below 1.
+# Take one step from a unit $\mu^{(0)}_k$ towards a unit $M_k$ at angle $\theta$ to it: what
+# is $\|\mu^{(0)}_k\|$ after the step, as a function of $m$ and $\theta$? The check runs
+# one training step of an EMAU (official update, no re-normalisation) on a batch of one
+# feature map, whose final bases are unit vectors, and compares your lengths with the
+# unit's, basis by basis.
 
 # %% tags=["exercise"]
 def bases_after(mu_0, M, m, n):
@@ -614,7 +628,16 @@ check("Exercise 2a", lambda: bases_after(_mu_0, _M, 0.1, 7), _expected.numpy(),
       "write mu^(0) - M after one step, then after two.")
 
 # %% tags=["exercise"]
-steps_to_99_percent = None  # your answer here: an integer
+steps_to_99_percent = None  # (b) your answer here: an integer
+
+
+def length_after_one_step(m, theta):
+    """(c) ||mu^(0)_k|| after one step from unit mu^(0)_k towards unit M_k at angle theta.
+
+    m: the momentum, a number; theta: NumPy array of angles, one per basis, in radians.
+    """
+    return None  # your answer here
+
 
 # %% tags=["check"] jupyter={"source_hidden": true}
 _momentum, _left, _steps = EMAU(C, num_bases=K).momentum, 1.0, 0
@@ -623,4 +646,15 @@ while _left > 0.01:  # the share of the distance to M still left, one update at 
 check("Exercise 2b", steps_to_99_percent, _steps,
       "use (a): what share of the distance to M is left after n steps? Take logarithms, and "
       "remember that a count of steps is a whole number.")
+
+_unit = EMAU(C, num_bases=K).double().train()
+_start = _unit.mu.clone()  # (K, C), unit rows
+with torch.no_grad():
+    _unit(torch.randn(1, C, H, W, dtype=torch.float64))  # one feature map: M = its final bases
+_final = _unit.last_bases[0]  # (K, C), unit rows: M of the exercise
+_theta = torch.arccos((_start * _final).sum(dim=1).clamp(-1, 1)).numpy()  # (K,)
+check("Exercise 2c", lambda: length_after_one_step(_unit.momentum, _theta),
+      _unit.mu.norm(dim=1).numpy(),
+      "the new mu^(0)_k is a weighted sum of two unit vectors; expand its squared length as a "
+      "dot product with itself, and use what the dot product of two unit vectors is.")
 
