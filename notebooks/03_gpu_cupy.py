@@ -21,9 +21,8 @@
 # GPU": between its matrix products, EM attention is a chain of small element-wise steps,
 # each a separate pass over memory, and *fusing* them, so that the data crosses the memory
 # bus once instead of many times, is where much of the time goes, on a GPU above all. That
-# second lesson is measured here
-# on the CPU, where the same arithmetic of bytes holds; the GPU versions follow in cells
-# tagged `gpu`, which run only where a GPU is present.
+# second lesson is measured here on the CPU, where the same arithmetic of bytes holds; the GPU
+# versions follow in cells tagged `gpu`, which run only where a GPU is present.
 
 # %%
 import os
