@@ -189,8 +189,10 @@ def attention_figure(
     figure.colorbar(heat, ax=axes[1:, :].ravel().tolist(), location="bottom", shrink=0.5,
                     aspect=40, label="responsibility z_nk (one cell per feature position)")  # fmt: skip
     _class_legend(figure, class_names)
-    figure.suptitle(f"EM attention: {num_bases} of K={len(all_maps)} bases, "
-                    f"{maps.shape[1]}x{maps.shape[2]} feature cells")  # fmt: skip
+    shown = f"K={len(all_maps)}" if num_bases == len(all_maps) else \
+        f"{num_bases} of K={len(all_maps)}"
+    figure.suptitle(f"EM attention: {shown} bases, {maps.shape[1]}x{maps.shape[2]} feature "
+                    "cells")  # fmt: skip
     return _save(figure, path)
 
 
