@@ -158,8 +158,8 @@ print(f"non-local / EMAU: {costs['nonlocal']['extra_mmacs'] / costs['emau']['ext
 # The non-local block's cost grows with $N^2$ (here $N = 576$ positions); the EMAU's with
 # $NK$. On this small map the gap is a few times in multiply-adds and memory; in time, on this
 # small map and one thread, the ratio is far nearer 1 (the last line printed): at this size
-# the fixed costs of each call weigh as much as the arithmetic, as notebook 6 measures on
-# small maps. Notebook 6 also measures the gap at EMANet's size.
+# time does not follow the multiply-adds. Notebook 6 measures how each block's time grows with
+# the map, and the gap at EMANet's size.
 #
 # ## The experiment
 #
