@@ -207,6 +207,35 @@ def test_em_step_is_e_step_then_m_step(problem, weighted, seed_form):
         assert_allclose(float(mean_log_likelihood), expected_log_likelihood, rtol=1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", TYPES)
+@pytest.mark.parametrize("n_features", [24, 48])
+def test_blocked_step_above_the_small_feature_path(rng, covariance_type, n_features):
+    """The engine's products for d > 16 (one wide product, scaling in place) are eq. 3-7 too.
+
+    Every other test here runs at d = 3, on the engine's small-feature path. Planted once:
+    scaling the differences by z instead of sqrt(z) above 16 features failed this test (and
+    no other test of this file)."""
+    weights, means, covariances = random_parameters(rng, covariance_type, n_features, K)
+    X = rng.normal(scale=3.0, size=(500, n_features))
+    precisions_chol = gmm.precisions_cholesky_from_covariances(covariances, covariance_type)
+    expected_density = gmm.log_gaussian_density(X, means, precisions_chol, covariance_type)
+    for n_threads in (1, 2):
+        got_density = fast.log_gaussian_density_blocked(X, means, precisions_chol,
+                                                        covariance_type, block_size=64,
+                                                        n_threads=n_threads)
+        assert_allclose(got_density, expected_density, rtol=1e-10)
+    *expected, expected_mean_log_likelihood = gmm.em_step(X, weights, means, precisions_chol,
+                                                          covariance_type, 1e-3)
+    for n_threads in (1, 2):
+        *got, mean_log_likelihood = fast.em_step_blocked(
+            X, weights, means, precisions_chol, covariance_type, 1e-3, block_size=64,
+            n_threads=n_threads)
+        for g, e in zip(got, expected):
+            assert_allclose(g, e, rtol=1e-9, atol=1e-12)
+        assert_allclose(float(mean_log_likelihood), float(expected_mean_log_likelihood),
+                        rtol=1e-12)
+
+
 def test_old_mean_inflates_covariance_by_mean_shift(rng):
     # Seed's eq. 7: Sigma_old = Sigma_new + (mu_new - mu_old)(mu_new - mu_old)^T.
     X = rng.normal(size=(N, D))
