@@ -51,39 +51,48 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
 
 
 def centred_data(X, centre, covariance_type):
-    """c (1, d); x_n - c for every sample of X, (N, d); for spherical ||x_n - c||^2, (N, 1).
+    """c (1, d), and [x_n - c, (x_n - c)^2] for every sample of X, (N, d + e), the squares
+    as in :func:`per_type_squares` (for spherical ||x_n - c||^2, e = 1).
 
     With c from :func:`reference_point`, which does not depend on the parameters, a fit forms
-    these once (trick 6 of :mod:`em_tutorial.gmm.fast`) rather than in every step.
+    these once (trick 6 of :mod:`em_tutorial.gmm.fast`) rather than in every step. Side by
+    side, so that the E-step's distances and the M-step's sums are one product each per
+    block: at 20k x 128 x 8 diag (K = 8, B = 2048, one thread) the E-step's one product took
+    0.42x the time of its two thin ones with the squares formed per block, and a fit (median
+    of 7, two threads) 0.91x the time (spherical 0.81x; diag 0.87x at 100k x 16 x 16, 0.79x
+    at 200k x 4 x 32), for twice the memory of centring alone.
     """
     xp = get_array_module(X, centre)
-    centred = X - centre  # (N, d)
+    n_features = X.shape[1]
+    # Filled in place: a third of the time of concatenating new x - c and (x - c)^2.
     if covariance_type == "spherical":
-        return centre, centred, xp.vecdot(centred, centred, axis=-1)[:, None]  # (N, 1)
-    return centre, centred, None
+        wide = xp.concat([X, X[:, :1]], axis=1)  # (N, d + 1)
+        wide -= xp.concat([centre, centre[:, :1]], axis=1)
+        centred = wide[:, :n_features]  # (N, d)
+        wide[:, n_features:] = xp.vecdot(centred, centred, axis=-1)[:, None]  # (N, 1)
+    else:
+        wide = xp.concat([X, X], axis=1)  # (N, 2 d)
+        wide -= xp.concat([centre, centre], axis=1)
+        wide[:, n_features:] *= wide[:, n_features:]
+    return centre, wide
 
 
 def expanded_features(data, start, stop):
-    """x - c, shape (B, d), and its squares as in :func:`per_type_squares`, shape (B, e),
-    for the samples ``start:stop`` of :func:`centred_data`'s ``data``.
-
-    Two arrays rather than one [x - c, (x - c)^2]: no copy into a (B, d + e) array, and for
-    spherical ||x - c||^2 as one dot product per sample, never the (B, d) squares.
-    """
-    _, centred, norms = data
-    centred = centred[start:stop, :]  # (B, d)
-    if norms is not None:  # spherical
-        return centred, norms[start:stop, :]  # (B, 1)
-    return centred, centred * centred  # (B, d)
+    """[x - c, (x - c)^2], shape (B, d + e), for the samples ``start:stop`` of
+    :func:`centred_data`'s ``data``."""
+    return data[1][start:stop, :]  # (B, d + e)
 
 
 def diagonal_mahalanobis(features, coefficients):
-    """||(x_n - mu_k) p_k||^2 from the expansion, shape (K, B), clipped at 0."""
-    xp = get_array_module(*features)
-    (centred, squares), (linear, quadratic, constant) = features, coefficients
-    # (K, d) @ (d, B) + (K, e) @ (e, B) -> (K, B)
-    distances = (xp.matmul(linear, xp.matrix_transpose(centred))
-                 + xp.matmul(quadratic, xp.matrix_transpose(squares)) + constant[:, None])
+    """||(x_n - mu_k) p_k||^2 from the expansion, shape (K, B), clipped at 0.
+
+    ``features`` as :func:`expanded_features` gives them; ``coefficients`` are
+    [-2 P_k a_k, P_k], (K, d + e), and sum_j P_kj a_kj^2, (K,).
+    """
+    xp = get_array_module(features, *coefficients)
+    side_by_side, constant = coefficients
+    # [-2 P a, P] [x - c, (x - c)^2]^T + P a^2: (K, d + e) @ (d + e, B) -> (K, B)
+    distances = xp.matmul(side_by_side, xp.matrix_transpose(features)) + constant[:, None]
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
@@ -96,9 +105,11 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
     components, such as clusters 1e5 standard deviations apart in float32.
     """
     xp = get_array_module(means, precisions_cholesky)
-    coefficients = diagonal_coefficients(means, precisions_cholesky, covariance_type, centre)
-    if expansion_is_accurate(coefficients[2]):
-        return lambda X_block, features: diagonal_mahalanobis(features, coefficients)
+    linear, quadratic, constant = diagonal_coefficients(
+        means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(constant):
+        side_by_side = xp.concat([linear, quadratic], axis=1)  # (K, d + e)
+        return lambda X_block, features: diagonal_mahalanobis(features, (side_by_side, constant))
     # p_k per coordinate: (K, d) for diag, (K, 1) for spherical
     scales = precisions_cholesky[:, None] if covariance_type == "spherical" else precisions_cholesky
 
@@ -157,18 +168,21 @@ def diagonal_em_sums(X, e_step, block_size, n_threads, kept=None):
     xp = get_array_module(X)
 
     def sums_over(slices):
-        counts = sums = squares = total_log_norm = 0.0
+        counts = moments = total_log_norm = 0.0
         for start, stop in slices:
-            (centred, centred_squares), resp, log_norm = e_step(start, stop)
+            features, resp, log_norm = e_step(start, stop)
             if kept is not None:
                 kept[start] = resp
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=1)  # (K,)
-            sums = sums + xp.matmul(resp, centred)  # (K, B) @ (B, d) -> (K, d)
-            squares = squares + xp.matmul(resp, centred_squares)  # (K, B) @ (B, e) -> (K, e)
-        return counts, sums, squares, total_log_norm
+            # [sum_n z_nk (x_n - c), sum_n z_nk (x_n - c)^2]: (K, B) @ (B, d + e) -> (K, d + e)
+            moments = moments + xp.matmul(resp, features)
+        return counts, moments, total_log_norm
 
-    return over_blocks(sums_over, X.shape[0], block_size, n_threads)
+    counts, moments, total_log_norm = over_blocks(sums_over, X.shape[0], block_size,
+                                                  n_threads)
+    n_features = X.shape[1]
+    return counts, moments[:, :n_features], moments[:, n_features:], total_log_norm
 
 
 def recentred_squares(X, responsibilities_of, centres, covariance_type, block_size, n_threads):
