@@ -64,7 +64,7 @@ def centred_data(X, centre, covariance_type):
     """
     xp = get_array_module(X, centre)
     n_features = X.shape[1]
-    # Filled in place: a third of the time of concatenating new x - c and (x - c)^2.
+    # Filled in place: 0.65-0.75x the time of concatenating new x - c and (x - c)^2.
     if covariance_type == "spherical":
         wide = xp.concat([X, X[:, :1]], axis=1)  # (N, d + 1)
         wide -= xp.concat([centre, centre[:, :1]], axis=1)
