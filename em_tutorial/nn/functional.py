@@ -201,7 +201,7 @@ def _gain(path: Sequence[nn.Conv2d]):
 
 
 def check_batch(x: torch.Tensor, owner: str, training: bool,
-                paths: Sequence[Sequence[nn.Conv2d]] = ()) -> None:
+                paths: Sequence[Sequence[nn.Conv2d]] = (), values: bool = True) -> None:
     """The value rules of every module of :mod:`em_tutorial.nn`, in eval and training mode alike.
 
     Raises a ValueError, before anything is computed (so no buffer moves), for
@@ -219,7 +219,9 @@ def check_batch(x: torch.Tensor, owner: str, training: bool,
       1e15 for float32 images of a few hundred pixels a side). Weights that would overflow
       even on an input of unit scale have diverged: that is left to the loss, where the
       training loop sees it, and not blamed on ``x``;
-    * an empty batch (B = 0) in training mode (:func:`empty_batch_message`).
+    * an empty batch (B = 0) in training mode (:func:`empty_batch_message`), also with
+      ``values=False``, which skips the two rules above (a module built with
+      ``non_finite="skip"``, whose caller has checked the values).
 
     Cost: one reduction over ``x`` (max|x|, which is NaN or inf exactly when ``x`` holds one)
     and a few over the small kernels, read back together: one device synchronisation per
@@ -230,7 +232,7 @@ def check_batch(x: torch.Tensor, owner: str, training: bool,
         if training:
             raise ValueError(empty_batch_message(x, owner))
         return
-    if x.device.type == "meta":
+    if not values or x.device.type == "meta":
         return
     # float64 where x is: float32 would read a finite max|x| above 3.4e38 as inf
     read_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import check_batch, check_feature_map, check_input_dtype, empty_batch_message
+from .functional import check_batch, check_feature_map, check_input_dtype
 
 __all__ = ["NonLocal2d"]
 
@@ -99,11 +99,9 @@ class NonLocal2d(nn.Module):
         """
         check_feature_map(x, self.channels, "NonLocal2d")
         check_input_dtype(x, self.theta.weight, "NonLocal2d")
-        if self.non_finite == "raise":
-            # the path to the output BatchNorm: g, a convex combination (no larger), W_z
-            check_batch(x, "NonLocal2d", self.training, [(self.g, self.conv_out)])
-        elif self.training and x.shape[0] == 0:
-            raise ValueError(empty_batch_message(x, "NonLocal2d"))
+        # the path to the output BatchNorm: g, a convex combination (no larger), W_z
+        check_batch(x, "NonLocal2d", self.training, [(self.g, self.conv_out)],
+                    values=self.non_finite == "raise")
         b, _, h, w = x.shape
         theta = self.theta(x).flatten(2).mT  # (B, N, C')
         phi = self.phi(x).flatten(2)  # (B, C', N)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import check_batch, check_feature_map, check_input_dtype, empty_batch_message
+from .functional import check_batch, check_feature_map, check_input_dtype
 
 __all__ = ["ImagePooling2d"]
 
@@ -79,11 +79,9 @@ class ImagePooling2d(nn.Module):
         """
         check_feature_map(x, self.channels, "ImagePooling2d")
         check_input_dtype(x, self.fuse[0].weight, "ImagePooling2d")
-        if self.non_finite == "raise":
-            # the convolutions that see x (pooled, or as it is) before their BatchNorm
-            check_batch(x, "ImagePooling2d", self.training, [(self.pooled[0],), (self.fuse[0],)])
-        if self.training and x.shape[0] == 0:
-            raise ValueError(empty_batch_message(x, "ImagePooling2d"))
+        # the convolutions that see x (pooled, or as it is) before their BatchNorm
+        check_batch(x, "ImagePooling2d", self.training, [(self.pooled[0],), (self.fuse[0],)],
+                    values=self.non_finite == "raise")
         if self.training and x.shape[0] == 1:
             raise ValueError(
                 f"ImagePooling2d input x of shape {tuple(x.shape)}: in training mode the pooled "

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .functional import check_batch, check_input_dtype, check_tensor, empty_batch_message
+from .functional import check_batch, check_input_dtype, check_tensor
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "resnet50", "resnet101", "resnet152", "RESNET_DEPTHS"
@@ -253,10 +253,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet expects images of shape (B, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
         check_input_dtype(x, self.stem_conv.weight, "ResNet")
-        if self.non_finite == "raise":
-            check_batch(x, "ResNet", self.training, [(self.stem_conv,)])
-        elif self.training and x.shape[0] == 0:
-            raise ValueError(empty_batch_message(x, "ResNet"))
+        check_batch(x, "ResNet", self.training, [(self.stem_conv,)],
+                    values=self.non_finite == "raise")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, stem, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, out, H/os, W/os)
         if hasattr(self, "fc"):
