@@ -22,19 +22,21 @@ def _refusal(model, weights) -> str:
 
 def test_other_class_count_and_depth_are_named():
     message = _refusal(emanet_resnet50(11), emanet_resnet101(21).state_dict())
-    assert message.endswith("the checkpoint has 21 classes / ResNet-101 / an attention block; "
-                            "the network has 11 classes / ResNet-50 / an attention block")  # fmt: skip
+    assert message.endswith("this checkpoint has ResNet-101 (deep stem) / 21 classes, the model "
+                            "has ResNet-50 (deep stem) / 11 classes")  # fmt: skip
 
 
 def test_other_head_is_named_and_a_fitting_state_loads():
     message = _refusal(emanet_tiny(11, **TOUR_MODEL, head="none"),
                        emanet_tiny(11, **TOUR_MODEL).state_dict())  # fmt: skip
-    assert "the checkpoint has 11 classes / a 1+1+1+1-block backbone / an attention block; the " \
-        "network has 11 classes / a 1+1+1+1-block backbone / no attention block" in message
-    # Same summary, other number of bases: the differing entry is named instead.
+    assert message.endswith("this checkpoint has EMAU head, the model has no attention head")
     message = _refusal(emanet_tiny(11, **{**TOUR_MODEL, "num_bases": 8}),
                        emanet_tiny(11, **TOUR_MODEL).state_dict())  # fmt: skip
-    assert message.endswith("(1 entries differ in name or shape: attention.mu)")
+    assert message.endswith("this checkpoint has 16 bases, the model has 8 bases")
+    # Same structure, an entry more: the differing entry is named instead.
+    weights = {**emanet_tiny(11, **TOUR_MODEL).state_dict(), "extra.weight": torch.zeros(1)}
+    message = _refusal(emanet_tiny(11, **TOUR_MODEL), weights)
+    assert message.endswith("unexpected keys 1 ('extra.weight')")
     source, target = emanet_tiny(11, **TOUR_MODEL), emanet_tiny(11, **TOUR_MODEL)
     load_model_state(target, source.state_dict(), "checkpoint c.pt")
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(),
@@ -64,5 +66,5 @@ def test_eval_of_a_digit_checkpoint_on_voc_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "state_dict" not in error
     assert error.startswith(f"em-tutorial: error: checkpoint {checkpoint} does not fit this "
-                            "network: the checkpoint has 11 classes / a 1+1+1+1-block backbone "
-                            "/ an attention block; the network has 21 classes")  # fmt: skip
+                            "network: this checkpoint has 11 classes, the model has 21 "
+                            "classes\n")  # fmt: skip

@@ -29,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 
 import torch
 
+from ..nn._weights import emanet_structure, key_differences, mismatch
 from .config import TrainConfig
 
 __all__ = [
@@ -262,49 +262,25 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
-#: Blocks per stage (layer1..layer4) of the standard ResNet depths.
-_RESNET_DEPTHS = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101", (3, 8, 36, 3): "ResNet-152"}
-_BLOCK = re.compile(r"backbone\.layer(\d)\.(\d+)\.")
-
-
-def _network_summary(weights: dict) -> str:
-    """"21 classes / ResNet-101 / attention head" read from an EMANet state_dict's names and shapes."""
-    classifier = weights.get("fc2.weight")
-    classes = "? classes" if classifier is None else f"{classifier.shape[0]} classes"
-    blocks = {}
-    for name in weights:
-        match = _BLOCK.match(name)
-        if match:
-            stage, index = int(match[1]), int(match[2])
-            blocks[stage] = max(blocks.get(stage, 0), index + 1)
-    counts = tuple(blocks.get(stage, 0) for stage in (1, 2, 3, 4))
-    backbone = _RESNET_DEPTHS.get(counts, "a " + "+".join(map(str, counts)) + "-block backbone")
-    head = "an attention block" if any(n.startswith("attention.") for n in weights) else \
-        "no attention block"
-    return f"{classes} / {backbone} / {head}"
-
-
 def load_model_state(model, weights: dict, source) -> None:
     """``model.load_state_dict(weights)``, or one line saying how they differ.
 
     Raises
     ------
     ValueError
-        When names or shapes differ: "this checkpoint has 21 classes / ResNet-101 / ...; the
-        model has 11 classes / ResNet-50 / ...", with examples of the differing entries when
-        those summaries agree.
+        When names or shapes differ: what the checkpoint and the network are, item by item
+        where they differ ("this checkpoint has 21 classes / ResNet-101 (deep stem), the model
+        has 11 classes / ResNet-50 (deep stem)", as for the authors' weights given to
+        ``emanet_resnet101(weights=...)``), or, when those agree, the differing entries.
     """
     expected = model.state_dict()
-    differing = sorted(set(expected) ^ set(weights)) + [
-        name for name in expected
-        if name in weights and tuple(expected[name].shape) != tuple(weights[name].shape)
-    ]  # fmt: skip
-    if differing:
-        held, wanted = _network_summary(weights), _network_summary(expected)
-        detail = "" if held != wanted else f" ({len(differing)} entries differ in name or " \
-            f"shape: {_describe(differing)})"
-        raise ValueError(f"{source} does not fit this network: the checkpoint has {held}; the "
-                         f"network has {wanted}{detail}")  # fmt: skip
+    difference = mismatch(emanet_structure(weights), emanet_structure(expected))
+    if difference is None and (weights.keys() != expected.keys() or any(
+            tuple(value.shape) != tuple(expected[name].shape)
+            for name, value in weights.items() if name in expected)):
+        difference = key_differences(weights, expected)
+    if difference is not None:
+        raise ValueError(f"{source} does not fit this network: {difference}")
     model.load_state_dict(weights)
 
 
