@@ -84,8 +84,9 @@ def centred_for_fit(algorithm, X, n_components, covariance_type):
     spherical; None otherwise."""
     if algorithm == "reference" or covariance_type not in DIAGONAL_TYPES:
         return None
-    centre = reference_point(X, block_size_for(X, n_components, covariance_type))
-    return centred_data(X, centre, covariance_type)
+    block_size = block_size_for(X, n_components, covariance_type)
+    return centred_data(X, reference_point(X, block_size), covariance_type, block_size,
+                        threads_for(X, block_size))
 
 
 def one_em_step(algorithm, X, weights, means, precisions_cholesky, covariance_type, reg_covar,

@@ -30,11 +30,12 @@ loading at the time, so the ratios are indicative:
    (P_kj = p_kj^2, a_k = mu_k - c), so products of x and x^2 with coefficients give all K
    distances and products of z with x and x^2 give the M-step's moments: O(N K d) work, no
    d x d matrix (diag at 20k x 128 x 8: 12.5x faster than the earlier version that built
-   them). Diag and spherical keep x and x^2 as two arrays rather than copying them into
-   one, spherical keeps only ||x||^2 (one dot product per sample), and the distances and
-   z_nk are laid out (K, B), so that the log-sum-exp over k runs across rows of B samples
-   rather than along rows of K (each a small gain in a step that is mostly these
-   products). Tied whitens each block once, (x - c) P, instead of once per component. The
+   them). Diag and spherical hold x - c and its squares side by side, [x - c, (x - c)^2],
+   so that a block's K distances are one product with [-2 P_k a_k, P_k] and its moments
+   one product of z with the same array (spherical keeps only ||x - c||^2, e = 1); the
+   distances and z_nk are laid out (K, B), so that the log-sum-exp over k runs across rows
+   of B samples rather than along rows of K (each a small gain in a step that is mostly
+   these products). Tied whitens each block once, (x - c) P, instead of once per component. The
    expansion rounds off by ~4 eps ||(c - mu_k) P_k||^2; where that exceeds 0.01 nats
    (narrow components far from c) the distances come from centred differences instead.
 4. **Re-centring, judged from the new scatter.** The scatter comes out around another centre
@@ -67,14 +68,15 @@ loading at the time, so the ratios are indicative:
    took 0.75-0.76x the time and spherical 0.82-0.86x (two runs of 9 fits each,
    alternating); elsewhere no change.
 6. **Diag and spherical: X centred once per fit.** The reference point c does not change
-   from step to step, so the estimator forms x_n - c (and for spherical ||x_n - c||^2) once
-   for the fit, an extra copy of X, instead of in every block of every step. Those
-   element-by-element passes run at the speed of memory, and a second thread barely helps them
-   (1.07x on X * X block by block, against 1.75x for the products). Fits of 10 iterations at
-   20k x 128 x 8, alternating with fits that centre every block, 11 each: diag 0.80x the
-   time, spherical 0.84x; at 100k x 16 x 16 0.87x and 0.89x; at 200k x 4 x 32 no change.
-   Diag still squares its block in each step: keeping the (N, d) squares too would be a
-   second copy of X.
+   from step to step, so the estimator forms [x_n - c, (x_n - c)^2] once for the fit
+   (:func:`em_tutorial.gmm.fast._diagonal.centred_data`), instead of in every block of every
+   step: a copy of X twice its size for diag, one column wider for spherical. Fits of 10
+   iterations at 20k x 128 x 8, alternating with fits that centre every block, 11 each:
+   centring once took diag to 0.80x the time, spherical 0.84x (at 100k x 16 x 16 0.87x and
+   0.89x; at 200k x 4 x 32 no change), and keeping the squares too took diag a further
+   0.91x and spherical 0.81x. The array is filled block by block on the threads, each
+   block squared while it is in cache: X read once, the array written once (diag at
+   20k x 128 x 8: a fit 0.89x the time of filling it with whole-array passes).
 
 Tricks 1, 5 and 6 leave the arithmetic as it is; tricks 2-4 reorder it, which is why the tests
 compare every function here with its plain counterpart (``tests/test_gmm_equations.py``,
