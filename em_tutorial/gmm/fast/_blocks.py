@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from em_tutorial.backend import get_array_module
+from em_tutorial.backend import get_array_module, is_numpy_namespace
 from em_tutorial.gmm._arrays import eye_like, full_like_shape, to_host
 from em_tutorial.gmm.equations import log_density_from_mahalanobis, shifted_exp
 from em_tutorial.gmm.precision import NotPositiveDefiniteError, cholesky_lower, log_det_cholesky
@@ -67,6 +67,25 @@ def map_blocks(of_block, n_samples, block_size, n_threads):
         return [of_block(start, stop) for start, stop in slices]
     with ThreadPoolExecutor(n_threads) as pool:
         return list(pool.map(lambda bounds: of_block(*bounds), slices))
+
+
+#: Rows shorter than this are summed by :func:`squared_norms` with NumPy's einsum.
+SHORT_ROW = 32
+
+
+def squared_norms(vectors):
+    """||v||^2 along the last axis: shape (...,) from (..., d).
+
+    ``xp.vecdot(v, v, axis=-1)``, except for NumPy rows shorter than :data:`SHORT_ROW`:
+    NumPy 2.4's vecdot makes one dot-product call per row, and einsum's summing loop is
+    faster on short ones. One block of a full fit, (K, B, d) = (16, 2048, 16), took 0.33x
+    the time in float32 and 0.95x in float64, (32, 8192, 4) 0.5x in both; at 32 entries and
+    more vecdot was as fast or faster (one thread, 2-core Intel Xeon).
+    """
+    xp = get_array_module(vectors)
+    if is_numpy_namespace(xp) and vectors.shape[-1] < SHORT_ROW:
+        return np.einsum("...j,...j->...", vectors, vectors)
+    return xp.vecdot(vectors, vectors, axis=-1)
 
 
 def reference_point(X, block_size):

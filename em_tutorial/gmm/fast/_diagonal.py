@@ -17,6 +17,7 @@ from em_tutorial.gmm.fast._blocks import (
     reference_point,
     responsibilities,
     rows_that_cancel_too_much,
+    squared_norms,
 )
 
 
@@ -123,7 +124,7 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
 
     def centred_distances(X_block, features):
         whitened = (X_block[None, :, :] - means[:, None, :]) * scales[:, None, :]  # (K, B, d)
-        return xp.vecdot(whitened, whitened, axis=-1)  # (K, B)
+        return squared_norms(whitened)  # (K, B)
 
     return centred_distances
 
@@ -210,7 +211,7 @@ def recentred_squares(X, responsibilities_of, centres, covariance_type, block_si
             centred = X_block[None, :, :] - centres[:, None, :]  # (K', B, d)
             if covariance_type == "spherical":
                 # sum_n z_nk ||x_n - c_k||^2: (K', B) . (K', B) -> (K', 1)
-                block_squares = xp.vecdot(resp, xp.vecdot(centred, centred, axis=-1))[:, None]
+                block_squares = xp.vecdot(resp, squared_norms(centred))[:, None]
             else:
                 # sum_n z_nk (x_nj - c_kj)^2: (K', 1, B) @ (K', B, d) -> (K', d)
                 block_squares = xp.matmul(resp[:, None, :], centred * centred)[:, 0, :]

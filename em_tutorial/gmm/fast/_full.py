@@ -12,6 +12,7 @@ from em_tutorial.gmm.fast._blocks import (
     matrix_cancels_too_much,
     over_blocks,
     responsibilities,
+    squared_norms,
 )
 from em_tutorial.gmm.precision import invert_lower_triangular
 
@@ -98,7 +99,7 @@ def full_mahalanobis(X, means, precisions_cholesky, block_size, n_threads=1):
 
     def of_block(start, stop):
         whitened = whitened_differences(X[start:stop, :], p_augmented)  # (K, B, d)
-        return xp.vecdot(whitened, whitened, axis=-1)  # squares and sums: (K, B)
+        return squared_norms(whitened)  # (K, B)
 
     blocks = map_blocks(of_block, X.shape[0], block_size, n_threads)
     return xp.matrix_transpose(xp.concat(blocks, axis=1))  # (N, K)
@@ -125,7 +126,7 @@ def full_em_sums(X, weights, means, precisions_cholesky, block_size, n_threads):
             X_block = X[start:stop, :]  # (B, d)
             whitened = whitened_differences(X_block, p_augmented)  # y_nk: (K, B, d)
             # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||y_nk||^2: (K, B)
-            log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
+            log_joint = offset[:, None] - 0.5 * squared_norms(whitened)
             resp, log_norm = responsibilities(log_joint, 0, log_floor)  # z_nk: (K, B)
             total_log_norm = total_log_norm + log_norm
             counts = counts + xp.sum(resp, axis=1)  # (K,)
@@ -156,7 +157,7 @@ def centred_scatter(X, weights, means, precisions_cholesky, centres, block_size,
         for start, stop in slices:
             X_block = X[start:stop, :]  # (B, d)
             whitened = whitened_differences(X_block, p_augmented)  # (K, B, d)
-            log_joint = offset[:, None] - 0.5 * xp.vecdot(whitened, whitened, axis=-1)
+            log_joint = offset[:, None] - 0.5 * squared_norms(whitened)
             resp, _ = responsibilities(log_joint, 0, log_floor)  # (K, B)
             # x_n - c_k, (K, B, d), in the memory layout weighted_gram prefers
             if X.shape[1] > GENERAL_PRODUCT_MAX_FEATURES:

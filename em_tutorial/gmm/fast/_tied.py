@@ -13,6 +13,7 @@ from em_tutorial.gmm.fast._blocks import (
     over_blocks,
     responsibilities,
     reference_point,
+    squared_norms,
 )
 
 
@@ -27,9 +28,9 @@ def tied_mahalanobis(whitened, whitened_means, expand):
     norms_of_means = xp.sum(whitened_means * whitened_means, axis=1)  # ||v_k||^2: (K,)
     if not expand:
         differences = whitened[None, :, :] - whitened_means[:, None, :]  # (K, B, d)
-        return xp.matrix_transpose(xp.vecdot(differences, differences, axis=-1))  # (B, K)
+        return xp.matrix_transpose(squared_norms(differences))  # (K, B) -> (B, K)
     cross = xp.matmul(whitened, xp.matrix_transpose(whitened_means))  # (B, d) @ (d, K)
-    distances = xp.sum(whitened * whitened, axis=1)[:, None] - 2 * cross + norms_of_means
+    distances = squared_norms(whitened)[:, None] - 2 * cross + norms_of_means  # (B, K)
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
