@@ -66,7 +66,12 @@ loading at the time, so the ratios are indicative:
    Taking the next free block rather than every n-th one matters on a shared machine, where
    the system now and then holds one thread up: at 20k x 128 x 8 (10 blocks) diag fits
    took 0.75-0.76x the time and spherical 0.82-0.86x (two runs of 9 fits each,
-   alternating); elsewhere no change.
+   alternating); elsewhere no change. The blocks are of one size and as many as a multiple
+   of the threads (:func:`em_tutorial.gmm.fast._blocks.block_slices`), so that neither
+   thread waits out a short last block at the end of a step; with blocks of up to 8192
+   samples where the temporaries are (B, d) and (B, K), 20k x 128 x 8 gets four blocks of
+   5000, and its diag and spherical fits took 0.92x and 0.89x the time (median of 7,
+   alternating, against the previous commit; the other cells of the grid 0.92-1.01x).
 6. **Diag and spherical: X centred once per fit.** The reference point c does not change
    from step to step, so the estimator forms [x_n - c, (x_n - c)^2] once for the fit
    (:func:`em_tutorial.gmm.fast._diagonal.centred_data`), instead of in every block of every
