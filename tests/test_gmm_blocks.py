@@ -1,10 +1,16 @@
 """The fast engine's blocks and its squared norms (``em_tutorial.gmm.fast._blocks``)."""
 
+import multiprocessing
+import os
+import threading
+
 import array_api_strict
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from em_tutorial import gmm
+from em_tutorial.gmm.fast import log_gaussian_density_blocked
 from em_tutorial.gmm.fast._blocks import SHORT_ROW, block_slices, squared_norms
 
 
@@ -40,3 +46,41 @@ def test_squared_norms_are_sums_of_squares(namespace, n_features, dtype):
     got = squared_norms(namespace.asarray(vectors))
     assert got.shape == (3, 50) and got.dtype == namespace.asarray(vectors).dtype
     assert_allclose(np.asarray(got), expected, rtol=rtol)
+
+
+def _density_problem():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 3))  # (N, d)
+    means = X[:4]  # (K, d)
+    precisions_cholesky = np.full((4, 3), 2.0)  # diag: (K, d)
+    return X, means, precisions_cholesky
+
+
+def _threaded_density():
+    X, means, precisions_cholesky = _density_problem()
+    return log_gaussian_density_blocked(X, means, precisions_cholesky, "diag", block_size=500,
+                                        n_threads=2)  # 8 blocks on the kept threads
+
+
+def _pool_threads():
+    return {thread.ident for thread in threading.enumerate()
+            if thread.name.startswith(f"em_tutorial-gmm-{os.getpid()}")}
+
+
+def test_threads_are_kept_between_calls():
+    _threaded_density()
+    kept = _pool_threads()
+    assert len(kept) == 2
+    result = _threaded_density()
+    assert _pool_threads() == kept  # none started, none ended
+    assert_allclose(result, gmm.log_gaussian_density(*_density_problem(), "diag"), rtol=1e-12)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_threads_of_its_own():
+    # The parent's kept threads do not exist in a child started by fork: a pool shared with
+    # it would take the blocks and never run them (the call would hang).
+    expected = _threaded_density()  # the parent now keeps its threads
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        got = child.apply_async(_threaded_density).get(timeout=60)
+    assert_allclose(got, expected, rtol=0, atol=0)
