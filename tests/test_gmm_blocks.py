@@ -7,9 +7,11 @@ import threading
 import array_api_strict
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose
 
 from em_tutorial import gmm
+from em_tutorial.backend import to_numpy
 from em_tutorial.gmm.fast import log_gaussian_density_blocked
 from em_tutorial.gmm.fast._blocks import SHORT_ROW, block_slices, squared_norms
 
@@ -34,7 +36,7 @@ def test_no_blocks_for_no_samples():
     assert block_slices(0, 2048, 2) == []
 
 
-@pytest.mark.parametrize("namespace", [np, array_api_strict])
+@pytest.mark.parametrize("namespace", [np, array_api_strict, torch])
 @pytest.mark.parametrize("n_features", [1, 4, 16, SHORT_ROW - 1, SHORT_ROW, 128])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_squared_norms_are_sums_of_squares(namespace, n_features, dtype):
@@ -45,7 +47,7 @@ def test_squared_norms_are_sums_of_squares(namespace, n_features, dtype):
     expected = np.sum(vectors.astype(np.float64) ** 2, axis=-1)  # (3, 50)
     got = squared_norms(namespace.asarray(vectors))
     assert got.shape == (3, 50) and got.dtype == namespace.asarray(vectors).dtype
-    assert_allclose(np.asarray(got), expected, rtol=rtol)
+    assert_allclose(to_numpy(got), expected, rtol=rtol)
 
 
 def _density_problem():
