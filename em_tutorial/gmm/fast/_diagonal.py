@@ -105,20 +105,11 @@ def diagonal_mahalanobis(features, coefficients):
     return xp.maximum(distances, xp.zeros_like(distances))  # rounding can dip below 0
 
 
-def distance_function(means, precisions_cholesky, covariance_type, centre):
-    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (K, B): k along the
-    rows, so that the E-step's sums over k run across whole rows of B samples.
-
-    The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
-    from the centred differences, (K, B, d) per block: data far from c next to narrow
-    components, such as clusters 1e5 standard deviations apart in float32.
-    """
-    xp = get_array_module(means, precisions_cholesky)
-    linear, quadratic, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
-    if expansion_is_accurate(constant):
-        side_by_side = xp.concat([linear, quadratic], axis=1)  # (K, d + e)
-        return lambda X_block, features: diagonal_mahalanobis(features, (side_by_side, constant))
+def centred_distance_function(means, precisions_cholesky, covariance_type):
+    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (K, B), from the
+    centred differences, (K, B, d) per block: where trick 3's expansion is not accurate
+    (data far from c next to narrow components, such as clusters 1e5 standard deviations
+    apart in float32)."""
     # p_k per coordinate: (K, d) for diag, (K, 1) for spherical
     scales = precisions_cholesky[:, None] if covariance_type == "spherical" else precisions_cholesky
 
@@ -127,6 +118,45 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
         return squared_norms(whitened)  # (K, B)
 
     return centred_distances
+
+
+def distance_function(means, precisions_cholesky, covariance_type, centre):
+    """``distances(X_block, features)`` = ||(x_n - mu_k) p_k||^2, shape (K, B): k along the
+    rows, so that the E-step's sums over k run across whole rows of B samples.
+
+    The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
+    :func:`centred_distance_function`'s.
+    """
+    xp = get_array_module(means, precisions_cholesky)
+    linear, quadratic, constant = diagonal_coefficients(
+        means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(constant):
+        side_by_side = xp.concat([linear, quadratic], axis=1)  # (K, d + e)
+        return lambda X_block, features: diagonal_mahalanobis(features, (side_by_side, constant))
+    return centred_distance_function(means, precisions_cholesky, covariance_type)
+
+
+def log_joint_function(weights, means, precisions_cholesky, covariance_type, centre):
+    """``log_joint(X_block, features)`` = ln pi_k N(x_n | mu_k, Sigma_k)
+    = offset_k - 1/2 ||(x_n - mu_k) p_k||^2, shape (K, B), for the E-step.
+
+    Where the expansion is accurate, -1/2 and offset_k go into its coefficients, so that a
+    block's log-joint is one product and one sum: no clipping of the distances at 0 (their
+    rounding stays within :data:`em_tutorial.gmm.fast._blocks.EXPANSION_TOLERANCE` nats)
+    and no separate scaling. Else from :func:`centred_distance_function`.
+    """
+    xp = get_array_module(means, precisions_cholesky, weights)
+    offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
+    linear, quadratic, constant = diagonal_coefficients(
+        means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(constant):
+        side_by_side = -0.5 * xp.concat([linear, quadratic], axis=1)  # (K, d + e)
+        intercept = (offset - 0.5 * constant)[:, None]  # (K, 1)
+        # offset_k - 1/2 ([-2 P a, P] [x - c, (x - c)^2]^T + P a^2): (K, d + e) @ (d + e, B)
+        return lambda X_block, features: (
+            xp.matmul(side_by_side, xp.matrix_transpose(features)) + intercept)
+    distances = centred_distance_function(means, precisions_cholesky, covariance_type)
+    return lambda X_block, features: offset[:, None] - 0.5 * distances(X_block, features)
 
 
 def diagonal_mahalanobis_all(X, means, precisions_cholesky, covariance_type, block_size,
@@ -152,14 +182,13 @@ def diagonal_e_step(X, data, weights, means, precisions_cholesky, covariance_typ
     ``data`` is :func:`centred_data`'s; ``features`` as :func:`expanded_features` returns
     them, around its c.
     """
-    distances = distance_function(means, precisions_cholesky, covariance_type, data[0])
-    offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
+    log_joint_of = log_joint_function(weights, means, precisions_cholesky, covariance_type,
+                                      data[0])
     log_floor = log_exp_floor(X)
 
     def e_step(start, stop):
         features = expanded_features(data, start, stop)
-        # ln pi_k N(x_n | mu_k, Sigma_k) = offset_k - 1/2 ||(x_n - mu_k) p_k||^2: (K, B)
-        log_joint = offset[:, None] - 0.5 * distances(X[start:stop, :], features)
+        log_joint = log_joint_of(X[start:stop, :], features)  # ln pi_k N_nk: (K, B)
         return (features, *responsibilities(log_joint, 0, log_floor))
 
     return e_step
