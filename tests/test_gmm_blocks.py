@@ -13,7 +13,8 @@ from numpy.testing import assert_allclose
 from em_tutorial import gmm
 from em_tutorial.backend import to_numpy
 from em_tutorial.gmm.fast import log_gaussian_density_blocked
-from em_tutorial.gmm.fast._blocks import SHORT_ROW, block_slices, squared_norms
+from em_tutorial.gmm._engines import block_size_for
+from em_tutorial.gmm.fast._blocks import BLOCK_SIZE, SHORT_ROW, block_slices, squared_norms
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -86,3 +87,20 @@ def test_a_forked_child_gets_threads_of_its_own():
     with multiprocessing.get_context("fork").Pool(1) as child:
         got = child.apply_async(_threaded_density).get(timeout=60)
     assert_allclose(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n_features, n_components, dtype, expected", [
+    (16, 16, "float32", 4096),  # (K, B, d) at 4 MiB
+    (16, 16, "float64", 2048),
+    (4, 32, "float64", 4096),
+    (128, 8, "float64", 512),
+    (512, 64, "float64", 512),  # never below 512 samples
+    (2, 2, "float64", 8192),  # never above 8192
+])
+def test_full_blocks_on_torch_tensors_hold_4_mib(n_features, n_components, dtype, expected):
+    X_numpy = np.zeros((10, n_features), dtype=dtype)
+    X_torch = torch.asarray(X_numpy)
+    assert block_size_for(X_torch, n_components, "full") == expected
+    assert block_size_for(X_numpy, n_components, "full") == BLOCK_SIZE  # its threads take one each
+    assert block_size_for(X_torch, n_components, "diag") == block_size_for(X_numpy, n_components,
+                                                                           "diag")

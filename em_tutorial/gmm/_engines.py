@@ -23,7 +23,11 @@ from em_tutorial.gmm.fast import (
     log_gaussian_density_blocked,
     m_step_blocked,
 )
-from em_tutorial.gmm.fast._blocks import cpu_block_size, reference_point
+from em_tutorial.gmm.fast._blocks import (
+    cpu_block_size,
+    full_block_size_one_thread,
+    reference_point,
+)
 from em_tutorial.gmm.fast._diagonal import centred_data
 
 ALGORITHMS = ("fast", "reference")
@@ -38,10 +42,15 @@ def _on_cpu(X):
 
 
 def block_size_for(X, n_components, covariance_type):
-    """Samples per block: cache-sized in host memory (:func:`cpu_block_size`), large on a GPU."""
+    """Samples per block: cache-sized in host memory (:func:`cpu_block_size`, or for full
+    covariances on another library's CPU arrays :func:`full_block_size_one_thread`), large
+    on a GPU."""
     on_host = _on_cpu(X) or "cpu" in str(array_api_compat.device(X)).lower()
     if not on_host:
         return GPU_BLOCK_SIZE
+    if covariance_type == "full" and not _on_cpu(X):
+        itemsize = get_array_module(X).finfo(X.dtype).bits // 8
+        return full_block_size_one_thread(X.shape[1], n_components, itemsize)
     return cpu_block_size(X.shape[1], n_components, covariance_type)
 
 
