@@ -75,6 +75,9 @@ loading at the time, so the ratios are indicative:
    samples where the temporaries are (B, d) and (B, K), 20k x 128 x 8 gets four blocks of
    5000, and its diag and spherical fits took 0.92x and 0.89x the time (median of 7,
    alternating, against the previous commit; the other cells of the grid 0.92-1.01x).
+   The threads are kept for the process (:func:`em_tutorial.gmm.fast._blocks.thread_pool`)
+   rather than started and joined in every step, which cost a third of a diag step at
+   20k x 128 x 8.
 6. **Diag and spherical: X centred once per fit.** The reference point c does not change
    from step to step, so the estimator forms [x_n - c, (x_n - c)^2] once for the fit
    (:func:`em_tutorial.gmm.fast._diagonal.centred_data`), instead of in every block of every
