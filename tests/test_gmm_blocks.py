@@ -12,8 +12,8 @@ from numpy.testing import assert_allclose
 
 from em_tutorial import gmm
 from em_tutorial.backend import to_numpy
-from em_tutorial.gmm.fast import log_gaussian_density_blocked
 from em_tutorial.gmm._engines import block_size_for
+from em_tutorial.gmm.fast import log_gaussian_density_blocked
 from em_tutorial.gmm.fast._blocks import BLOCK_SIZE, SHORT_ROW, block_slices, squared_norms
 
 
@@ -72,8 +72,8 @@ def _pool_threads():
 
 def test_threads_are_kept_between_calls():
     _threaded_density()
-    kept = _pool_threads()
-    assert len(kept) == 2
+    kept = _pool_threads()  # with this pool's 2, those of any other size used before
+    assert len(kept) >= 2
     result = _threaded_density()
     assert _pool_threads() == kept  # none started, none ended
     assert_allclose(result, gmm.log_gaussian_density(*_density_problem(), "diag"), rtol=1e-12)
