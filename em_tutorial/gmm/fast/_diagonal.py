@@ -38,10 +38,9 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
 
     Returns
     -------
-    linear : array of shape (K, d)
-        -2 P_kj a_kj.
-    quadratic : array of shape (K, e)
-        P_kj, with e = d (diag) or 1 (spherical).
+    side_by_side : array of shape (K, d + e)
+        [-2 P_kj a_kj, P_kj], the coefficients of [x - c, (x - c)^2] (:func:`centred_data`),
+        with e = d (diag) or 1 (spherical).
     constant : array of shape (K,)
         sum_j P_kj a_kj^2.
     """
@@ -51,7 +50,8 @@ def diagonal_coefficients(means, precisions_cholesky, covariance_type, centre):
     else:
         precision = precisions_cholesky**2  # (K, d)
     offsets = means - centre  # a_k: (K, d)
-    return -2 * precision * offsets, precision, xp.sum(precision * offsets**2, axis=1)
+    side_by_side = xp.concat([-2 * precision * offsets, precision], axis=1)  # (K, d + e)
+    return side_by_side, xp.sum(precision * offsets**2, axis=1)
 
 
 def centred_data(X, centre, covariance_type, block_size=BLOCK_SIZE, n_threads=1):
@@ -127,12 +127,9 @@ def distance_function(means, precisions_cholesky, covariance_type, centre):
     The expansion of trick 3 where it is accurate (:func:`expansion_is_accurate`), else
     :func:`centred_distance_function`'s.
     """
-    xp = get_array_module(means, precisions_cholesky)
-    linear, quadratic, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
-    if expansion_is_accurate(constant):
-        side_by_side = xp.concat([linear, quadratic], axis=1)  # (K, d + e)
-        return lambda X_block, features: diagonal_mahalanobis(features, (side_by_side, constant))
+    coefficients = diagonal_coefficients(means, precisions_cholesky, covariance_type, centre)
+    if expansion_is_accurate(coefficients[1]):
+        return lambda X_block, features: diagonal_mahalanobis(features, coefficients)
     return centred_distance_function(means, precisions_cholesky, covariance_type)
 
 
@@ -147,14 +144,14 @@ def log_joint_function(weights, means, precisions_cholesky, covariance_type, cen
     """
     xp = get_array_module(means, precisions_cholesky, weights)
     offset = log_joint_offset(weights, precisions_cholesky, covariance_type, means)  # (K,)
-    linear, quadratic, constant = diagonal_coefficients(
-        means, precisions_cholesky, covariance_type, centre)
+    side_by_side, constant = diagonal_coefficients(
+        means, precisions_cholesky, covariance_type, centre)  # (K, d + e), (K,)
     if expansion_is_accurate(constant):
-        side_by_side = -0.5 * xp.concat([linear, quadratic], axis=1)  # (K, d + e)
+        scaled = -0.5 * side_by_side  # (K, d + e)
         intercept = (offset - 0.5 * constant)[:, None]  # (K, 1)
         # offset_k - 1/2 ([-2 P a, P] [x - c, (x - c)^2]^T + P a^2): (K, d + e) @ (d + e, B)
         return lambda X_block, features: (
-            xp.matmul(side_by_side, xp.matrix_transpose(features)) + intercept)
+            xp.matmul(scaled, xp.matrix_transpose(features)) + intercept)
     distances = centred_distance_function(means, precisions_cholesky, covariance_type)
     return lambda X_block, features: offset[:, None] - 0.5 * distances(X_block, features)
 
