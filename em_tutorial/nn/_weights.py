@@ -118,6 +118,22 @@ def mismatch(found: dict[str, str], expected: dict[str, str]) -> str | None:
         expected[item] for item in differing)
 
 
+def same_keys_and_shapes(state_dict: dict, expected: dict) -> bool:
+    """Does ``state_dict`` hold exactly the entries of ``expected``, each of its shape?"""
+    return state_dict.keys() == expected.keys() and all(
+        tuple(value.shape) == tuple(expected[name].shape) for name, value in state_dict.items())
+
+
+def emanet_difference(state_dict: dict, expected: dict) -> str | None:
+    """How an EMANet ``state_dict`` differs from the ``expected`` one, None where it fits:
+    the items of :func:`emanet_structure` that differ (:func:`mismatch`), or where those
+    agree, the entries (:func:`key_differences`)."""
+    difference = mismatch(emanet_structure(state_dict), emanet_structure(expected))
+    if difference is None and not same_keys_and_shapes(state_dict, expected):
+        difference = key_differences(state_dict, expected)
+    return difference
+
+
 def key_differences(state_dict: dict, expected: dict) -> str:
     """A short account of missing, unexpected and misshapen keys (a few named of each)."""
     def named(keys):

@@ -21,10 +21,10 @@ from torch import nn
 
 from ._weights import (
     backbone_structure,
-    emanet_structure,
+    emanet_difference,
     key_differences,
-    mismatch,
     read_weights,
+    same_keys_and_shapes,
     unwrap_state_dict,
 )
 from .emau import EMAU
@@ -84,8 +84,7 @@ def _load_backbone_weights(backbone: nn.Module, weights) -> None:
     # An ImageNet classifier's head (fc.*) has no place in a segmentation backbone.
     weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
     expected = backbone.state_dict()
-    if weights.keys() == expected.keys() and all(
-            v.shape == expected[k].shape for k, v in weights.items()):
+    if same_keys_and_shapes(weights, expected):
         backbone.load_state_dict(weights)
         return
     found, wanted = backbone_structure(weights), backbone_structure(expected)
@@ -295,11 +294,7 @@ def _emanet(backbone: str, num_classes: int, kwargs: dict) -> EMANet:
         from .official import load_official_checkpoint
 
         state_dict = load_official_checkpoint(weights)
-        expected = model.state_dict()
-        difference = mismatch(emanet_structure(state_dict), emanet_structure(expected))
-        if difference is None and (state_dict.keys() != expected.keys() or any(
-                v.shape != expected[k].shape for k, v in state_dict.items())):
-            difference = key_differences(state_dict, expected)
+        difference = emanet_difference(state_dict, model.state_dict())
         if difference is not None:
             raise ValueError(f"{weights} does not fit this EMANet: {difference}")
         model.load_state_dict(state_dict)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..nn._weights import emanet_structure, key_differences, mismatch
+from ..nn._weights import emanet_difference
 from .config import TrainConfig
 
 __all__ = [
@@ -273,12 +273,7 @@ def load_model_state(model, weights: dict, source) -> None:
         has 11 classes / ResNet-50 (deep stem)", as for the authors' weights given to
         ``emanet_resnet101(weights=...)``), or, when those agree, the differing entries.
     """
-    expected = model.state_dict()
-    difference = mismatch(emanet_structure(weights), emanet_structure(expected))
-    if difference is None and (weights.keys() != expected.keys() or any(
-            tuple(value.shape) != tuple(expected[name].shape)
-            for name, value in weights.items() if name in expected)):
-        difference = key_differences(weights, expected)
+    difference = emanet_difference(weights, model.state_dict())
     if difference is not None:
         raise ValueError(f"{source} does not fit this network: {difference}")
     model.load_state_dict(weights)
