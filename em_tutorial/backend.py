@@ -11,6 +11,8 @@ also covers namespaces that follow the Python array API standard.
 
 from __future__ import annotations
 
+import os
+
 import array_api_compat
 import numpy as np
 
@@ -22,6 +24,7 @@ __all__ = [
     "gpu_unavailable_reason",
     "to_device",
     "to_numpy",
+    "usable_cpus",
 ]
 
 
@@ -123,3 +126,11 @@ def to_numpy(array):
     if array_api_compat.is_torch_array(array):
         return array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity where the system reports one (Linux),
+    else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

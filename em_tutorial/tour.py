@@ -19,12 +19,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .backend import usable_cpus
 
 __all__ = ["NETWORKS", "TOUR_OVERRIDES", "TOUR_SEEDS", "TOUR_TASKS", "equivalence_check",
            "run_tour"]  # fmt: skip
@@ -272,7 +273,7 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("report.md", "tour.json"):  # an earlier, interrupted tour's must not survive
         (out_dir / stale).unlink(missing_ok=True)
-    threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
+    threads = threads or max(1, usable_cpus() // 2)
     torch.set_num_threads(threads)
     seeds = list(seeds)
 

@@ -80,9 +80,9 @@ def test_the_library_refuses_the_same_settings():
 
 
 def test_voc_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
-    monkeypatch.setattr(config_module, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 2)
     assert TrainConfig(dataset="voc", data_root="v").num_workers == 2  # the recipe says 4
     assert TrainConfig(dataset="voc", data_root="v", num_workers=4).num_workers == 4  # as asked
-    monkeypatch.setattr(config_module, "_usable_cpus", lambda: 16)
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 16)
     assert TrainConfig(dataset="voc", data_root="v").num_workers == 4
     assert TrainConfig(dataset="digits").num_workers == 0

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import array_api_compat
 from threadpoolctl import ThreadpoolController
 
-from em_tutorial.backend import get_array_module, is_numpy_namespace
+from em_tutorial.backend import get_array_module, is_numpy_namespace, usable_cpus
 from em_tutorial.gmm.equations import em_step, log_gaussian_density, m_step
 from em_tutorial.gmm.fast import (
     DIAGONAL_TYPES,
@@ -58,9 +57,8 @@ def threads_for(X, block_size):
     """Threads for the fast engine: the available cores for NumPy, 1 for other libraries."""
     if not _on_cpu(X):
         return 1  # torch and CuPy parallelise inside each operation
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     n_blocks = -(-X.shape[0] // block_size)
-    return max(1, min(cores or 1, n_blocks))
+    return max(1, min(usable_cpus(), n_blocks))
 
 
 @functools.cache

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .._console import Terminated, terminate_by_exception
+from ..backend import usable_cpus
 
 __all__ = [
     "ABLATION_TASKS", "HEADS", "QUICK_TASKS", "TASK_HEADS", "Run", "backbone_path",
@@ -290,7 +291,7 @@ def run_ablation(out_dir, seeds=3, tasks=tuple(ABLATION_TASKS), heads=None, quic
     first = [run for run in todo if run.task != "context"]
     first += [run for run in sources if run not in rows and run not in first]
     second = [run for run in todo if run.task == "context"]
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     workers = workers or max(1, min(2, cpus))
     threads = threads or max(1, cpus // workers)
     runs_done = len(planned) - len(todo)

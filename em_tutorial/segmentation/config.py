@@ -19,12 +19,12 @@ import dataclasses
 import functools
 import json
 import numbers
-import os
 from dataclasses import dataclass
 
 import torch
 
 from .. import nn as em_nn
+from ..backend import usable_cpus
 from .data import (
     NORMALIZATIONS,
     OFFICIAL_SCALES,
@@ -130,13 +130,6 @@ RECIPES = {
 
 #: The smallest scene side (``image_size``) and VOC crop (``crop_size``) a run accepts.
 MIN_INPUT_SIDE = 32
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system reports one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 _MODELS = {
@@ -257,7 +250,7 @@ class TrainConfig:
         if self.dataset not in RECIPES:
             raise ValueError(f"dataset must be one of {sorted(RECIPES)}, got {self.dataset!r}")
         if self.num_workers is None:  # the recipe's, but no more processes than CPUs
-            self.num_workers = min(RECIPES[self.dataset]["num_workers"], _usable_cpus())
+            self.num_workers = min(RECIPES[self.dataset]["num_workers"], usable_cpus())
         for name, value in RECIPES[self.dataset].items():
             if getattr(self, name) is None:
                 # a copy: editing this config's model_kwargs must not edit the recipe
