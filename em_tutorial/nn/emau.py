@@ -44,6 +44,7 @@ from .functional import (
     EPS,
     check_feature_map,
     check_input_dtype,
+    check_non_finite_option,
     em_iterations,
     empty_batch_message,
     non_finite_message,
@@ -188,8 +189,7 @@ class EMAU(nn.Module):
             raise ValueError(f"bases_update must be one of {_BASES_UPDATES}, got {bases_update!r}")
         if bases_update == "mmseg" and renormalize_bases:
             raise ValueError("renormalize_bases applies to bases_update='official' only")
-        if non_finite not in ("raise", "skip"):
-            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
+        check_non_finite_option(non_finite)
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.channels = channels

@@ -24,7 +24,8 @@ from ..ema_validation import validate_em_attention_inputs
 
 __all__ = [
     "em_attention", "em_iterations", "safe_norm", "check_tensor", "check_feature_map",
-    "check_input_dtype", "check_batch", "non_finite_message", "empty_batch_message", "EPS",
+    "check_input_dtype", "check_batch", "check_non_finite_option", "non_finite_message",
+    "empty_batch_message", "EPS",
 ]
 
 
@@ -180,6 +181,14 @@ def non_finite_message(x: torch.Tensor, owner: str) -> str:
     where = f"image {shown}" if len(images) == 1 else f"images {shown}"
     return (f"{owner} input x contains NaN or inf in {where} of the batch of {x.shape[0]} "
             f"({int(per_image.sum())} of its {x.numel()} values)")
+
+
+def check_non_finite_option(non_finite: str) -> str:
+    """``non_finite`` as given, if it is ``"raise"`` or ``"skip"`` (the modules' option for
+    :func:`check_batch`'s value rules); a ValueError otherwise."""
+    if non_finite not in ("raise", "skip"):
+        raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
+    return non_finite
 
 
 def empty_batch_message(x: torch.Tensor, owner: str) -> str:

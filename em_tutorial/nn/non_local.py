@@ -20,7 +20,12 @@ import math
 import torch
 from torch import nn
 
-from .functional import check_batch, check_feature_map, check_input_dtype
+from .functional import (
+    check_batch,
+    check_feature_map,
+    check_input_dtype,
+    check_non_finite_option,
+)
 
 __all__ = ["NonLocal2d"]
 
@@ -61,9 +66,7 @@ class NonLocal2d(nn.Module):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        if non_finite not in ("raise", "skip"):
-            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
-        self.non_finite = non_finite
+        self.non_finite = check_non_finite_option(non_finite)
         inter_channels = inter_channels or max(channels // 2, 1)
         self.channels = channels
         self.inter_channels = inter_channels

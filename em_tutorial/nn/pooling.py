@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import check_batch, check_feature_map, check_input_dtype
+from .functional import (
+    check_batch,
+    check_feature_map,
+    check_input_dtype,
+    check_non_finite_option,
+)
 
 __all__ = ["ImagePooling2d"]
 
@@ -50,9 +55,7 @@ class ImagePooling2d(nn.Module):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        if non_finite not in ("raise", "skip"):
-            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
-        self.non_finite = non_finite
+        self.non_finite = check_non_finite_option(non_finite)
         self.channels = channels
         self.pooled = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
                                     norm_layer(channels), nn.ReLU(inplace=True))  # fmt: skip

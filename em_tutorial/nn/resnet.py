@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .functional import check_batch, check_input_dtype, check_tensor
+from .functional import check_batch, check_input_dtype, check_non_finite_option, check_tensor
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "resnet50", "resnet101", "resnet152", "RESNET_DEPTHS"
@@ -153,9 +153,7 @@ class ResNet(nn.Module):
         non_finite: str = "raise",
     ):
         super().__init__()
-        if non_finite not in ("raise", "skip"):
-            raise ValueError(f"non_finite must be 'raise' or 'skip', got {non_finite!r}")
-        self.non_finite = non_finite
+        self.non_finite = check_non_finite_option(non_finite)
         if block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
         if len(layers) != 4 or any(n < 1 for n in layers):
