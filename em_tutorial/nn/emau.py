@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ema_validation import check_lam, check_n_iter, overflow_problem
+from ._collectives import all_reduce
 from .functional import (
     EPS,
     check_feature_map,
@@ -66,7 +67,7 @@ def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     # Divided before the sum, as mmsegmentation does, so both rules add the same numbers.
     tensor = tensor / dist.get_world_size()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    all_reduce(tensor)
     return tensor
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..nn._collectives import all_gather, all_reduce
+
 __all__ = [
     "Process",
     "average_norm_statistics",
@@ -107,7 +109,7 @@ def max_over_ranks(value: int, process: Process) -> int:
     if process.world_size == 1:
         return value
     values = torch.tensor([value], dtype=torch.int64, device=process.device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    all_reduce(values, op=dist.ReduceOp.MAX)
     return int(values.item())
 
 
@@ -120,7 +122,7 @@ def average_norm_statistics(model, world_size: int) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             for statistic in (module.running_mean, module.running_var):
-                dist.all_reduce(statistic)
+                all_reduce(statistic)
                 statistic /= world_size
 
 
@@ -134,5 +136,5 @@ def replica_max_difference(model, process: Process) -> float:
         [s for t in tensors for s in (t.double().sum(), t.double().square().sum())]
     )  # (2 * n_tensors,)
     gathered = [torch.empty_like(fingerprint) for _ in range(process.world_size)]
-    dist.all_gather(gathered, fingerprint)
+    all_gather(gathered, fingerprint)
     return max(float((g - gathered[0]).abs().max()) for g in gathered)

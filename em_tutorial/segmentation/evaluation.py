@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from ..nn._collectives import all_reduce
 from .metrics import ConfusionMatrix
 
 __all__ = ["VOC_EVAL_SCALES", "evaluate", "predict_probabilities"]
@@ -112,6 +113,6 @@ def evaluate(
         model.train(was_training)
     if distributed:
         counts = torch.from_numpy(matrix.matrix).to(device)
-        dist.all_reduce(counts)
+        all_reduce(counts)
         matrix.matrix = counts.cpu().numpy().astype(np.int64)
     return matrix

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .. import nn as em_nn
+from ..nn._collectives import all_reduce
 from .checkpoint import (
     refuse_checkpoint_before_freeze,
     remove_stale_temporaries,
@@ -312,7 +313,7 @@ def _step(run: _Run, images, labels, iteration: int, ignore_index: int) -> float
     loss = segmentation_loss(logits, labels, ignore_index, config.loss_normalization)
     mean_loss = loss.detach().clone()
     if process.world_size > 1:
-        dist.all_reduce(mean_loss)  # every rank sees the same value and stops together
+        all_reduce(mean_loss)  # every rank sees the same value and stops together
         mean_loss /= process.world_size
     loss_value = float(mean_loss)
     if not math.isfinite(loss_value):
