@@ -1,9 +1,11 @@
 """The package's collectives return only once gloo has let go of their tensors.
 
 Guards the abort at exit of a finished two-process run: gloo's worker thread still held the
-last all_reduce's tensor when the interpreter shut down (``test_train``'s torchrun test failed
-1 run in 4-12 with "terminate called without an active exception" before these waited).
-Planted: ``all_reduce`` without its wait fails ``test_all_reduce_waits_for_the_worker``.
+last all_reduce's tensor when the interpreter shut down. ``test_train``'s torchrun command
+aborted with "terminate called without an active exception" in 12 of 44 runs on a 2-core
+machine before these waited, and in none of 48 after. Planted: ``all_reduce`` without its wait
+fails ``test_all_reduce_waits_for_the_worker`` and the warning test; the real-gloo test below
+need not (its timing decides), so it only checks the wrappers against a real group.
 """
 
 import datetime
