@@ -66,9 +66,9 @@ def _train_scales(text):
     return text if text == "uniform" else _scales(text)
 
 
-#: The smallest scene side and VOC crop the CLI accepts (TrainConfig checks the same,
-#: :data:`em_tutorial.segmentation.config.MIN_INPUT_SIDE`; a test keeps them equal).
 MIN_INPUT_SIDE = 32
+"""The smallest scene side and VOC crop the CLI accepts (TrainConfig checks the same,
+:data:`em_tutorial.segmentation.config.MIN_INPUT_SIDE`; a test keeps them equal)."""
 
 
 def _at_least(minimum, reason=""):

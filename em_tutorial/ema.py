@@ -56,9 +56,9 @@ __all__ = [
     "spherical_gmm_parameters",
 ]
 
-#: Added to the A_M denominator (``eps + sum_n z_nk``) and to the L2 norm (``eps + |mu_k|``),
-#: the value used by the official EMANet code.
 EPS = 1e-6
+"""Added to the A_M denominator (``eps + sum_n z_nk``) and to the L2 norm (``eps + |mu_k|``),
+the value used by the official EMANet code."""
 
 
 class EMIteration(NamedTuple):

@@ -30,16 +30,16 @@ from .backend import usable_cpus
 __all__ = ["NETWORKS", "TOUR_OVERRIDES", "TOUR_SEEDS", "TOUR_TASKS", "equivalence_check",
            "run_tour"]  # fmt: skip
 
-#: The tour's runs: both tasks, with and without the EMAU, for each of :data:`TOUR_SEEDS`.
 TOUR_TASKS = ("context", "control")
+"""The tour's runs: both tasks, with and without the EMAU, for each of :data:`TOUR_SEEDS`."""
 TOUR_SEEDS = (0, 1, 2)
 NETWORKS = {"emau": "EMANet", "none": "without EMAU"}
-#: The ablation's recipe (:data:`~em_tutorial.segmentation.ablation.ABLATION_TASKS`),
-#: shortened to fit ten minutes on an idle 2-core CPU: fewer iterations and scenes.
 TOUR_OVERRIDES = {
     "control": {"iterations": 800, "num_scenes": 1500, "val_scenes": 150},
     "context": {"iterations": 400, "num_scenes": 600, "val_scenes": 150},
 }
+"""The ablation's recipe (:data:`~em_tutorial.segmentation.ablation.ABLATION_TASKS`),
+shortened to fit ten minutes on an idle 2-core CPU: fewer iterations and scenes."""
 
 
 def equivalence_check(seed=0, batch=2, n_points=256, channels=64, n_bases=16, n_iter=3):
@@ -323,8 +323,8 @@ def run_tour(out_dir="em_tutorial_out", quick=False, iterations=None, seeds=TOUR
     return {"out_dir": str(out_dir), "report": str(report), **result}
 
 
-#: Marks ``OUT/runs`` as made by the tour: only such a folder is deleted by the next tour.
 RUNS_MARKER = ".made-by-em-tutorial-tour"
+"""Marks ``OUT/runs`` as made by the tour: only such a folder is deleted by the next tour."""
 
 
 def _check_runs_dir(out_dir: Path) -> None:

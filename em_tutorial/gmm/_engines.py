@@ -31,9 +31,9 @@ from em_tutorial.gmm.fast._diagonal import centred_data
 
 ALGORITHMS = ("fast", "reference")
 
-#: Samples per block on a GPU: a launch per small block would leave it idle between
-#: kernels, while 2**16 samples keep the (K, block, d) temporaries in the tens of megabytes.
 GPU_BLOCK_SIZE = 2**16
+"""Samples per block on a GPU: a launch per small block would leave it idle between
+kernels, while 2**16 samples keep the (K, block, d) temporaries in the tens of megabytes."""
 
 
 def _on_cpu(X):

@@ -131,10 +131,10 @@ def parameter_shape(covariance_type, n_components, n_features):
     }[covariance_type]
 
 
-#: A variance must exceed (ROUNDING_ULPS units in the last place of the component's
-#: coordinates)^2 to be told apart from rounding noise: below that, the points' own rounding
-#: could have made it.
 ROUNDING_ULPS = 8
+"""A variance must exceed (ROUNDING_ULPS units in the last place of the component's
+coordinates)^2 to be told apart from rounding noise: below that, the points' own rounding
+could have made it."""
 
 
 def rounding_floors(means, covariance_type, reg_covar=0.0):

@@ -17,8 +17,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
-#: Seconds to wait for gloo to let go of a collective's tensors before warning and going on.
 RELEASE_TIMEOUT_S = 1.0
+"""Seconds to wait for gloo to let go of a collective's tensors before warning and going on."""
 
 
 def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:

@@ -14,10 +14,10 @@ import torch
 
 from .resnet import RESNET_DEPTHS
 
-#: Where training scripts put the state dict inside a checkpoint dict: the official EMANet's
-#: script ("net"), PyTorch Lightning and mmsegmentation ("state_dict"), torchvision's
-#: references and this package's training ("model"), and the PyTorch tutorials' habit.
 WRAPPER_KEYS = ("net", "state_dict", "model", "model_state_dict")
+"""Where training scripts put the state dict inside a checkpoint dict: the official EMANet's
+script ("net"), PyTorch Lightning and mmsegmentation ("state_dict"), torchvision's
+references and this package's training ("model"), and the PyTorch tutorials' habit."""
 _DEPTHS = {(block, layers): depth for depth, (block, layers) in RESNET_DEPTHS.items()}
 
 

@@ -43,8 +43,8 @@ __all__ = [
     "TINY_BACKBONE",
 ]
 
-#: The backbone of :func:`emanet_tiny`: one bottleneck per stage, widths 8-64 (256 out).
 TINY_BACKBONE = {"layers": (1, 1, 1, 1), "block": "bottleneck", "base_width": 8, "stem_width": 8}
+"""The backbone of :func:`emanet_tiny`: one bottleneck per stage, widths 8-64 (256 out)."""
 _BACKBONES = {
     "tiny": TINY_BACKBONE,
     **{f"resnet{depth}": {"block": b, "layers": n} for depth, (b, n) in RESNET_DEPTHS.items()},

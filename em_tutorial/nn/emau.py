@@ -57,8 +57,8 @@ __all__ = ["EMAU"]
 
 _BASES_UPDATES = ("official", "mmseg")
 _INITS = ("official", "kaiming")
-#: The floor of ``F.normalize``: v / max(|v|, eps), mmsegmentation's normalisation.
 MMSEG_EPS = 1e-12
+"""The floor of ``F.normalize``: v / max(|v|, eps), mmsegmentation's normalisation."""
 
 
 def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ from .functional import (
 
 __all__ = ["NonLocal2d"]
 
-#: Standard deviation of the theta, phi and g weights at initialisation (mmcv's ``std``).
 EMBEDDING_STD = 0.01
+"""Standard deviation of the theta, phi and g weights at initialisation (mmcv's ``std``)."""
 
 
 class NonLocal2d(nn.Module):

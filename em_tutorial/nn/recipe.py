@@ -11,8 +11,8 @@ from torch import nn
 
 __all__ = ["param_groups", "set_bn_momentum", "OFFICIAL_BN_MOMENTUM"]
 
-#: BatchNorm momentum of the official EMANet (its ``BN_MOM``); PyTorch's default is 0.1.
 OFFICIAL_BN_MOMENTUM = 3e-4
+"""BatchNorm momentum of the official EMANet (its ``BN_MOM``); PyTorch's default is 0.1."""
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 

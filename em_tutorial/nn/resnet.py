@@ -24,7 +24,6 @@ __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "resnet50", "resnet101", "resnet152", "RESNET_DEPTHS"
 ]
 
-#: Blocks per stage of the standard depths.
 RESNET_DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -32,6 +31,7 @@ RESNET_DEPTHS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+"""Blocks per stage of the standard depths."""
 
 
 def _conv3x3(in_channels, out_channels, stride=1, dilation=1):

@@ -54,24 +54,24 @@ __all__ = [
 ]
 
 HEADS = ("none", "emau", "emau_gamma0", "nonlocal", "nonlocal_gamma1", "pooling")
-#: The heads each task runs when none are named (the plan's; ``nonlocal_gamma1`` is run on
-#: request only).
 TASK_HEADS = {"context": ("none", "emau", "emau_gamma0", "nonlocal", "pooling"),
               "control": ("none", "emau")}  # fmt: skip
-#: Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`; the
-#: rest is the data set's recipe). On the idle 2-core machine, two runs side by side: about
-#: 2.4 minutes per control run and 2 minutes per context run (results/ablation/PLAN.md).
+"""The heads each task runs when none are named (the plan's; ``nonlocal_gamma1`` is run on
+request only)."""
 ABLATION_TASKS = {
     "context": {"dataset": "context", "iterations": 600},
     "control": {"dataset": "digits", "iterations": 1500},
 }
-#: ``--quick``: every code path in seconds; the numbers mean nothing.
+"""Training settings per task (fields of :class:`~em_tutorial.segmentation.TrainConfig`; the
+rest is the data set's recipe). On the idle 2-core machine, two runs side by side: about
+2.4 minutes per control run and 2 minutes per context run (results/ablation/PLAN.md)."""
 QUICK_TASKS = {
     "context": {"dataset": "context", "iterations": 3, "warmup_iterations": 1, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2, "log_every": 1},
     "control": {"dataset": "digits", "image_size": 48, "iterations": 3, "batch_size": 2,
                 "num_scenes": 4, "val_scenes": 2, "checkpoint_every": 2, "log_every": 1},
 }  # fmt: skip
+"""``--quick``: every code path in seconds; the numbers mean nothing."""
 PROBE_COLUMNS = ("follows_swap", "unchanged_by_swap", "fragment_accuracy",
                  "fragment_accuracy_removed")  # fmt: skip
 NUMBER_COLUMNS = ("miou", "pixel_accuracy", "fragment_iou", *PROBE_COLUMNS, "train_seconds")

@@ -23,13 +23,13 @@ from .paired_stats import paired_comparison
 __all__ = ["COMPARISONS", "decisions", "paired_table", "summarise", "write_report",
            "ablation_figure"]  # fmt: skip
 
-#: (head A, head B) pairs compared seed by seed, where both ran.
 COMPARISONS = (("emau", "none"), ("emau_gamma0", "none"), ("nonlocal", "none"),
                ("nonlocal_gamma1", "none"), ("pooling", "none"), ("emau", "nonlocal"),
                ("emau_gamma0", "nonlocal"), ("emau", "nonlocal_gamma1"),
                ("emau", "emau_gamma0"))  # fmt: skip
-#: The decision rules' constants (see the module docstring).
+"""(head A, head B) pairs compared seed by seed, where both ran."""
 ALPHA, LEAST_SHARE_POSITIVE, NON_INFERIORITY_MARGIN = 0.05, 0.9, 0.05
+"""The decision rules' constants (see the module docstring)."""
 LABELS = {"none": "none", "emau": "EMAU", "emau_gamma0": "EMAU (γ₀ = 0)",
           "nonlocal": "non-local", "nonlocal_gamma1": "non-local (γ₀ = 1)",
           "pooling": "image pooling"}  # fmt: skip

@@ -54,15 +54,15 @@ __all__ = [
     "training_state",
 ]
 
-#: Settings that may change between an interrupted run and its resumption (they do not change
-#: the weights): where things are, how often to log and save, how to evaluate at the end.
 RESUMABLE_CHANGES = {
     "resume", "stop_at", "progress", "num_workers", "checkpoint_every", "log_every", "threads",
     "device", "out_dir", "data_root", "eval_scales", "eval_flip",
 }  # fmt: skip
+"""Settings that may change between an interrupted run and its resumption (they do not change
+the weights): where things are, how often to log and save, how to evaluate at the end."""
 
-#: The ``format`` entry of every checkpoint this module writes.
 CHECKPOINT_FORMAT = "em-tutorial checkpoint 3"
+"""The ``format`` entry of every checkpoint this module writes."""
 _FORMAT_2 = "em-tutorial checkpoint 2"
 _REQUIRED_KEYS = ("iteration", "model", "optimizer", "rng", "config")
 _CHECKED_FOR_FINITENESS = ("model", "optimizer")

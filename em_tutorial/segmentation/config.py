@@ -51,8 +51,6 @@ __all__ = [
     "build_val_set",
 ]
 
-#: Settings of the tiny EMANet for the 96x96 digit scenes (keyword arguments of
-#: :func:`em_tutorial.nn.emanet_tiny`); the tour trains it, and the same net without the EMAU.
 TOUR_MODEL = {
     "block": "basic",
     "base_width": 8,
@@ -62,13 +60,14 @@ TOUR_MODEL = {
     "head_channels": 64,
     "align_corners": False,
 }
+"""Settings of the tiny EMANet for the 96x96 digit scenes (keyword arguments of
+:func:`em_tutorial.nn.emanet_tiny`); the tour trains it, and the same net without the EMAU."""
 
-#: The tiny EMANet for the 192x192 context scenes: the tour's network with K=8 bases. On the
-#: 24x24 feature map the standard non-local block costs about 4 times the EMAU's
-#: multiply-adds and 6 times its memory (``em-tutorial ablate``'s cost columns).
 CONTEXT_MODEL = {**TOUR_MODEL, "num_bases": 8}
+"""The tiny EMANet for the 192x192 context scenes: the tour's network with K=8 bases. On the
+24x24 feature map the standard non-local block costs about 4 times the EMAU's
+multiply-adds and 6 times its memory (``em-tutorial ablate``'s cost columns)."""
 
-#: Defaults per data set; any :class:`TrainConfig` field given explicitly overrides them.
 RECIPES = {
     # The official EMANet recipe for PASCAL VOC 2012.
     "voc": {
@@ -127,9 +126,10 @@ RECIPES = {
         "image_size": 192,
     },
 }
+"""Defaults per data set; any :class:`TrainConfig` field given explicitly overrides them."""
 
-#: The smallest scene side (``image_size``) and VOC crop (``crop_size``) a run accepts.
 MIN_INPUT_SIDE = 32
+"""The smallest scene side (``image_size``) and VOC crop (``crop_size``) a run accepts."""
 
 
 _MODELS = {
@@ -140,10 +140,10 @@ _MODELS = {
 }
 
 
-#: The fields that count something (scenes, pixels, iterations, processes): whole numbers only.
 _WHOLE_NUMBERS = ("num_scenes", "val_scenes", "image_size", "iterations", "batch_size",
                   "crop_size", "warmup_iterations", "seed", "checkpoint_every", "log_every",
                   "num_workers", "threads", "stop_at")
+"""The fields that count something (scenes, pixels, iterations, processes): whole numbers only."""
 
 
 @dataclass

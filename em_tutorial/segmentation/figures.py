@@ -270,8 +270,8 @@ def _class_legend(figure, class_names):
                   fontsize=7, frameon=False)  # fmt: skip
 
 
-#: Loss curves of at most this many logged points are drawn with a marker at each point.
 _MARKED_POINTS = 30
+"""Loss curves of at most this many logged points are drawn with a marker at each point."""
 
 
 def training_curves_figure(logs: dict, path=None):

@@ -17,12 +17,12 @@ from em_tutorial.gmm._arrays import eye_like, full_like_shape, to_host
 from em_tutorial.gmm.equations import log_density_from_mahalanobis, shifted_exp
 from em_tutorial.gmm.precision import NotPositiveDefiniteError, cholesky_lower, log_det_cholesky
 
-#: Samples per block on the CPU where a block's largest temporary is (K, B, d) floats: full
-#: covariances, and the initial M-step of every type; 4 MiB for K = d = 16 in float64.
-#: Those stay in L2 plus a shared L3 (4096 ran 1.5x slower on a 2-core Xeon), while the ~30
-#: array calls per block, and the threads' turns at the interpreter lock, stay small next to
-#: the arithmetic (512 ran 1.3x slower with two threads).
 BLOCK_SIZE = 2048
+"""Samples per block on the CPU where a block's largest temporary is (K, B, d) floats: full
+covariances, and the initial M-step of every type; 4 MiB for K = d = 16 in float64.
+Those stay in L2 plus a shared L3 (4096 ran 1.5x slower on a 2-core Xeon), while the ~30
+array calls per block, and the threads' turns at the interpreter lock, stay small next to
+the arithmetic (512 ran 1.3x slower with two threads)."""
 
 
 def cpu_block_size(n_features, n_components, covariance_type):
@@ -114,8 +114,8 @@ def thread_pool(n_threads, process_id):
     return ThreadPoolExecutor(n_threads, thread_name_prefix=f"em_tutorial-gmm-{process_id}")
 
 
-#: Rows shorter than this are summed by :func:`squared_norms` with NumPy's einsum.
 SHORT_ROW = 32
+"""Rows shorter than this are summed by :func:`squared_norms` with NumPy's einsum."""
 
 
 def squared_norms(vectors):
@@ -223,10 +223,10 @@ def matrix_cancels_too_much(correction_sizes, scatters, dtype):
     return not bool(xp.all(xp.isfinite(lower)))  # CuPy gives NaN instead of an error
 
 
-#: The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near
-#: component k (the terms cancel that much); above this many nats they are formed from
-#: centred differences instead.
 EXPANSION_TOLERANCE = 1e-2
+"""The expanded distances of trick 3 round off by about 4 eps ||(c - mu_k) P_k||^2 near
+component k (the terms cancel that much); above this many nats they are formed from
+centred differences instead."""
 
 
 def expansion_is_accurate(distances_of_centre):

@@ -33,14 +33,14 @@ def augmented_precisions_cholesky(means, precisions_cholesky):
     return xp.reshape(side_by_side, (n_features + 1, n_components * n_features))  # (d + 1, K d)
 
 
-#: Up to this many features :func:`weighted_gram` uses a general product. Per block of a
-#: full fit ((K, 2048, d), BLAS on one thread, median of 15, alternating, 2-core machine
-#: under load), the general product (z v)^T v took 0.70-0.84x the time of the symmetric
-#: rank-k update (sqrt(z) v)^T (sqrt(z) v) at d = 16, K = 16 and 0.60-0.89x at d = 4,
-#: K = 32, about the same at d = 24-32, and 1.3x at d = 48 and d = 128 (K = 8), where the
-#: update's halved products win. The two agree to ~3e-15 relative, so speed decides.
-#: The same bound picks the layout of :func:`whitened_differences`.
 GENERAL_PRODUCT_MAX_FEATURES = 16
+"""Up to this many features :func:`weighted_gram` uses a general product. Per block of a
+full fit ((K, 2048, d), BLAS on one thread, median of 15, alternating, 2-core machine
+under load), the general product (z v)^T v took 0.70-0.84x the time of the symmetric
+rank-k update (sqrt(z) v)^T (sqrt(z) v) at d = 16, K = 16 and 0.60-0.89x at d = 4,
+K = 32, about the same at d = 24-32, and 1.3x at d = 48 and d = 128 (K = 8), where the
+update's halved products win. The two agree to ~3e-15 relative, so speed decides.
+The same bound picks the layout of :func:`whitened_differences`."""
 
 
 def whitened_differences(X_block, p_augmented):

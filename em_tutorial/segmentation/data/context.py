@@ -45,8 +45,8 @@ from .digits import (
 
 __all__ = ["FAR_DIGITS", "ContextConfig", "ContextScenes"]
 
-#: What :class:`ContextScenes` does with the full instances: draw, swap or leave out.
 FAR_DIGITS = ("keep", "swap", "remove")
+"""What :class:`ContextScenes` does with the full instances: draw, swap or leave out."""
 
 
 @dataclass(frozen=True)

@@ -292,8 +292,9 @@ class DigitScenes:
     class_names = DIGIT_CLASS_NAMES
     ignore_index = IGNORE_INDEX
     config_type = SceneConfig
-    #: appended to each scene's random-stream key (seed, split, i); other scene sets set their own
     stream_key = ()
+    """Appended to each scene's random-stream key (seed, split, i); other scene sets set
+    their own."""
     kind = "digit scene"
 
     def __init__(self, split="train", num_scenes=2000, seed=0, config=None, transform=None,
@@ -329,8 +330,8 @@ class DigitScenes:
             np.savez(temporary, **{name: getattr(self, name) for name in self.rendered_arrays})
             os.replace(temporary, cached)
 
-    #: The arrays that rendering fills (and a cache keeps).
     rendered_arrays = ("images", "labels")
+    """The arrays that rendering fills (and a cache keeps)."""
 
     def _finish_rendering(self):
         """Called once all scenes are drawn (subclasses gather what ``_draw`` collected)."""

@@ -40,10 +40,10 @@ __all__ = [
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE_INDEX = 255
-#: The discrete training scales of the official EMANet recipe.
 OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-#: The divisor of each input normalisation: ImageNet's std, or its mean (the official code's).
+"""The discrete training scales of the official EMANet recipe."""
 NORMALIZATIONS = {"imagenet": IMAGENET_STD, "official": IMAGENET_MEAN}
+"""The divisor of each input normalisation: ImageNet's std, or its mean (the official code's)."""
 
 
 def _divisor(normalization):
